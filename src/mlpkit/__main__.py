@@ -1,0 +1,5 @@
+"""`python -m mlpkit` runs the command line."""
+
+from mlpkit.cli import main
+
+main()

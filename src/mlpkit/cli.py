@@ -1,0 +1,177 @@
+"""The `mlpkit` command line: parse, call a flow in experiment.py, render. Nothing else.
+
+Expected failures (MlpkitError) print one line per problem on stderr with their exit code; a
+usage mistake prints one line with exit 2; anything else is a bug: one line, the traceback saved
+to a report file (shown with --debug or MLPKIT_DEBUG=1), exit 1.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import traceback
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from typer._click import exceptions as click_exceptions  # typer's vendored click
+
+from mlpkit import experiment, progress
+from mlpkit.errors import MlpkitError
+from mlpkit.summary import render_table
+
+app = typer.Typer(
+    name="mlpkit",
+    help="Train multilayer perceptrons on tabular data from one YAML file.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+
+ConfigArg = Annotated[Path, typer.Argument(help="Experiment config (YAML).", show_default=False)]
+RunArg = Annotated[Path, typer.Argument(help="A run directory printed by mlpkit train.")]
+SetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", help="Override a config key, e.g. --set training.epochs=5 (repeatable).")]
+DeviceOpt = Annotated[str | None, typer.Option(help="auto, cpu or cuda; overrides training.device.")]
+
+
+def _stdout() -> Console:
+    # Off a terminal rich would wrap at 80 columns; tables read better a little wider.
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+
+
+@app.callback()
+def _options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")] = False,
+) -> None:
+    """Train multilayer perceptrons on tabular data from one YAML file."""
+
+
+@app.command()
+def train(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    runs_dir: Annotated[Path, typer.Option(help="Where run directories go.")] = Path("runs"),
+    device: DeviceOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the run directory.")] = False,
+) -> None:
+    """Train CONFIG into a new run directory and print its path as the last line.
+
+    Example: mlpkit train configs/mpg.yaml --set training.epochs=5
+    """
+    console = _stdout()
+    printer: progress.EpochPrinter | None = None
+
+    def on_start(prepared: experiment.Prepared, device: object, summary: object) -> None:
+        nonlocal printer
+        split = prepared.split
+        console.print(f"{prepared.config.name}: {prepared.table.n_rows} rows of "
+                      f"{prepared.table.path.name} -> {len(split.train)} train / "
+                      f"{len(split.val)} val / {len(split.test)} test; "
+                      f"{len(prepared.preprocessor.input_names)} inputs; "
+                      f"{prepared.summary().total_parameters:,} parameters; device {device}")
+        printer = progress.EpochPrinter(console, prepared.config.training.epochs,
+                                        has_val=len(split.val) > 0).__enter__()
+
+    def on_epoch(record: experiment.EpochRecord) -> None:
+        if printer is not None:
+            printer(record)
+
+    try:
+        result = experiment.train(config, set_ or [], runs_dir, device,
+                                  on_start=None if quiet else on_start,
+                                  on_epoch=None if quiet else on_epoch)
+    finally:
+        if printer is not None:
+            printer.__exit__()
+    if not quiet:
+        console.print(progress.metrics_table(result.metrics))
+    print(result.run_dir)
+
+
+@app.command()
+def check(config: ConfigArg, set_: SetOpt = None) -> None:
+    """Run every check train runs (config, data columns and cells, loss vs target), no training.
+
+    Example: mlpkit check configs/mpg.yaml
+    """
+    prepared = experiment.check(config, set_ or [])
+    split = prepared.split
+    print(f"ok: {config}: {prepared.table.n_rows} rows, split {len(split.train)}/{len(split.val)}/"
+          f"{len(split.test)}, {len(prepared.preprocessor.input_names)} inputs, "
+          f"{prepared.summary().total_parameters:,} parameters")
+
+
+@app.command()
+def summary(
+    target: Annotated[Path, typer.Argument(help="A config file or a run directory.")],
+    set_: SetOpt = None,
+) -> None:
+    """Print the model's layer table (shapes, options, parameters) without training.
+
+    Example: mlpkit summary configs/mpg.yaml
+    """
+    if target.is_dir():
+        result = experiment.summary_of_run(target)
+    else:
+        result = experiment.summary_of_config(target, set_ or [])
+    _stdout().print(render_table(result))
+
+
+@app.command("eval")
+def evaluate(
+    run: RunArg,
+    data: Annotated[Path | None, typer.Option(help="Score every row of this CSV instead.")] = None,
+    device: DeviceOpt = None,
+) -> None:
+    """Rebuild a run's model from its directory and score it (its own test split by default).
+
+    Example: mlpkit eval runs/mpg/20261121-101500-1a2b3c
+    """
+    result = experiment.evaluate_run(run, data, device)
+    reference = result.run.metrics().get("test") if data is None else None
+    console = _stdout()
+    console.print(f"{result.run.path}: {result.rows} rows of the {result.source}")
+    console.print(progress.scores_table(result.scores, reference))
+
+
+def run_cli(argv: list[str]) -> int:
+    """Run one command and return its exit code; never raises (but for SystemExit)."""
+    debug = "--debug" in argv or os.environ.get("MLPKIT_DEBUG") == "1"
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="mlpkit", standalone_mode=False)
+        return code if isinstance(code, int) else 0
+    except MlpkitError as exc:
+        sys.stderr.write(exc.render() + "\n")
+        return exc.exit_code
+    except click_exceptions.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx else "mlpkit"
+        sys.stderr.write(f"Error: {where}: {exc.format_message()}; see {where} --help\n")
+        return 2
+    except click_exceptions.Abort:
+        return 130
+    except Exception:  # a bug: keep the report, show one line
+        report = _write_report(traceback.format_exc())
+        if debug:
+            sys.stderr.write(traceback.format_exc())
+        kind = sys.exc_info()[0]
+        sys.stderr.write(f"Error: internal error ({kind.__name__ if kind else 'unknown'}); "
+                         f"this is a bug; the full report is in {report}\n")
+        return 1
+
+
+def _write_report(text: str) -> str:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    fd, path = tempfile.mkstemp(prefix=f"mlpkit-crash-{stamp}-", suffix=".txt")
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    return path
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(run_cli(sys.argv[1:]))

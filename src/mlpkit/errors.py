@@ -1,0 +1,98 @@
+"""mlpkit's errors: every expected failure is an MlpkitError that renders as one line per problem.
+
+Hierarchy (the CLI catches only the base class; anything else is a bug, exit 1):
+
+    MlpkitError            exit 2  something the user can fix
+    ├── ConfigError        exit 2  the YAML file or a --set override
+    ├── DataError          exit 2  the data table
+    ├── RunDirError        exit 2  a run directory that is missing, foreign or incomplete
+    ├── DeviceError        exit 2  a device that is not available
+    ├── DivergedError      exit 3  a non-finite loss
+    └── EnvironmentFault   exit 4  disk full, permission denied, out of memory
+
+A line reads `Error: <file>[:<line>]: <where>: <problem>[; <hint>]`, where <where> is a dotted
+config path (`training.optimizer.lr`) or a column and line (`column 'x', line 7`).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong, located as precisely as we can."""
+
+    problem: str
+    file: str | None = None
+    line: int | None = None
+    where: str | None = None
+    hint: str | None = None
+
+    def render(self) -> str:
+        location = self.file or ""
+        if location and self.line is not None:
+            location += f":{self.line}"
+        parts = [p for p in (location, self.where, self.problem) if p]
+        text = ": ".join(parts)
+        return f"Error: {text}; {self.hint}" if self.hint else f"Error: {text}"
+
+
+class MlpkitError(Exception):
+    """An expected failure, carrying one or more problems found together."""
+
+    exit_code = 2
+
+    def __init__(self, problems: Problem | Sequence[Problem]) -> None:
+        self.problems: tuple[Problem, ...] = (
+            (problems,) if isinstance(problems, Problem) else tuple(problems)
+        )
+        if not self.problems:
+            raise ValueError("an MlpkitError needs at least one problem")
+        super().__init__(self.render())
+
+    @classmethod
+    def single(cls, problem: str, **location: str | int | None) -> MlpkitError:
+        return cls(Problem(problem, **location))  # type: ignore[arg-type]
+
+    def render(self) -> str:
+        return "\n".join(p.render() for p in self.problems)
+
+
+class ConfigError(MlpkitError):
+    """The config file or an override is wrong."""
+
+
+class DataError(MlpkitError):
+    """The data table does not match what the config asks of it."""
+
+
+class RunDirError(MlpkitError):
+    """A path given as a run directory is not a usable run."""
+
+
+class DeviceError(MlpkitError):
+    """The requested device is not available on this machine."""
+
+
+class DivergedError(MlpkitError):
+    """Training produced a non-finite loss."""
+
+    exit_code = 3
+
+
+class EnvironmentFault(MlpkitError):
+    """The machine failed us: disk full, permission denied, out of memory."""
+
+    exit_code = 4
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """A hint naming the closest valid choice, or listing them all when none is close."""
+    options = sorted(choices)
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean '{close[0]}'?"
+    return "expected one of: " + ", ".join(options)

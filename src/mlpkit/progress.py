@@ -1,0 +1,83 @@
+"""What the commands show a person: epoch lines, result tables. Rendering only, no training.
+
+On a terminal a transient bar counts epochs while each epoch's line stays on screen; anywhere
+else (CI, a pipe) the same lines come out as plain text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+from mlpkit.loop import EpochRecord
+
+BEST_MARK = "*"
+
+
+class EpochPrinter:
+    """The on_epoch callback of `mlpkit train`: one line per epoch, the best one marked."""
+
+    def __init__(self, console: Console, epochs: int, has_val: bool) -> None:
+        self.console = console
+        self.epochs = epochs
+        self.best_key = "val_loss" if has_val else "train_loss"
+        self.best = float("inf")
+        self.progress: Progress | None = None
+        self.task = 0
+        self.width = len(str(epochs))
+
+    def __enter__(self) -> EpochPrinter:
+        if self.console.is_terminal:
+            self.progress = Progress(TextColumn("epoch"), BarColumn(), MofNCompleteColumn(),
+                                     TimeRemainingColumn(), console=self.console, transient=True)
+            self.progress.start()
+            self.task = self.progress.add_task("train", total=self.epochs)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def __call__(self, record: EpochRecord) -> None:
+        improved = record[self.best_key] < self.best
+        self.best = min(self.best, record[self.best_key])
+        line = Text(f"epoch {int(record['epoch']):>{self.width}}/{self.epochs}")
+        for key, value in record.items():
+            if key not in ("epoch", "seconds"):
+                line.append(f"  {key} {value:.4g}")
+        line.append(f"  {record['seconds']:.2f}s")
+        if improved:
+            line.append(f"  {BEST_MARK} best", style="bold green")
+        self.console.print(line, highlight=False)
+        if self.progress is not None:
+            self.progress.advance(self.task)
+
+
+def metrics_table(metrics: dict[str, Any]) -> Table:
+    """The network's metrics per split beside the baselines' test metrics."""
+    splits = [part for part in ("train", "val", "test") if part in metrics]
+    baselines = metrics.get("baselines", {})
+    table = Table("metric", *splits, *(f"{name} (test)" for name in baselines),
+                  title="network vs baselines")
+    for name in metrics["test"]:
+        cells = [metrics[part][name] for part in splits]
+        cells += [scores[name] for scores in baselines.values()]
+        table.add_row(name, *(f"{value:.4f}" for value in cells))
+    return table
+
+
+def scores_table(scores: dict[str, float], reference: dict[str, float] | None) -> Table:
+    """Eval's scores, beside the run's metrics.json when scoring its own test split."""
+    columns = ["metric", "value"] + (["metrics.json", "same"] if reference else [])
+    table = Table(*columns)
+    for name, value in scores.items():
+        row = [name, f"{value:.6g}"]
+        if reference:
+            row += [f"{reference.get(name, float('nan')):.6g}",
+                    "yes" if reference.get(name) == value else "no"]
+        table.add_row(*row)
+    return table

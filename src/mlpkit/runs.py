@@ -1,0 +1,211 @@
+"""The run-directory format: create one exclusively, write its files atomically, open it safely.
+
+A run directory holds config.yaml, run.json, summary.txt, preprocessing.json, history.csv,
+metrics.json, predictions.csv and model.safetensors. run.json carries the status; `complete` is
+written last, so a directory whose run.json does not say complete is never treated as finished.
+Loading never executes code: JSON, a safe YAML loader, and safetensors for the weights.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import io
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from mlpkit.errors import EnvironmentFault, Problem, RunDirError
+from mlpkit.preprocessing import Preprocessor
+
+RUN_FORMAT = "mlpkit.run/1"
+Status = Literal["running", "interrupted", "failed", "diverged", "complete"]
+# Environment failures that the user, not mlpkit, has to fix (exit 4).
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+class DataInfo(BaseModel):
+    path: str
+    sha256: str
+    rows: int
+
+
+class RunInfo(BaseModel):
+    """run.json: what ran, where, on what data, and how it ended."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    format: Literal["mlpkit.run/1"] = RUN_FORMAT
+    name: str
+    status: Status
+    seed: int
+    device: str
+    data: DataInfo
+    versions: dict[str, str]
+    started: str
+    finished: str | None = None
+    error: str | None = None
+
+
+def create_run_dir(runs_dir: Path, name: str, now: datetime | None = None) -> Path:
+    """Make `runs_dir/name/YYYYmmdd-HHMMSS-<id>` exclusively: never an existing directory.
+
+    Raises:
+        EnvironmentFault: the folder cannot be created (permissions, disk).
+    """
+    stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
+    parent = runs_dir / name
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            path = parent / f"{stamp}-{secrets.token_hex(3)}"
+            try:
+                path.mkdir()  # fails if it exists, so two runs never share a directory
+                return path
+            except FileExistsError:
+                continue
+    except OSError as exc:
+        raise _environment_fault(exc, parent) from None
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary name in the same folder, then rename: readers never see a torn file.
+
+    Raises:
+        EnvironmentFault: disk full, permission denied and the like; no temporary file is left.
+    """
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(temporary, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise _environment_fault(exc, path) from None
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Strict JSON (a NaN is a bug, not a literal), indented for people."""
+    write_bytes(path, (json.dumps(value, indent=2, allow_nan=False) + "\n").encode())
+
+
+def write_yaml(path: Path, value: Any) -> None:
+    write_bytes(path, yaml.safe_dump(value, sort_keys=False).encode())
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else [], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_bytes(path, buffer.getvalue().encode())
+
+
+def write_weights(path: Path, model: torch.nn.Module) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    write_bytes(path, save_safetensors(state))
+
+
+def write_info(run_dir: Path, info: RunInfo) -> None:
+    write_json(run_dir / "run.json", info.model_dump(mode="json"))
+
+
+def _environment_fault(exc: OSError, path: Path) -> Exception:
+    if exc.errno in _ENVIRONMENT_ERRNOS:
+        return EnvironmentFault(Problem(f"cannot write: {exc.strerror}", file=str(path)))
+    return exc
+
+
+# --- reading a run --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Run:
+    """A finished run, opened and checked, ready to rebuild its model."""
+
+    path: Path
+    info: RunInfo
+    preprocessor: Preprocessor
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    def metrics(self) -> dict[str, Any]:
+        return _read_json(self.path / "metrics.json")  # type: ignore[no-any-return]
+
+    def load_weights(self, model: torch.nn.Module) -> None:
+        """Load model.safetensors into `model`.
+
+        Raises:
+            RunDirError: the file is missing, malformed, or does not fit the model.
+        """
+        path = self.path / "model.safetensors"
+        try:
+            state = load_safetensors(_read(path))
+            model.load_state_dict(state)
+        except (SafetensorError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise RunDirError(Problem(f"unusable weights: {first}", file=str(path))) from None
+
+
+def open_run(path: Path, require_complete: bool = True) -> Run:
+    """Open a run directory made by `mlpkit train`.
+
+    Raises:
+        RunDirError: not a directory, not a run, an unknown format, or (by default) not complete.
+    """
+    if not path.is_dir():
+        what = "does not exist" if not path.exists() else "is not a directory"
+        raise RunDirError(Problem(f"{what}; expected a run directory", file=str(path)))
+    info_path = path / "run.json"
+    if not info_path.exists():
+        raise RunDirError(Problem("not a run directory (no run.json)", file=str(path),
+                                  hint="pass a folder that mlpkit train printed"))
+    info = _validated(RunInfo, info_path)
+    if require_complete and info.status != "complete":
+        raise RunDirError(Problem(f"the run is {info.status}, not complete", file=str(path),
+                                  hint="train it again; only complete runs can be evaluated"))
+    preprocessor = _validated(Preprocessor, path / "preprocessing.json")
+    return Run(path=path, info=info, preprocessor=preprocessor)
+
+
+def _validated(model: type[Any], path: Path) -> Any:
+    raw = _read_json(path)
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        message = f"{first['msg'].lower()}" + (f" at {where}" if where else "")
+        raise RunDirError(Problem(f"not a valid {path.name}: {message}", file=str(path),
+                                  hint=f"expected format {RUN_FORMAT}")) from None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(_read(path))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunDirError(Problem(f"malformed JSON: {exc}", file=str(path))) from None
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise RunDirError(Problem("missing from the run directory", file=str(path))) from None
+    except OSError as exc:
+        raise RunDirError(Problem(f"cannot read: {exc.strerror}", file=str(path))) from None
