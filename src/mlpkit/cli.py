@@ -152,7 +152,7 @@ def run_cli(argv: list[str]) -> int:
         where = exc.ctx.command_path if exc.ctx else "mlpkit"
         sys.stderr.write(f"Error: {where}: {exc.format_message()}; see {where} --help\n")
         return 2
-    except click_exceptions.Abort:
+    except typer.Abort:
         return 130
     except Exception:  # a bug: keep the report, show one line
         report = _write_report(traceback.format_exc())

@@ -7,6 +7,7 @@ against the registries in components.py; `1e-3` is a float (see yamlfile.py).
 
 from __future__ import annotations
 
+import difflib
 import json
 import types
 import typing
@@ -233,7 +234,9 @@ def load_config(path: Path, overrides: tuple[str, ...] | list[str] = ()) -> Load
         config = Config.model_validate(raw)
     except ValidationError as exc:
         loaded = LoadedConfig(Config.model_construct(), path, doc, overridden)
-        raise ConfigError([_translate(e, raw, loaded) for e in exc.errors()]) from None
+        errors = _without_misspelt_missing(exc.errors(), raw)
+        problems = [_translate(e, raw, loaded) for e in errors]
+        raise ConfigError(sorted(problems, key=lambda p: p.line or 10**9)) from None
     loaded = LoadedConfig(config, path, doc, overridden)
     problems = cross_field_problems(loaded)
     if problems:
@@ -339,6 +342,18 @@ def _translate(error: Any, raw: dict[str, Any], loaded: LoadedConfig) -> Problem
     return loaded.problem(loc, message, ctx.get("hint"))
 
 
+def _without_misspelt_missing(errors: list[Any], raw: dict[str, Any]) -> list[Any]:
+    """A misspelt required key is one mistake: report the unknown key, not also the missing one."""
+    misspelt = set()
+    for error in errors:
+        if error["type"] == "extra_forbidden":
+            loc = _user_path(error["loc"], raw)
+            close = difflib.get_close_matches(str(loc[-1]), _fields_at(loc[:-1], raw), n=1)
+            misspelt.update((*loc[:-1], name) for name in close)
+    return [e for e in errors
+            if not (e["type"] == "missing" and _user_path(e["loc"], raw) in misspelt)]
+
+
 def _user_path(loc: tuple[Any, ...], raw: Any) -> Path_:
     """Drop the union tags pydantic inserts (`layers.0.dense.units` -> `layers.0.units`)."""
     path: list[str | int] = []
@@ -397,7 +412,10 @@ def _example(path: Path_, raw: Any) -> str | None:
     model = _model_at(path[:-1], raw)
     if model is None or path[-1] not in model.model_fields:
         return None
-    examples = model.model_fields[str(path[-1])].examples
+    field_info = model.model_fields[str(path[-1])]
+    if isinstance(field_info.annotation, type) and issubclass(field_info.annotation, BaseModel):
+        return f"add a '{path[-1]}:' section, as in configs/mpg.yaml"
+    examples = field_info.examples
     if not examples:
         return None
     shown = yaml.safe_dump({path[-1]: examples[0]}, default_flow_style=True, sort_keys=False)

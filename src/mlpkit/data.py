@@ -6,6 +6,7 @@ count) instead of surfacing later as a NaN in the loss. Line numbers count the h
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import math
 from dataclasses import dataclass
@@ -58,7 +59,9 @@ def read_table(path: Path, data: DataConfig, origin: LoadedConfig | None = None,
     problems = _missing_columns(path, text, numeric + categorical)
     if problems:
         raise DataError(problems)
-    problems = _ragged_rows(path, text)
+    problems = _ragged_rows(path, text, data.encoding)
+    if problems:
+        raise DataError(problems)
     frame = pd.DataFrame(index=text.index)
     for column in numeric + categorical:
         cells = text[column].astype(str).str.strip()
@@ -127,15 +130,19 @@ def _missing_columns(path: Path, frame: pd.DataFrame, wanted: list[str]) -> list
     ]
 
 
-def _ragged_rows(path: Path, frame: pd.DataFrame) -> list[Problem]:
-    # With keep_default_na=False an empty cell is "", so a NaN here is a field the row lacks.
-    short = frame.isna().any(axis=1).to_numpy().nonzero()[0]
-    if len(short) == 0:
+def _ragged_rows(path: Path, frame: pd.DataFrame, encoding: str) -> list[Problem]:
+    """Rows with fewer fields than the header (pandas pads them with empty cells)."""
+    if not frame.eq("").to_numpy().any():
+        return []  # no empty cell, so no short row: skip the scan
+    with path.open(newline="", encoding=encoding) as handle:
+        widths = [len(row) for row in csv.reader(handle) if row]
+    short = [i for i, width in enumerate(widths[1:]) if width < frame.shape[1]]
+    if not short:
         return []
-    first = int(short[0])
-    fields = int(frame.iloc[first].notna().sum())
-    return [Problem(f"has {fields} fields, expected {frame.shape[1]} ({len(short)} short rows)",
-                    file=str(path), where=f"line {first + FIRST_DATA_LINE}")]
+    first = short[0]
+    return [Problem(f"has {widths[first + 1]} fields, expected {frame.shape[1]} "
+                    f"({len(short)} short rows)", file=str(path),
+                    where=f"line {first + FIRST_DATA_LINE}")]
 
 
 def _convert(path: Path, column: str, cells: pd.Series, numeric: bool) -> tuple[pd.Series, list[Problem]]:

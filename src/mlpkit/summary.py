@@ -10,8 +10,9 @@ import io
 from dataclasses import dataclass
 
 from rich import box
-from rich.console import Console
+from rich.console import Console, Group
 from rich.table import Table
+from rich.text import Text
 
 from mlpkit.config import BatchNormLayer, DenseLayer, DropoutLayer, Layer
 
@@ -83,18 +84,20 @@ def summarize(layers: list[Layer], in_features: int) -> Summary:
     return Summary(rows)
 
 
-def render_table(summary: Summary) -> Table:
-    table = Table("Layer", "Input shape", "Output shape", "Options", "Parameters",
-                  box=box.SQUARE, show_lines=False)
+def render_table(summary: Summary) -> Group:
+    """The layer table followed by the totals, as Axon prints them."""
+    table = Table(box=box.SQUARE)
+    for header in ("Layer", "Input shape", "Output shape"):
+        table.add_column(header, no_wrap=True)
+    table.add_column("Options")
+    table.add_column("Parameters")
     for row in summary.rows:
         label = f'{row.name} ( {row.op}["{row.parent}"] )' if row.parent else f"{row.name} ( input )"
-        shapes = ", ".join(f"{k}: f32{list(v)}" for k, v in row.parameters.items())
         table.add_row(label, _shape(row.input_shape), _shape(row.output_shape), row.options,
-                      f"{row.count:,} ({shapes})" if shapes else "0")
-    table.caption = (f"Total parameters: {summary.total_parameters:,}\n"
-                     f"Parameter memory: {summary.parameter_bytes:,} bytes")
-    table.caption_justify = "left"
-    return table
+                      _parameters(row))
+    totals = Text(f"Total parameters: {summary.total_parameters:,}\n"
+                  f"Parameter memory: {summary.parameter_bytes:,} bytes")
+    return Group(table, totals)
 
 
 def render_text(summary: Summary, width: int = 120) -> str:
@@ -102,6 +105,15 @@ def render_text(summary: Summary, width: int = 120) -> str:
     console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False)
     console.print(render_table(summary))
     return console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def _parameters(row: Row) -> str:
+    """`264 = weight f32[8,32] + bias f32[8]`: the count and where it comes from."""
+    if not row.parameters:
+        return ""
+    parts = " + ".join(f"{name} f32[{','.join(map(str, shape))}]"
+                       for name, shape in row.parameters.items())
+    return f"{row.count:,} = {parts}"
 
 
 def _shape(shape: tuple[int | None, ...]) -> str:

@@ -1,0 +1,101 @@
+"""Shared fixtures: a tiny project on disk (config + generated CSV) and an in-process CLI runner."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlpkit.cli import run_cli
+
+REPO = Path(__file__).resolve().parent.parent
+
+TINY_CONFIG = """\
+name: tiny
+seed: 0
+data:
+  path: data.csv
+  target: y
+  features: [a, b, color]
+  categorical: [color]
+  split: {train: 0.6, val: 0.2, test: 0.2}
+model:
+  layers:
+    - {type: dense, units: 8, activation: relu}
+    - {type: dense, units: 1}
+training:
+  epochs: 3
+  batch_size: 8
+  optimizer: {name: adam, lr: 1e-2}
+  loss: mse
+"""
+
+
+def tiny_csv(rows: int = 50, seed: int = 0) -> str:
+    """y depends on a, b and color, with a little noise: learnable in a few epochs."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.normal(size=rows), rng.uniform(0, 10, size=rows)
+    colors = rng.choice(["red", "green", "blue"], size=rows)
+    y = 3 * a - 0.5 * b + (colors == "red") * 2 + rng.normal(scale=0.1, size=rows)
+    lines = ["a,b,color,y"] + [f"{x:.4f},{z:.4f},{c},{t:.4f}" for x, z, c, t in zip(a, b, colors, y)]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Project:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data.csv"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    def write_config(self, text: str) -> Path:
+        self.config.write_text(text)
+        return self.config
+
+    def edit_config(self, old: str, new: str) -> Path:
+        text = self.config.read_text()
+        assert old in text, f"fixture config has no {old!r}"
+        return self.write_config(text.replace(old, new, 1))
+
+    def run_dirs(self) -> list[Path]:
+        return sorted(self.runs.glob("*/*")) if self.runs.exists() else []
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    p = Project(tmp_path)
+    p.write_config(TINY_CONFIG)
+    p.data.write_text(tiny_csv())
+    return p
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def last_line(self) -> str:
+        return self.out.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
+    def run(*args: object) -> Result:
+        code = run_cli([str(a) for a in args])
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return run

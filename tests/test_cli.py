@@ -1,0 +1,239 @@
+"""End-to-end: the commands as a user runs them, on the tiny project and the shipped configs."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import REPO, Project, Result
+from mlpkit import experiment
+from mlpkit.config import load_config
+
+RUN_FILES = {"config.yaml", "run.json", "summary.txt", "preprocessing.json", "history.csv",
+             "metrics.json", "predictions.csv", "model.safetensors"}
+REGRESSION_METRICS = {"mae", "mse", "rmse", "r2", "median_ae", "max_error"}
+
+
+def train(cli, project: Project, *args: object) -> Path:  # type: ignore[no-untyped-def]
+    result = cli("train", project.config, "--runs-dir", project.runs, *args)
+    assert result.code == 0, result.err
+    return Path(result.last_line)
+
+
+def test_train_writes_a_complete_run(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
+    result = cli("train", project.config, "--runs-dir", project.runs)
+    assert result.code == 0, result.err
+    run = Path(result.last_line)
+    assert run.parent == project.runs / "tiny"
+    assert {p.name for p in run.iterdir()} == RUN_FILES  # no temporary files left behind
+    assert "epoch 3/3" in result.out and "* best" in result.out
+    assert "linear_regression (test)" in result.out
+
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "complete" and info["finished"]
+    assert info["data"]["rows"] == 50 and len(info["data"]["sha256"]) == 64
+    assert set(info["versions"]) == {"mlpkit", "torch", "python"}
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    for part in ("train", "val", "test"):
+        assert set(metrics[part]) == REGRESSION_METRICS
+    assert set(metrics["baselines"]) == {"mean", "linear_regression"}
+    assert set(metrics["baselines"]["mean"]) == REGRESSION_METRICS
+    assert 1 <= metrics["best_epoch"] <= 3
+
+    with open(run / "history.csv") as f:
+        history = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in history] == [1, 2, 3]
+    assert {"train_loss", "val_loss", "val_mae", "val_r2", "seconds"} <= set(history[0])
+
+    with open(run / "predictions.csv") as f:
+        predictions = list(csv.DictReader(f))
+    assert len(predictions) == 10 and set(predictions[0]) == {"line", "y", "prediction"}
+
+    resolved = yaml.safe_load((run / "config.yaml").read_text())
+    assert resolved["data"]["path"] == str(project.data)
+    assert resolved["training"]["optimizer"]["betas"] == [0.9, 0.999]  # defaults written out
+    assert load_config(run / "config.yaml").config == load_config(project.config).config.model_copy(
+        update={"data": load_config(run / "config.yaml").config.data})
+    assert "Total parameters: 57" in (run / "summary.txt").read_text()
+
+
+def test_quiet_prints_only_the_run_directory(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
+    result = cli("train", project.config, "--runs-dir", project.runs, "--quiet")
+    assert result.code == 0
+    assert result.out.strip().splitlines() == [str(project.run_dirs()[0])]
+
+
+def test_same_seed_same_weights_different_directories(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
+    first, second = train(cli, project, "-q"), train(cli, project, "-q")
+    assert first != second
+    assert (first / "model.safetensors").read_bytes() == (second / "model.safetensors").read_bytes()
+    assert (first / "metrics.json").read_text() == (second / "metrics.json").read_text()
+    other = train(cli, project, "-q", "--set", "seed=1")
+    assert (other / "model.safetensors").read_bytes() != (first / "model.safetensors").read_bytes()
+
+
+def test_eval_reproduces_metrics_json(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
+    run = train(cli, project, "-q")
+    stored = json.loads((run / "metrics.json").read_text())["test"]
+    assert experiment.evaluate_run(run).scores == stored  # exactly, not approximately
+    result = cli("eval", run)
+    assert result.code == 0 and "no" not in result.out.split()
+
+
+def test_eval_on_another_file_scores_every_row(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
+    run = train(cli, project, "-q")
+    other = project.root / "other.csv"
+    other.write_text(project.data.read_text())
+    result = experiment.evaluate_run(run, other)
+    assert result.rows == 50 and result.source == str(other)
+    assert set(result.scores) == REGRESSION_METRICS
+
+
+def test_summary_of_config_and_of_run_agree(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
+    run = train(cli, project, "-q")
+    from_config, from_run = cli("summary", project.config), cli("summary", run)
+    assert from_config.code == from_run.code == 0
+    assert from_config.out == from_run.out
+    assert "Total parameters: 57" in from_config.out  # (5 inputs * 8 + 8) + (8 + 1)
+
+
+def test_check_runs_every_check_without_training(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
+    result = cli("check", project.config)
+    assert result.code == 0
+    assert result.out.strip() == f"ok: {project.config}: 50 rows, split 30/10/10, 5 inputs, 57 parameters"
+    assert not project.runs.exists()
+
+
+BAD_INPUTS = {
+    "misspelt key": (("  features:", "  featurs:"), None,
+                     ":6: data.featurs: unknown key; did you mean 'features'?"),
+    "unknown activation": (("activation: relu", "activation: rleu"), None,
+                           ":11: model.layers.0.activation: unknown activation 'rleu'; did you mean 'relu'?"),
+    "missing column": (None, ("a,b,color,y", "a,b,colour,y"),
+                       "data.csv: column 'color': column missing from the header; did you mean 'colour'?"),
+    "non-numeric cell": (None, ("\n", "\n1.0,oops,red,2.0\n"),
+                         "data.csv: column 'b', line 2: non-numeric value 'oops'; expected a number"),
+    "output cannot reach target": (("units: 1}", "units: 1, activation: sigmoid}"), None,
+                                   "model.layers.1.activation: 'sigmoid' outputs lie in [0, 1]"),
+    "batch larger than train split": (("batch_size: 8", "batch_size: 64"), None,
+                                      "training.batch_size: 64 is larger than the 30 training rows"),
+}
+
+
+@pytest.mark.parametrize("command", ["train", "check"])
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=str)
+def test_bad_input_one_line_exit_2_nothing_written(cli, project: Project, command: str, case: str) -> None:  # type: ignore[no-untyped-def]
+    config_edit, data_edit, expected = BAD_INPUTS[case]
+    if config_edit:
+        project.edit_config(*config_edit)
+    if data_edit:
+        project.data.write_text(project.data.read_text().replace(*data_edit, 1))
+    args = ["--runs-dir", project.runs] if command == "train" else []
+    result = cli(command, project.config, *args)
+    assert result.code == 2
+    assert result.out == ""
+    lines = result.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ")
+    assert expected in lines[0]
+    assert not project.runs.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_fails_before_reading_data(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
+    project.data.unlink()  # proves the data is never read
+    result = cli("train", project.config, "--runs-dir", project.runs, "--device", "cuda")
+    assert (result.code, result.err) == (
+        2, "Error: --device: CUDA is not available on this machine; use --device cpu\n")
+    result = cli("check", project.config, "--set", "training.device=cuda")
+    assert result.err == ("Error: --set: training.device: CUDA is not available on this machine; "
+                          "use cpu or auto\n")
+
+
+def test_eval_refuses_what_is_not_a_complete_run(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
+    assert cli("eval", project.root).err == (
+        f"Error: {project.root}: not a run directory (no run.json); "
+        "pass a folder that mlpkit train printed\n")
+    run = train(cli, project, "-q")
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps(info | {"status": "running"}))
+    result = cli("eval", run)
+    assert result.code == 2 and "the run is running, not complete" in result.err
+    (run / "run.json").write_text("{not json")
+    assert "malformed JSON" in cli("eval", run).err
+    (run / "run.json").write_text(json.dumps(info))
+    (run / "model.safetensors").write_bytes(b"\x00" * 16)
+    result = cli("eval", run)
+    assert result.code == 2 and "model.safetensors: unusable weights" in result.err
+
+
+def test_divergence_exits_3_and_marks_the_run(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
+    result = cli("train", project.config, "--runs-dir", project.runs,
+                 "--set", "training.optimizer={name: sgd, lr: 1e4}", "--set", "training.epochs=20")
+    assert result.code == 3
+    assert "training loss became" in result.err
+    (run,) = project.run_dirs()
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "diverged" and "training loss became" in info["error"]
+    assert "metrics.json" not in {p.name for p in run.iterdir()}
+
+
+def test_internal_error_is_one_line_and_a_report(cli, project: Project, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(experiment, "train", broken)
+    result = cli("train", project.config)
+    assert result.code == 1
+    (line,) = result.err.splitlines()
+    assert line.startswith("Error: internal error (RuntimeError); this is a bug; the full report is in ")
+    report = Path(line.rsplit(" ", 1)[-1])
+    assert "RuntimeError: boom" in report.read_text()
+    report.unlink()
+
+
+def test_usage_mistakes_get_one_line_and_a_suggestion(cli) -> None:  # type: ignore[no-untyped-def]
+    result = cli("trian", "x.yaml")
+    assert result.code == 2
+    assert result.err.splitlines() == [
+        "Error: mlpkit: No such command 'trian'. Did you mean 'train'?; see mlpkit --help"]
+    result = cli("train", "x.yaml", "--quite")
+    assert result.code == 2 and "No such option: --quite" in result.err and "--quiet" in result.err
+
+
+def test_every_command_has_help_with_an_example(cli) -> None:  # type: ignore[no-untyped-def]
+    top = cli("--help")
+    assert top.code == 0
+    for command in ("train", "check", "summary", "eval"):
+        assert command in top.out
+        assert "Example: mlpkit " + command in cli(command, "--help").out
+
+
+def test_console_script_errors_have_no_traceback(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text("name: x\nnope: 1\n")
+    done = subprocess.run([sys.executable, "-m", "mlpkit", "check", str(tmp_path / "bad.yaml")],
+                          capture_output=True, text=True, cwd=tmp_path, check=False)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert done.stderr.splitlines() == [
+        f"Error: {tmp_path / 'bad.yaml'}:2: nope: unknown key; "
+        "expected one of: data, model, name, seed, training",
+        *(f"Error: {tmp_path / 'bad.yaml'}: {section}: missing required key; "
+          f"add a '{section}:' section, as in configs/mpg.yaml"
+          for section in ("data", "model", "training")),
+    ]
+
+
+@pytest.mark.slow
+def test_mpg_reaches_the_write_up(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    result = cli("train", REPO / "configs" / "mpg.yaml", "--runs-dir", tmp_path, "--quiet")
+    assert result.code == 0, result.err
+    metrics = json.loads((Path(result.last_line) / "metrics.json").read_text())
+    assert metrics["test"]["r2"] >= 0.85 and metrics["test"]["mae"] <= 2.4
+    assert metrics["test"]["r2"] > metrics["baselines"]["linear_regression"]["r2"]
+    assert metrics["baselines"]["mean"]["r2"] < 0.05

@@ -1,0 +1,168 @@
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, Project
+from typing import get_args
+
+from mlpkit import components
+from mlpkit.config import AdamConfig, Loss, Optimizer, load_config
+from mlpkit.errors import ConfigError
+
+
+def errors_of(path: Path, *overrides: str) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, list(overrides))
+    return caught.value.render().splitlines()
+
+
+def test_tiny_config_loads_with_defaults(project: Project) -> None:
+    loaded = load_config(project.config)
+    cfg = loaded.config
+    assert cfg.training.optimizer == AdamConfig(name="adam", lr=0.01)
+    assert isinstance(cfg.training.optimizer.lr, float)
+    assert cfg.training.device == "auto"
+    assert cfg.data.standardize is True
+    assert loaded.data_path == project.data.resolve()
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_validates_and_documents_itself(path: Path) -> None:
+    loaded = load_config(path)
+    assert loaded.data_path.exists()
+    text = path.read_text()
+    assert text.startswith("#"), "a shipped config opens with a comment header"
+    assert f"mlpkit train configs/{path.name}" in text.split("\nname:")[0]
+
+
+def test_misspelt_key_gets_line_and_did_you_mean(project: Project) -> None:
+    project.edit_config("  features:", "  featurs:")
+    assert errors_of(project.config) == [
+        f"Error: {project.config}:6: data.featurs: unknown key; did you mean 'features'?"
+    ]
+
+
+def test_missing_required_key_gives_an_example(project: Project) -> None:
+    project.edit_config("  target: y\n", "")
+    assert errors_of(project.config) == [
+        f"Error: {project.config}:3: data.target: missing required key; e.g. target: mpg"
+    ]
+
+
+def test_unknown_key_deep_in_a_layer(project: Project) -> None:
+    project.edit_config("{type: dense, units: 8, activation: relu}",
+                        "{type: dense, unit: 8, activation: relu}")
+    lines = errors_of(project.config)
+    assert f"Error: {project.config}:11: model.layers.0.unit: unknown key; did you mean 'units'?" in lines
+
+
+def test_unknown_activation_lists_nearest(project: Project) -> None:
+    project.edit_config("activation: relu", "activation: relu6")
+    assert errors_of(project.config) == [
+        f"Error: {project.config}:11: model.layers.0.activation: unknown activation 'relu6'; "
+        "did you mean 'relu'?"
+    ]
+
+
+def test_unknown_optimizer_and_unknown_option(project: Project) -> None:
+    project.edit_config("name: adam", "name: adma")
+    assert errors_of(project.config) == [
+        f"Error: {project.config}:16: training.optimizer.name: unknown optimizer 'adma'; "
+        "did you mean 'adam'?"
+    ]
+    project.edit_config("name: adma, lr: 1e-2", "name: adam, lr: 1e-2, momentum: 0.9")
+    assert errors_of(project.config) == [
+        f"Error: {project.config}:16: training.optimizer.momentum: unknown key; "
+        "expected one of: amsgrad, betas, eps, lr, name, weight_decay"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("batch_size: 8", "batch_size: true", "training.batch_size: expected an integer, got true"),
+        ("batch_size: 8", 'batch_size: "8"', 'training.batch_size: expected an integer, got "8"'),
+        ("batch_size: 8", "batch_size: 0", "training.batch_size: must be greater than 0, got 0"),
+        ("epochs: 3", "epochs: -1", "training.epochs: must be greater than 0, got -1"),
+        ("lr: 1e-2", "lr: 0", "training.optimizer.lr: must be greater than 0, got 0"),
+        ("lr: 1e-2", "lr: .nan", "training.optimizer.lr: must be a finite number, got NaN"),
+        ("units: 8", "units: 0", "model.layers.0.units: must be greater than 0, got 0"),
+        ("loss: mse", "loss: mean_squared", "training.loss.name: unknown loss 'mean_squared'"),
+        ("seed: 0", "seed: 0.5", "seed: expected an integer, got 0.5"),
+    ],
+)
+def test_wrong_values_are_named(project: Project, old: str, new: str, expected: str) -> None:
+    project.edit_config(old, new)
+    lines = errors_of(project.config)
+    assert len(lines) == 1
+    assert expected in lines[0]
+
+
+def test_dropout_rate_and_empty_layers(project: Project) -> None:
+    project.edit_config("    - {type: dense, units: 1}", "    - {type: dropout, rate: 1.5}\n    - {type: dense, units: 1}")
+    assert "model.layers.1.rate: must be less than 1, got 1.5" in errors_of(project.config)[0]
+    assert "model.layers: list should have at least 1 item" in errors_of(project.config, "model.layers=[]")[0]
+
+
+def test_every_problem_is_reported_at_once(project: Project) -> None:
+    project.edit_config("epochs: 3", "epochs: 0")
+    project.edit_config("activation: relu", "activation: relux")
+    assert len(errors_of(project.config)) == 2
+
+
+def test_cross_field_rules(project: Project) -> None:
+    lines = errors_of(project.config, "data.features=[a, b, color, y]", "data.split.test=0.5")
+    assert any("data.features: lists the target 'y' (label leakage)" in line for line in lines)
+    assert any("data.split: fractions add up to 1.3" in line for line in lines)
+    lines = errors_of(project.config, "model.layers.1.units=3")
+    assert lines == ["Error: --set: model.layers.1.units: the output layer has 3 units; a regression "
+                     "on one target needs 1; set units: 1"]
+    lines = errors_of(project.config, "training.optimizer={name: sgd, nesterov: true}")
+    assert "nesterov needs momentum > 0" in lines[0]
+
+
+def test_overrides_are_validated_like_the_file(project: Project) -> None:
+    loaded = load_config(project.config, ["training.epochs=7", "training.optimizer.lr=1e-4"])
+    assert loaded.config.training.epochs == 7
+    assert loaded.config.training.optimizer.lr == pytest.approx(1e-4)
+    assert errors_of(project.config, "training.epoch=7") == [
+        "Error: --set: training.epoch: unknown key; did you mean 'epochs'?"
+    ]
+    assert errors_of(project.config, "training.epochs") == [
+        "Error: --set: 'training.epochs' is not key=value; e.g. --set training.epochs=5"
+    ]
+
+
+def test_shorthand_optimizer_and_loss(project: Project) -> None:
+    cfg = load_config(project.config, ["training.optimizer=sgd", "training.loss=huber"]).config
+    assert cfg.training.optimizer.name == "sgd" and cfg.training.optimizer.lr == 0.01
+    assert cfg.training.loss.name == "huber"
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"", "the file is empty"),
+        (b"- a\n- b\n", "the file is a list, not a mapping"),
+        (b"name: caf\xe9\n", "the file is not UTF-8 text"),
+    ],
+)
+def test_unusable_files(tmp_path: Path, content: bytes, expected: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_bytes(content)
+    assert expected in errors_of(path)[0]
+
+
+def test_missing_and_directory_config(tmp_path: Path) -> None:
+    assert errors_of(tmp_path / "nope.yaml") == [f"Error: {tmp_path / 'nope.yaml'}: config file not found"]
+    assert "is a directory" in errors_of(tmp_path)[0]
+
+
+def _tags(union: object) -> set[str]:
+    members = get_args(get_args(union)[0])
+    return {get_args(m.model_fields["name"].annotation)[0] for m in members}
+
+
+def test_registries_and_config_choices_agree() -> None:
+    assert _tags(Optimizer) == set(components.OPTIMIZERS)
+    assert _tags(Loss) == set(components.LOSSES)

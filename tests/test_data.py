@@ -1,0 +1,106 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import Project
+from mlpkit.config import load_config
+from mlpkit.data import read_table, split_rows
+from mlpkit.errors import DataError
+
+
+def data_errors(project: Project, csv: str | bytes) -> list[str]:
+    if isinstance(csv, bytes):
+        project.data.write_bytes(csv)
+    else:
+        project.data.write_text(csv)
+    loaded = load_config(project.config)
+    with pytest.raises(DataError) as caught:
+        read_table(loaded.data_path, loaded.config.data, loaded)
+    return caught.value.render().splitlines()
+
+
+GOOD_ROWS = "1.0,2.0,red,3.0\n2.0,1.0,blue,4.0\n"
+
+
+def test_reads_and_converts(project: Project) -> None:
+    loaded = load_config(project.config)
+    table = read_table(loaded.data_path, loaded.config.data, loaded)
+    assert table.n_rows == 50
+    assert table.frame["a"].dtype == np.float64
+    assert set(table.frame["color"]) == {"red", "green", "blue"}
+    assert len(table.sha256) == 64
+
+
+def test_missing_column_with_did_you_mean(project: Project) -> None:
+    lines = data_errors(project, "a,bb,colour,y\n" + GOOD_ROWS)
+    assert lines == [
+        f"Error: {project.data}: column 'b': column missing from the header; did you mean 'bb'?",
+        f"Error: {project.data}: column 'color': column missing from the header; "
+        "did you mean 'colour'?",
+    ]
+
+
+def test_non_numeric_cell_names_first_line_and_count(project: Project) -> None:
+    lines = data_errors(project, "a,b,color,y\n1,2,red,3\n1,?,red,3\n1,x,red,3\n")
+    assert lines == [f"Error: {project.data}: column 'b', line 3: non-numeric value '?' (2 cells); "
+                     "expected a number"]
+
+
+@pytest.mark.parametrize(
+    ("row", "expected"),
+    [
+        ("1,,red,3", "column 'b', line 3: missing value; mlpkit does not impute"),
+        ("1,NaN,red,3", "column 'b', line 3: missing value"),
+        ("1,inf,red,3", "column 'b', line 3: infinite value; expected a finite number"),
+        ("1,2,,3", "column 'color', line 3: missing value"),
+        ("1,2,red,abc", "column 'y', line 3: non-numeric value 'abc'"),
+        ("1,2,red", "line 3: has 3 fields, expected 4 (1 short rows)"),
+        ("1,2,red,3,9", "malformed CSV: Expected 4 fields in line 3, saw 5"),
+    ],
+)
+def test_bad_cells(project: Project, row: str, expected: str) -> None:
+    lines = data_errors(project, "a,b,color,y\n1,2,red,3\n" + row + "\n")
+    assert len(lines) == 1
+    assert expected in lines[0]
+
+
+def test_empty_header_only_and_encoding(project: Project) -> None:
+    assert "the file is empty" in data_errors(project, "")[0]
+    assert "the file has a header but no rows" in data_errors(project, "a,b,color,y\n")[0]
+    latin = "a,b,color,y\n1,2,rouge\xe9,3\n".encode("latin-1")
+    assert data_errors(project, latin) == [
+        f"Error: {project.data}: the file is not valid utf-8 text; set data.encoding, e.g. latin-1"
+    ]
+
+
+def test_missing_data_file_names_config_key_and_both_paths(project: Project) -> None:
+    project.data.unlink()
+    loaded = load_config(project.config)
+    with pytest.raises(DataError) as caught:
+        read_table(loaded.data_path, loaded.config.data, loaded)
+    assert caught.value.render() == (
+        f"Error: {project.config}:4: data.path: data file not found: {project.data}; "
+        f"data.path 'data.csv' (relative to {project.root}/)"
+    )
+
+
+def test_split_is_a_function_of_the_seed(project: Project) -> None:
+    data = load_config(project.config).config.data
+    first, again, other = split_rows(50, data, 0), split_rows(50, data, 0), split_rows(50, data, 1)
+    assert (len(first.train), len(first.val), len(first.test)) == (30, 10, 10)
+    assert np.array_equal(first.test, again.test)
+    assert not np.array_equal(first.test, other.test)
+    everything = np.concatenate([first.train, first.val, first.test])
+    assert sorted(everything) == list(range(50))
+
+
+def test_mpg_csv_is_the_complete_uci_table() -> None:
+    import pandas as pd
+
+    frame = pd.read_csv(Path(__file__).parent.parent / "data" / "mpg.csv")
+    assert list(frame.columns) == ["mpg", "cylinders", "displacement", "horsepower", "weight",
+                                   "acceleration", "model_year", "origin", "name"]
+    assert len(frame) == 392
+    assert not frame.isna().any().any()
+    assert set(frame["origin"]) == {1, 2, 3}
