@@ -18,8 +18,17 @@ import vega_datasets
 SOURCE = Path(vega_datasets.__file__).parent / "_data" / "cars.json"
 TARGET = Path(__file__).parent / "mpg.csv"
 ORIGIN_CODES = {"USA": 1, "Europe": 2, "Japan": 3}
-COLUMNS = ["mpg", "cylinders", "displacement", "horsepower", "weight", "acceleration",
-           "model_year", "origin", "name"]
+COLUMNS = [
+    "mpg",
+    "cylinders",
+    "displacement",
+    "horsepower",
+    "weight",
+    "acceleration",
+    "model_year",
+    "origin",
+    "name",
+]
 
 
 def convert(car: dict) -> list:
@@ -38,7 +47,9 @@ def convert(car: dict) -> list:
 
 def main() -> None:
     cars = json.loads(SOURCE.read_text(encoding="utf-8"))
-    complete = [c for c in cars if c["Miles_per_Gallon"] is not None and c["Horsepower"] is not None]
+    complete = [
+        c for c in cars if c["Miles_per_Gallon"] is not None and c["Horsepower"] is not None
+    ]
     with TARGET.open("w", newline="", encoding="utf-8") as out:
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(COLUMNS)

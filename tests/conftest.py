@@ -39,7 +39,9 @@ def tiny_csv(rows: int = 50, seed: int = 0) -> str:
     a, b = rng.normal(size=rows), rng.uniform(0, 10, size=rows)
     colors = rng.choice(["red", "green", "blue"], size=rows)
     y = 3 * a - 0.5 * b + (colors == "red") * 2 + rng.normal(scale=0.1, size=rows)
-    lines = ["a,b,color,y"] + [f"{x:.4f},{z:.4f},{c},{t:.4f}" for x, z, c, t in zip(a, b, colors, y)]
+    lines = ["a,b,color,y"] + [
+        f"{x:.4f},{z:.4f},{c},{t:.4f}" for x, z, c, t in zip(a, b, colors, y, strict=True)
+    ]
     return "\n".join(lines) + "\n"
 
 

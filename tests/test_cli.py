@@ -9,13 +9,21 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import REPO, Project
 
-from conftest import REPO, Project, Result
 from mlpkit import experiment
 from mlpkit.config import load_config
 
-RUN_FILES = {"config.yaml", "run.json", "summary.txt", "preprocessing.json", "history.csv",
-             "metrics.json", "predictions.csv", "model.safetensors"}
+RUN_FILES = {
+    "config.yaml",
+    "run.json",
+    "summary.txt",
+    "preprocessing.json",
+    "history.csv",
+    "metrics.json",
+    "predictions.csv",
+    "model.safetensors",
+}
 REGRESSION_METRICS = {"mae", "mse", "rmse", "r2", "median_ae", "max_error"}
 
 
@@ -59,7 +67,8 @@ def test_train_writes_a_complete_run(cli, project: Project) -> None:  # type: ig
     assert resolved["data"]["path"] == str(project.data)
     assert resolved["training"]["optimizer"]["betas"] == [0.9, 0.999]  # defaults written out
     assert load_config(run / "config.yaml").config == load_config(project.config).config.model_copy(
-        update={"data": load_config(run / "config.yaml").config.data})
+        update={"data": load_config(run / "config.yaml").config.data}
+    )
     assert "Total parameters: 57" in (run / "summary.txt").read_text()
 
 
@@ -106,29 +115,52 @@ def test_summary_of_config_and_of_run_agree(cli, project: Project) -> None:  # t
 def test_check_runs_every_check_without_training(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
     result = cli("check", project.config)
     assert result.code == 0
-    assert result.out.strip() == f"ok: {project.config}: 50 rows, split 30/10/10, 5 inputs, 57 parameters"
+    assert (
+        result.out.strip()
+        == f"ok: {project.config}: 50 rows, split 30/10/10, 5 inputs, 57 parameters"
+    )
     assert not project.runs.exists()
 
 
 BAD_INPUTS = {
-    "misspelt key": (("  features:", "  featurs:"), None,
-                     ":6: data.featurs: unknown key; did you mean 'features'?"),
-    "unknown activation": (("activation: relu", "activation: rleu"), None,
-                           ":11: model.layers.0.activation: unknown activation 'rleu'; did you mean 'relu'?"),
-    "missing column": (None, ("a,b,color,y", "a,b,colour,y"),
-                       "data.csv: column 'color': column missing from the header; did you mean 'colour'?"),
-    "non-numeric cell": (None, ("\n", "\n1.0,oops,red,2.0\n"),
-                         "data.csv: column 'b', line 2: non-numeric value 'oops'; expected a number"),
-    "output cannot reach target": (("units: 1}", "units: 1, activation: sigmoid}"), None,
-                                   "model.layers.1.activation: 'sigmoid' outputs lie in [0, 1]"),
-    "batch larger than train split": (("batch_size: 8", "batch_size: 64"), None,
-                                      "training.batch_size: 64 is larger than the 30 training rows"),
+    "misspelt key": (
+        ("  features:", "  featurs:"),
+        None,
+        ":6: data.featurs: unknown key; did you mean 'features'?",
+    ),
+    "unknown activation": (
+        ("activation: relu", "activation: rleu"),
+        None,
+        ":11: model.layers.0.activation: unknown activation 'rleu'; did you mean 'relu'?",
+    ),
+    "missing column": (
+        None,
+        ("a,b,color,y", "a,b,colour,y"),
+        "data.csv: column 'color': column missing from the header; did you mean 'colour'?",
+    ),
+    "non-numeric cell": (
+        None,
+        ("\n", "\n1.0,oops,red,2.0\n"),
+        "data.csv: column 'b', line 2: non-numeric value 'oops'; expected a number",
+    ),
+    "output cannot reach target": (
+        ("units: 1}", "units: 1, activation: sigmoid}"),
+        None,
+        "model.layers.1.activation: 'sigmoid' outputs lie in [0, 1]",
+    ),
+    "batch larger than train split": (
+        ("batch_size: 8", "batch_size: 64"),
+        None,
+        "training.batch_size: 64 is larger than the 30 training rows",
+    ),
 }
 
 
 @pytest.mark.parametrize("command", ["train", "check"])
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=str)
-def test_bad_input_one_line_exit_2_nothing_written(cli, project: Project, command: str, case: str) -> None:  # type: ignore[no-untyped-def]
+def test_bad_input_one_line_exit_2_nothing_written(
+    cli, project: Project, command: str, case: str
+) -> None:  # type: ignore[no-untyped-def]
     config_edit, data_edit, expected = BAD_INPUTS[case]
     if config_edit:
         project.edit_config(*config_edit)
@@ -149,16 +181,20 @@ def test_cuda_without_cuda_fails_before_reading_data(cli, project: Project) -> N
     project.data.unlink()  # proves the data is never read
     result = cli("train", project.config, "--runs-dir", project.runs, "--device", "cuda")
     assert (result.code, result.err) == (
-        2, "Error: --device: CUDA is not available on this machine; use --device cpu\n")
+        2,
+        "Error: --device: CUDA is not available on this machine; use --device cpu\n",
+    )
     result = cli("check", project.config, "--set", "training.device=cuda")
-    assert result.err == ("Error: --set: training.device: CUDA is not available on this machine; "
-                          "use cpu or auto\n")
+    assert result.err == (
+        "Error: --set: training.device: CUDA is not available on this machine; use cpu or auto\n"
+    )
 
 
 def test_eval_refuses_what_is_not_a_complete_run(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
     assert cli("eval", project.root).err == (
         f"Error: {project.root}: not a run directory (no run.json); "
-        "pass a folder that mlpkit train printed\n")
+        "pass a folder that mlpkit train printed\n"
+    )
     run = train(cli, project, "-q")
     info = json.loads((run / "run.json").read_text())
     (run / "run.json").write_text(json.dumps(info | {"status": "running"}))
@@ -173,8 +209,16 @@ def test_eval_refuses_what_is_not_a_complete_run(cli, project: Project) -> None:
 
 
 def test_divergence_exits_3_and_marks_the_run(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
-    result = cli("train", project.config, "--runs-dir", project.runs,
-                 "--set", "training.optimizer={name: sgd, lr: 1e4}", "--set", "training.epochs=20")
+    result = cli(
+        "train",
+        project.config,
+        "--runs-dir",
+        project.runs,
+        "--set",
+        "training.optimizer={name: sgd, lr: 1e4}",
+        "--set",
+        "training.epochs=20",
+    )
     assert result.code == 3
     assert "training loss became" in result.err
     (run,) = project.run_dirs()
@@ -191,7 +235,9 @@ def test_internal_error_is_one_line_and_a_report(cli, project: Project, monkeypa
     result = cli("train", project.config)
     assert result.code == 1
     (line,) = result.err.splitlines()
-    assert line.startswith("Error: internal error (RuntimeError); this is a bug; the full report is in ")
+    assert line.startswith(
+        "Error: internal error (RuntimeError); this is a bug; the full report is in "
+    )
     report = Path(line.rsplit(" ", 1)[-1])
     assert "RuntimeError: boom" in report.read_text()
     report.unlink()
@@ -201,7 +247,8 @@ def test_usage_mistakes_get_one_line_and_a_suggestion(cli) -> None:  # type: ign
     result = cli("trian", "x.yaml")
     assert result.code == 2
     assert result.err.splitlines() == [
-        "Error: mlpkit: No such command 'trian'. Did you mean 'train'?; see mlpkit --help"]
+        "Error: mlpkit: No such command 'trian'. Did you mean 'train'?; see mlpkit --help"
+    ]
     result = cli("train", "x.yaml", "--quite")
     assert result.code == 2 and "No such option: --quite" in result.err and "--quiet" in result.err
 
@@ -216,16 +263,23 @@ def test_every_command_has_help_with_an_example(cli) -> None:  # type: ignore[no
 
 def test_console_script_errors_have_no_traceback(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("name: x\nnope: 1\n")
-    done = subprocess.run([sys.executable, "-m", "mlpkit", "check", str(tmp_path / "bad.yaml")],
-                          capture_output=True, text=True, cwd=tmp_path, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "mlpkit", "check", str(tmp_path / "bad.yaml")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=False,
+    )
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert done.stderr.splitlines() == [
         f"Error: {tmp_path / 'bad.yaml'}:2: nope: unknown key; "
         "expected one of: data, model, name, seed, training",
-        *(f"Error: {tmp_path / 'bad.yaml'}: {section}: missing required key; "
-          f"add a '{section}:' section, as in configs/mpg.yaml"
-          for section in ("data", "model", "training")),
+        *(
+            f"Error: {tmp_path / 'bad.yaml'}: {section}: missing required key; "
+            f"add a '{section}:' section, as in configs/mpg.yaml"
+            for section in ("data", "model", "training")
+        ),
     ]
 
 

@@ -1,9 +1,8 @@
 from pathlib import Path
+from typing import get_args
 
 import pytest
-
 from conftest import REPO, Project
-from typing import get_args
 
 from mlpkit import components
 from mlpkit.config import AdamConfig, Loss, Optimizer, load_config
@@ -50,10 +49,14 @@ def test_missing_required_key_gives_an_example(project: Project) -> None:
 
 
 def test_unknown_key_deep_in_a_layer(project: Project) -> None:
-    project.edit_config("{type: dense, units: 8, activation: relu}",
-                        "{type: dense, unit: 8, activation: relu}")
+    project.edit_config(
+        "{type: dense, units: 8, activation: relu}", "{type: dense, unit: 8, activation: relu}"
+    )
     lines = errors_of(project.config)
-    assert f"Error: {project.config}:11: model.layers.0.unit: unknown key; did you mean 'units'?" in lines
+    assert (
+        f"Error: {project.config}:11: model.layers.0.unit: unknown key; did you mean 'units'?"
+        in lines
+    )
 
 
 def test_unknown_activation_lists_nearest(project: Project) -> None:
@@ -99,9 +102,15 @@ def test_wrong_values_are_named(project: Project, old: str, new: str, expected: 
 
 
 def test_dropout_rate_and_empty_layers(project: Project) -> None:
-    project.edit_config("    - {type: dense, units: 1}", "    - {type: dropout, rate: 1.5}\n    - {type: dense, units: 1}")
+    project.edit_config(
+        "    - {type: dense, units: 1}",
+        "    - {type: dropout, rate: 1.5}\n    - {type: dense, units: 1}",
+    )
     assert "model.layers.1.rate: must be less than 1, got 1.5" in errors_of(project.config)[0]
-    assert "model.layers: list should have at least 1 item" in errors_of(project.config, "model.layers=[]")[0]
+    assert (
+        "model.layers: list should have at least 1 item"
+        in errors_of(project.config, "model.layers=[]")[0]
+    )
 
 
 def test_every_problem_is_reported_at_once(project: Project) -> None:
@@ -115,8 +124,10 @@ def test_cross_field_rules(project: Project) -> None:
     assert any("data.features: lists the target 'y' (label leakage)" in line for line in lines)
     assert any("data.split: fractions add up to 1.3" in line for line in lines)
     lines = errors_of(project.config, "model.layers.1.units=3")
-    assert lines == ["Error: --set: model.layers.1.units: the output layer has 3 units; a regression "
-                     "on one target needs 1; set units: 1"]
+    assert lines == [
+        "Error: --set: model.layers.1.units: the output layer has 3 units; a regression "
+        "on one target needs 1; set units: 1"
+    ]
     lines = errors_of(project.config, "training.optimizer={name: sgd, nesterov: true}")
     assert "nesterov needs momentum > 0" in lines[0]
 
@@ -154,7 +165,9 @@ def test_unusable_files(tmp_path: Path, content: bytes, expected: str) -> None:
 
 
 def test_missing_and_directory_config(tmp_path: Path) -> None:
-    assert errors_of(tmp_path / "nope.yaml") == [f"Error: {tmp_path / 'nope.yaml'}: config file not found"]
+    assert errors_of(tmp_path / "nope.yaml") == [
+        f"Error: {tmp_path / 'nope.yaml'}: config file not found"
+    ]
     assert "is a directory" in errors_of(tmp_path)[0]
 
 

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import Project
+
 from mlpkit.config import load_config
 from mlpkit.data import read_table, split_rows
 from mlpkit.errors import DataError
@@ -43,8 +43,10 @@ def test_missing_column_with_did_you_mean(project: Project) -> None:
 
 def test_non_numeric_cell_names_first_line_and_count(project: Project) -> None:
     lines = data_errors(project, "a,b,color,y\n1,2,red,3\n1,?,red,3\n1,x,red,3\n")
-    assert lines == [f"Error: {project.data}: column 'b', line 3: non-numeric value '?' (2 cells); "
-                     "expected a number"]
+    assert lines == [
+        f"Error: {project.data}: column 'b', line 3: non-numeric value '?' (2 cells); "
+        "expected a number"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -99,8 +101,17 @@ def test_mpg_csv_is_the_complete_uci_table() -> None:
     import pandas as pd
 
     frame = pd.read_csv(Path(__file__).parent.parent / "data" / "mpg.csv")
-    assert list(frame.columns) == ["mpg", "cylinders", "displacement", "horsepower", "weight",
-                                   "acceleration", "model_year", "origin", "name"]
+    assert list(frame.columns) == [
+        "mpg",
+        "cylinders",
+        "displacement",
+        "horsepower",
+        "weight",
+        "acceleration",
+        "model_year",
+        "origin",
+        "name",
+    ]
     assert len(frame) == 392
     assert not frame.isna().any().any()
     assert set(frame["origin"]) == {1, 2, 3}

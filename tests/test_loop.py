@@ -17,11 +17,24 @@ def data(rows: int = 40) -> Tensors:
 
 def run_fit(epochs: int = 3, batch_size: int = 4, shuffle: bool = True, sgd_lr: float = 0.0):  # type: ignore[no-untyped-def]
     model = build_model(LAYERS, 3, seed=0)
-    optimizer = (torch.optim.SGD(model.parameters(), lr=sgd_lr) if sgd_lr
-                 else torch.optim.Adam(model.parameters(), lr=1e-2))
-    history = fit(model, torch.nn.MSELoss(), optimizer, data(), data(10), epochs=epochs,
-                  batch_size=batch_size, shuffle=shuffle, seed=0, metrics=["mae"],
-                  scale=TargetScale(0.0, 1.0))
+    optimizer = (
+        torch.optim.SGD(model.parameters(), lr=sgd_lr)
+        if sgd_lr
+        else torch.optim.Adam(model.parameters(), lr=1e-2)
+    )
+    history = fit(
+        model,
+        torch.nn.MSELoss(),
+        optimizer,
+        data(),
+        data(10),
+        epochs=epochs,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        seed=0,
+        metrics=["mae"],
+        scale=TargetScale(0.0, 1.0),
+    )
     return model, history
 
 
@@ -41,7 +54,7 @@ def test_fit_equals_a_hand_written_loop() -> None:
     for _ in range(3):
         order = torch.randperm(40, generator=generator)
         for start in range(0, 40, 4):
-            rows = order[start:start + 4]
+            rows = order[start : start + 4]
             loss = torch.nn.functional.mse_loss(reference(train.x[rows]), train.y[rows])
             optimizer.zero_grad()
             loss.backward()
@@ -59,5 +72,5 @@ def test_loss_goes_down() -> None:
 
 
 def test_divergence_is_an_error_not_a_nan_model() -> None:
-    with pytest.raises(DivergedError, match="training loss became (nan|inf)"):
+    with pytest.raises(DivergedError, match=r"training loss became (nan|inf)"):
         run_fit(epochs=5, sgd_lr=100.0)

@@ -5,13 +5,24 @@ import pytest
 from mlpkit.config import DataConfig
 from mlpkit.preprocessing import Preprocessor, fit_preprocessor
 
-DATA = DataConfig(path="x.csv", target="y", features=["a", "color", "const"],
-                  categorical=["color"], scale_target=True)
+DATA = DataConfig(
+    path="x.csv",
+    target="y",
+    features=["a", "color", "const"],
+    categorical=["color"],
+    scale_target=True,
+)
 
 
 def frame() -> pd.DataFrame:
-    return pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0], "color": ["red", "blue", "red", "green"],
-                         "const": [5.0] * 4, "y": [10.0, 20.0, 30.0, 40.0]})
+    return pd.DataFrame(
+        {
+            "a": [1.0, 2.0, 3.0, 4.0],
+            "color": ["red", "blue", "red", "green"],
+            "const": [5.0] * 4,
+            "y": [10.0, 20.0, 30.0, 40.0],
+        }
+    )
 
 
 def test_fits_on_the_rows_given_and_encodes_in_config_order() -> None:

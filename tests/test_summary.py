@@ -28,8 +28,13 @@ def test_axon_figures(layers: list[Layer], parameters: int, bytes_: int) -> None
     "layers",
     [
         WRITE_UP,
-        [dense(5, "tanh", bias=False), BatchNormLayer(type="batch_norm"),
-         DropoutLayer(type="dropout", rate=0.2), dense(3, "gelu"), dense(1)],
+        [
+            dense(5, "tanh", bias=False),
+            BatchNormLayer(type="batch_norm"),
+            DropoutLayer(type="dropout", rate=0.2),
+            dense(3, "gelu"),
+            dense(1),
+        ],
     ],
 )
 def test_counts_match_the_model_that_is_built(layers: list[Layer]) -> None:

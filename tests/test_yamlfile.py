@@ -33,7 +33,10 @@ def test_duplicate_key_names_both_lines() -> None:
 
 
 def test_python_tags_are_refused_before_anything_runs() -> None:
-    with pytest.raises(ConfigError, match=r"c.yaml:1: .*tag 'tag:yaml.org,2002:python/object/apply:os.system' is not allowed"):
+    with pytest.raises(
+        ConfigError,
+        match=r"c.yaml:1: .*tag 'tag:yaml.org,2002:python/object/apply:os.system' is not allowed",
+    ):
         parse_yaml("x: !!python/object/apply:os.system ['touch /tmp/pwned']\n", "c.yaml")
 
 

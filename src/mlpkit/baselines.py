@@ -12,8 +12,9 @@ from sklearn.linear_model import LinearRegression
 from mlpkit.components import regression_scores
 
 
-def regression_baselines(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
-                         y_test: np.ndarray) -> dict[str, dict[str, float]]:
+def regression_baselines(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray
+) -> dict[str, dict[str, float]]:
     """Test metrics of the mean predictor and ordinary least squares; targets in original units."""
     x_train, x_test = x_train.astype(np.float64), x_test.astype(np.float64)
     mean_prediction = np.full_like(y_test, y_train.mean(), dtype=np.float64)

@@ -15,13 +15,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
+import torch
 import typer
 from rich.console import Console
 from typer._click import exceptions as click_exceptions  # typer's vendored click
 
 from mlpkit import experiment, progress
 from mlpkit.errors import MlpkitError
-from mlpkit.summary import render_table
+from mlpkit.summary import Summary, render_table
 
 app = typer.Typer(
     name="mlpkit",
@@ -33,9 +34,13 @@ app = typer.Typer(
 
 ConfigArg = Annotated[Path, typer.Argument(help="Experiment config (YAML).", show_default=False)]
 RunArg = Annotated[Path, typer.Argument(help="A run directory printed by mlpkit train.")]
-SetOpt = Annotated[list[str] | None, typer.Option(
-    "--set", help="Override a config key, e.g. --set training.epochs=5 (repeatable).")]
-DeviceOpt = Annotated[str | None, typer.Option(help="auto, cpu or cuda; overrides training.device.")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config key, e.g. --set training.epochs=5 (repeatable)."),
+]
+DeviceOpt = Annotated[
+    str | None, typer.Option(help="auto, cpu or cuda; overrides training.device.")
+]
 
 
 def _stdout() -> Console:
@@ -45,7 +50,9 @@ def _stdout() -> Console:
 
 @app.callback()
 def _options(
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks of internal errors.")
+    ] = False,
 ) -> None:
     """Train multilayer perceptrons on tabular data from one YAML file."""
 
@@ -56,37 +63,38 @@ def train(
     set_: SetOpt = None,
     runs_dir: Annotated[Path, typer.Option(help="Where run directories go.")] = Path("runs"),
     device: DeviceOpt = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the run directory.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print only the run directory.")
+    ] = False,
 ) -> None:
     """Train CONFIG into a new run directory and print its path as the last line.
 
     Example: mlpkit train configs/mpg.yaml --set training.epochs=5
     """
     console = _stdout()
-    printer: progress.EpochPrinter | None = None
+    printer = progress.EpochPrinter(console)
 
-    def on_start(prepared: experiment.Prepared, device: object, summary: object) -> None:
-        nonlocal printer
+    def on_start(prepared: experiment.Prepared, device: torch.device, summary: Summary) -> None:
         split = prepared.split
-        console.print(f"{prepared.config.name}: {prepared.table.n_rows} rows of "
-                      f"{prepared.table.path.name} -> {len(split.train)} train / "
-                      f"{len(split.val)} val / {len(split.test)} test; "
-                      f"{len(prepared.preprocessor.input_names)} inputs; "
-                      f"{prepared.summary().total_parameters:,} parameters; device {device}")
-        printer = progress.EpochPrinter(console, prepared.config.training.epochs,
-                                        has_val=len(split.val) > 0).__enter__()
-
-    def on_epoch(record: experiment.EpochRecord) -> None:
-        if printer is not None:
-            printer(record)
+        headline = (
+            f"{prepared.config.name}: {prepared.table.n_rows} rows of {prepared.table.path.name}"
+            f" -> {len(split.train)} train / {len(split.val)} val / {len(split.test)} test; "
+            f"{len(prepared.preprocessor.input_names)} inputs; "
+            f"{summary.total_parameters:,} parameters; device {device}"
+        )
+        printer.start(headline, prepared.config.training.epochs, has_val=len(split.val) > 0)
 
     try:
-        result = experiment.train(config, set_ or [], runs_dir, device,
-                                  on_start=None if quiet else on_start,
-                                  on_epoch=None if quiet else on_epoch)
+        result = experiment.train(
+            config,
+            set_ or [],
+            runs_dir,
+            device,
+            on_start=None if quiet else on_start,
+            on_epoch=None if quiet else printer,
+        )
     finally:
-        if printer is not None:
-            printer.__exit__()
+        printer.close()
     if not quiet:
         console.print(progress.metrics_table(result.metrics))
     print(result.run_dir)
@@ -100,9 +108,11 @@ def check(config: ConfigArg, set_: SetOpt = None) -> None:
     """
     prepared = experiment.check(config, set_ or [])
     split = prepared.split
-    print(f"ok: {config}: {prepared.table.n_rows} rows, split {len(split.train)}/{len(split.val)}/"
-          f"{len(split.test)}, {len(prepared.preprocessor.input_names)} inputs, "
-          f"{prepared.summary().total_parameters:,} parameters")
+    print(
+        f"ok: {config}: {prepared.table.n_rows} rows, split {len(split.train)}/{len(split.val)}/"
+        f"{len(split.test)}, {len(prepared.preprocessor.input_names)} inputs, "
+        f"{prepared.summary().total_parameters:,} parameters"
+    )
 
 
 @app.command()
@@ -159,8 +169,10 @@ def run_cli(argv: list[str]) -> int:
         if debug:
             sys.stderr.write(traceback.format_exc())
         kind = sys.exc_info()[0]
-        sys.stderr.write(f"Error: internal error ({kind.__name__ if kind else 'unknown'}); "
-                         f"this is a bug; the full report is in {report}\n")
+        sys.stderr.write(
+            f"Error: internal error ({kind.__name__ if kind else 'unknown'}); "
+            f"this is a bug; the full report is in {report}\n"
+        )
         return 1
 
 

@@ -92,9 +92,15 @@ REGRESSION_METRICS: dict[str, Metric] = {
 }
 
 
-def regression_scores(y_true: torch.Tensor | np.ndarray, y_pred: torch.Tensor | np.ndarray,
-                      names: list[str] | None = None) -> dict[str, float]:
+def regression_scores(
+    y_true: torch.Tensor | np.ndarray,
+    y_pred: torch.Tensor | np.ndarray,
+    names: list[str] | None = None,
+) -> dict[str, float]:
     """The named regression metrics (all of them by default) as plain floats, in float64."""
     y = torch.as_tensor(y_true, dtype=torch.float64).reshape(-1)
     pred = torch.as_tensor(y_pred, dtype=torch.float64).reshape(-1)
-    return {name: float(REGRESSION_METRICS[name](y, pred)) for name in (REGRESSION_METRICS if names is None else names)}
+    return {
+        name: float(REGRESSION_METRICS[name](y, pred))
+        for name in (REGRESSION_METRICS if names is None else names)
+    }

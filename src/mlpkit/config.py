@@ -11,7 +11,7 @@ import difflib
 import json
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -194,26 +194,32 @@ class Config(_Strict):
 
 
 @dataclass
-class LoadedConfig:
-    """A validated config plus where it came from, so later checks can point into the file."""
+class ConfigSource:
+    """Where a config came from, so any later check can point into the file or at --set."""
 
-    config: Config
     source: Path
     doc: YamlDoc
-    overridden: set[Path_] = field(default_factory=set)
-
-    @property
-    def data_path(self) -> Path:
-        """data.path, resolved from the config file's folder."""
-        return (self.source.parent / self.config.data.path).resolve()
+    overridden: set[Path_]
 
     def problem(self, path: Path_, problem: str, hint: str | None = None) -> Problem:
         """A Problem located at a config key: `--set` if overridden, else the file and line."""
         where = ".".join(str(p) for p in path) or None
         if any(path[:end] in self.overridden for end in range(1, len(path) + 1)):
             return Problem(problem, file="--set", where=where, hint=hint)
-        return Problem(problem, file=str(self.source), line=self.doc.line_of(path), where=where,
-                       hint=hint)
+        line = self.doc.line_of(path)
+        return Problem(problem, file=str(self.source), line=line, where=where, hint=hint)
+
+
+@dataclass
+class LoadedConfig(ConfigSource):
+    """A validated config plus where it came from."""
+
+    config: Config
+
+    @property
+    def data_path(self) -> Path:
+        """data.path, resolved from the config file's folder."""
+        return (self.source.parent / self.config.data.path).resolve()
 
 
 def load_config(path: Path, overrides: tuple[str, ...] | list[str] = ()) -> LoadedConfig:
@@ -225,19 +231,24 @@ def load_config(path: Path, overrides: tuple[str, ...] | list[str] = ()) -> Load
     doc = parse_yaml(_read_text(path), str(path))
     if not isinstance(doc.data, dict):
         kind = "empty" if doc.data is None else f"a {type(doc.data).__name__}, not a mapping"
-        raise ConfigError(Problem(f"the file is {kind}", file=str(path),
-                                  hint="a config is a mapping with name, data, model, training"))
+        raise ConfigError(
+            Problem(
+                f"the file is {kind}",
+                file=str(path),
+                hint="a config is a mapping with name, data, model, training",
+            )
+        )
     raw = doc.data
     overridden = {_apply_override(raw, text) for text in overrides}
     _expand_shorthands(raw)
     try:
         config = Config.model_validate(raw)
     except ValidationError as exc:
-        loaded = LoadedConfig(Config.model_construct(), path, doc, overridden)
+        origin = ConfigSource(path, doc, overridden)
         errors = _without_misspelt_missing(exc.errors(), raw)
-        problems = [_translate(e, raw, loaded) for e in errors]
+        problems = [_translate(e, raw, origin) for e in errors]
         raise ConfigError(sorted(problems, key=lambda p: p.line or 10**9)) from None
-    loaded = LoadedConfig(config, path, doc, overridden)
+    loaded = LoadedConfig(path, doc, overridden, config)
     problems = cross_field_problems(loaded)
     if problems:
         raise ConfigError(problems)
@@ -252,21 +263,27 @@ def _read_text(path: Path) -> str:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise ConfigError(Problem(f"cannot read the file: {exc.strerror}", file=str(path))) from None
+        raise ConfigError(
+            Problem(f"cannot read the file: {exc.strerror}", file=str(path))
+        ) from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise ConfigError(Problem("the file is not UTF-8 text", file=str(path), line=line,
-                                  hint="save it as UTF-8")) from None
+        raise ConfigError(
+            Problem(
+                "the file is not UTF-8 text", file=str(path), line=line, hint="save it as UTF-8"
+            )
+        ) from None
 
 
 def _apply_override(raw: dict[str, Any], text: str) -> Path_:
     """Apply `dotted.key=value` to the raw mapping; the value is read as YAML, like the file."""
     key, sep, value_text = text.partition("=")
     if not sep or not key:
-        raise ConfigError(Problem(f"'{text}' is not key=value", file="--set",
-                                  hint="e.g. --set training.epochs=5"))
+        raise ConfigError(
+            Problem(f"'{text}' is not key=value", file="--set", hint="e.g. --set training.epochs=5")
+        )
     value = parse_yaml(value_text, f"--set {key}").data
     path: list[str | int] = [int(p) if p.isdigit() else p for p in key.split(".")]
     node: Any = raw
@@ -276,8 +293,9 @@ def _apply_override(raw: dict[str, Any], text: str) -> Path_:
             node[part] = child = {}
         if not isinstance(child, dict | list):
             prefix = ".".join(map(str, path[: depth + 1]))
-            raise ConfigError(Problem(f"'{prefix}' holds a value, not a section", file="--set",
-                                      where=key))
+            raise ConfigError(
+                Problem(f"'{prefix}' holds a value, not a section", file="--set", where=key)
+            )
         node = child
     last = path[-1]
     if isinstance(node, list) and (not isinstance(last, int) or last >= len(node)):
@@ -317,7 +335,7 @@ _EXPECTED = {
 _KINDS = {"optimizer": "optimizer", "loss": "loss", "layers": "layer type"}
 
 
-def _translate(error: Any, raw: dict[str, Any], loaded: LoadedConfig) -> Problem:
+def _translate(error: Any, raw: dict[str, Any], loaded: ConfigSource) -> Problem:
     loc = _user_path(error["loc"], raw)
     kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
     if kind == "extra_forbidden":
@@ -330,7 +348,9 @@ def _translate(error: Any, raw: dict[str, Any], loaded: LoadedConfig) -> Problem
         what = _KINDS.get(next((str(p) for p in reversed(loc) if isinstance(p, str)), ""), "name")
         tags = [t.strip(" '") for t in ctx.get("expected_tags", "").split(",")]
         if kind == "union_tag_not_found":
-            return loaded.problem(loc, f"missing '{tag_key}'", "expected one of: " + ", ".join(tags))
+            return loaded.problem(
+                loc, f"missing '{tag_key}'", "expected one of: " + ", ".join(tags)
+            )
         tag = str(ctx.get("tag"))
         return loaded.problem((*loc, tag_key), f"unknown {what} '{tag}'", did_you_mean(tag, tags))
     if kind in _EXPECTED:
@@ -344,14 +364,15 @@ def _translate(error: Any, raw: dict[str, Any], loaded: LoadedConfig) -> Problem
 
 def _without_misspelt_missing(errors: list[Any], raw: dict[str, Any]) -> list[Any]:
     """A misspelt required key is one mistake: report the unknown key, not also the missing one."""
-    misspelt = set()
+    misspelt: set[Path_] = set()
     for error in errors:
         if error["type"] == "extra_forbidden":
             loc = _user_path(error["loc"], raw)
             close = difflib.get_close_matches(str(loc[-1]), _fields_at(loc[:-1], raw), n=1)
             misspelt.update((*loc[:-1], name) for name in close)
-    return [e for e in errors
-            if not (e["type"] == "missing" and _user_path(e["loc"], raw) in misspelt)]
+    return [
+        e for e in errors if not (e["type"] == "missing" and _user_path(e["loc"], raw) in misspelt)
+    ]
 
 
 def _user_path(loc: tuple[Any, ...], raw: Any) -> Path_:
@@ -359,7 +380,11 @@ def _user_path(loc: tuple[Any, ...], raw: Any) -> Path_:
     path: list[str | int] = []
     node = raw
     for part in loc:
-        if isinstance(node, dict) and part not in node and part in (node.get("type"), node.get("name")):
+        if (
+            isinstance(node, dict)
+            and part not in node
+            and part in (node.get("type"), node.get("name"))
+        ):
             continue
         path.append(part)
         node = _child(node, part) if isinstance(node, dict | list) else None
@@ -379,7 +404,11 @@ def _model_at(path: Path_, raw: Any) -> type[BaseModel] | None:
                 if model and isinstance(node, dict) and _tag_of(model) in node.values():
                     return model
             return None
-        return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        return (
+            annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel)
+            else None
+        )
 
     annotation: Any = Config
     node = raw
@@ -439,27 +468,46 @@ def cross_field_problems(loaded: LoadedConfig) -> list[Problem]:
     split = cfg.data.split
     total = split.train + split.val + split.test
     if abs(total - 1.0) > 1e-9:
-        problems.append(loaded.problem(("data", "split"), f"fractions add up to {total:g}",
-                                       "make train + val + test equal 1"))
+        problems.append(
+            loaded.problem(
+                ("data", "split"),
+                f"fractions add up to {total:g}",
+                "make train + val + test equal 1",
+            )
+        )
     if cfg.data.target in cfg.data.features:
-        problems.append(loaded.problem(("data", "features"),
-                                       f"lists the target '{cfg.data.target}' (label leakage)",
-                                       "remove it from data.features"))
+        problems.append(
+            loaded.problem(
+                ("data", "features"),
+                f"lists the target '{cfg.data.target}' (label leakage)",
+                "remove it from data.features",
+            )
+        )
     for name in sorted({f for f in cfg.data.features if cfg.data.features.count(f) > 1}):
         problems.append(loaded.problem(("data", "features"), f"lists '{name}' twice"))
     for name in cfg.data.categorical:
         if name not in cfg.data.features:
-            problems.append(loaded.problem(("data", "categorical"),
-                                           f"'{name}' is not in data.features",
-                                           "list each categorical column in data.features too"))
+            problems.append(
+                loaded.problem(
+                    ("data", "categorical"),
+                    f"'{name}' is not in data.features",
+                    "list each categorical column in data.features too",
+                )
+            )
     problems += _head_problems(loaded)
     optimizer = cfg.training.optimizer
-    if isinstance(optimizer, SGDConfig) and optimizer.nesterov and (
-        optimizer.momentum <= 0 or optimizer.dampening != 0
+    if (
+        isinstance(optimizer, SGDConfig)
+        and optimizer.nesterov
+        and (optimizer.momentum <= 0 or optimizer.dampening != 0)
     ):
-        problems.append(loaded.problem(("training", "optimizer", "nesterov"),
-                                       "nesterov needs momentum > 0 and dampening 0",
-                                       "set training.optimizer.momentum, e.g. 0.9"))
+        problems.append(
+            loaded.problem(
+                ("training", "optimizer", "nesterov"),
+                "nesterov needs momentum > 0 and dampening 0",
+                "set training.optimizer.momentum, e.g. 0.9",
+            )
+        )
     return problems
 
 
@@ -468,21 +516,36 @@ def _head_problems(loaded: LoadedConfig) -> list[Problem]:
     last = len(layers) - 1
     dense = [i for i, layer in enumerate(layers) if isinstance(layer, DenseLayer)]
     if not dense:
-        return [loaded.problem(("model", "layers"), "has no dense layer",
-                               "end with e.g. {type: dense, units: 1}")]
+        return [
+            loaded.problem(
+                ("model", "layers"), "has no dense layer", "end with e.g. {type: dense, units: 1}"
+            )
+        ]
     head = layers[dense[-1]]
     assert isinstance(head, DenseLayer)
     problems = []
     if dense[-1] != last:
-        problems.append(loaded.problem(("model", "layers", last),
-                                       f"the model ends with {layers[last].type}, not dense",
-                                       "end with the dense output layer"))
+        problems.append(
+            loaded.problem(
+                ("model", "layers", last),
+                f"the model ends with {layers[last].type}, not dense",
+                "end with the dense output layer",
+            )
+        )
     if head.units != 1:
-        problems.append(loaded.problem(("model", "layers", dense[-1], "units"),
-                                       f"the output layer has {head.units} units; a regression on "
-                                       "one target needs 1", "set units: 1"))
+        problems.append(
+            loaded.problem(
+                ("model", "layers", dense[-1], "units"),
+                f"the output layer has {head.units} units; a regression on one target needs 1",
+                "set units: 1",
+            )
+        )
     elif head.activation == "softmax":
-        problems.append(loaded.problem(("model", "layers", dense[-1], "activation"),
-                                       "softmax over one unit always outputs 1",
-                                       "use linear for regression"))
+        problems.append(
+            loaded.problem(
+                ("model", "layers", dense[-1], "activation"),
+                "softmax over one unit always outputs 1",
+                "use linear for regression",
+            )
+        )
     return problems

@@ -44,8 +44,9 @@ class Split:
     test: np.ndarray
 
 
-def read_table(path: Path, data: DataConfig, origin: LoadedConfig | None = None,
-               need_target: bool = True) -> Table:
+def read_table(
+    path: Path, data: DataConfig, origin: LoadedConfig | None = None, need_target: bool = True
+) -> Table:
     """Read `path` and check the columns `data` names.
 
     `origin` locates a missing file at the config key that named it.
@@ -73,11 +74,13 @@ def read_table(path: Path, data: DataConfig, origin: LoadedConfig | None = None,
     return Table(frame=frame, path=path, sha256=hashlib.sha256(raw_bytes).hexdigest())
 
 
-def numeric_and_categorical(data: DataConfig, need_target: bool = True) -> tuple[list[str], list[str]]:
+def numeric_and_categorical(
+    data: DataConfig, need_target: bool = True
+) -> tuple[list[str], list[str]]:
     """Columns to read as numbers and as categories, in the config's order."""
     numeric = [c for c in data.features if c not in data.categorical]
     categorical = [c for c in data.features if c in data.categorical]
-    return (numeric + [data.target] if need_target else numeric), categorical
+    return ([*numeric, data.target] if need_target else numeric), categorical
 
 
 def _read_bytes(path: Path, origin: LoadedConfig | None) -> bytes:
@@ -101,14 +104,21 @@ def _read_frame(path: Path, encoding: str) -> pd.DataFrame:
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding=encoding)
     except UnicodeDecodeError:
-        raise DataError(Problem(f"the file is not valid {encoding} text", file=str(path),
-                                hint="set data.encoding, e.g. latin-1")) from None
+        raise DataError(
+            Problem(
+                f"the file is not valid {encoding} text",
+                file=str(path),
+                hint="set data.encoding, e.g. latin-1",
+            )
+        ) from None
     except LookupError:
-        raise DataError(Problem(f"unknown encoding '{encoding}'", file=str(path),
-                                where="data.encoding")) from None
+        raise DataError(
+            Problem(f"unknown encoding '{encoding}'", file=str(path), where="data.encoding")
+        ) from None
     except pd.errors.EmptyDataError:
-        raise DataError(Problem("the file is empty", file=str(path),
-                                hint="expected a CSV with a header line")) from None
+        raise DataError(
+            Problem("the file is empty", file=str(path), hint="expected a CSV with a header line")
+        ) from None
     except pd.errors.ParserError as exc:
         raise DataError(Problem(f"malformed CSV: {_first_line(exc)}", file=str(path))) from None
     if frame.empty:
@@ -123,8 +133,12 @@ def _first_line(exc: Exception) -> str:
 def _missing_columns(path: Path, frame: pd.DataFrame, wanted: list[str]) -> list[Problem]:
     header = [str(c) for c in frame.columns]
     return [
-        Problem("column missing from the header", file=str(path), where=f"column '{name}'",
-                hint=did_you_mean(name, header))
+        Problem(
+            "column missing from the header",
+            file=str(path),
+            where=f"column '{name}'",
+            hint=did_you_mean(name, header),
+        )
         for name in wanted
         if name not in header
     ]
@@ -132,7 +146,7 @@ def _missing_columns(path: Path, frame: pd.DataFrame, wanted: list[str]) -> list
 
 def _ragged_rows(path: Path, frame: pd.DataFrame, encoding: str) -> list[Problem]:
     """Rows with fewer fields than the header (pandas pads them with empty cells)."""
-    if not frame.eq("").to_numpy().any():
+    if not (frame.to_numpy() == "").any():
         return []  # no empty cell, so no short row: skip the scan
     with path.open(newline="", encoding=encoding) as handle:
         widths = [len(row) for row in csv.reader(handle) if row]
@@ -140,37 +154,56 @@ def _ragged_rows(path: Path, frame: pd.DataFrame, encoding: str) -> list[Problem
     if not short:
         return []
     first = short[0]
-    return [Problem(f"has {widths[first + 1]} fields, expected {frame.shape[1]} "
-                    f"({len(short)} short rows)", file=str(path),
-                    where=f"line {first + FIRST_DATA_LINE}")]
+    return [
+        Problem(
+            f"has {widths[first + 1]} fields, expected {frame.shape[1]} ({len(short)} short rows)",
+            file=str(path),
+            where=f"line {first + FIRST_DATA_LINE}",
+        )
+    ]
 
 
-def _convert(path: Path, column: str, cells: pd.Series, numeric: bool) -> tuple[pd.Series, list[Problem]]:
+def _convert(
+    path: Path, column: str, cells: pd.Series, numeric: bool
+) -> tuple[pd.Series, list[Problem]]:
     missing = cells.str.lower().isin(MISSING_TOKENS).to_numpy()
     problems = []
     if missing.any():
-        problems.append(_cell_problem(path, column, missing, "missing value",
-                                      "mlpkit does not impute: drop or fill those rows"))
+        problems.append(
+            _cell_problem(
+                path,
+                column,
+                missing,
+                "missing value",
+                "mlpkit does not impute: drop or fill those rows",
+            )
+        )
     if not numeric:
         return cells, problems
     values = pd.to_numeric(cells.where(~missing), errors="coerce").to_numpy(dtype=np.float64)
     bad = np.isnan(values) & ~missing
     if bad.any():
         first = str(cells.iloc[int(bad.nonzero()[0][0])])
-        problems.append(_cell_problem(path, column, bad, f"non-numeric value '{first}'",
-                                      "expected a number"))
+        problems.append(
+            _cell_problem(path, column, bad, f"non-numeric value '{first}'", "expected a number")
+        )
     infinite = np.isinf(values)
     if infinite.any():
-        problems.append(_cell_problem(path, column, infinite, "infinite value",
-                                      "expected a finite number"))
+        problems.append(
+            _cell_problem(path, column, infinite, "infinite value", "expected a finite number")
+        )
     return pd.Series(values, index=cells.index), problems
 
 
 def _cell_problem(path: Path, column: str, mask: np.ndarray, what: str, hint: str) -> Problem:
     rows = mask.nonzero()[0]
     count = f" ({len(rows)} cells)" if len(rows) > 1 else ""
-    return Problem(f"{what}{count}", file=str(path),
-                   where=f"column '{column}', line {int(rows[0]) + FIRST_DATA_LINE}", hint=hint)
+    return Problem(
+        f"{what}{count}",
+        file=str(path),
+        where=f"column '{column}', line {int(rows[0]) + FIRST_DATA_LINE}",
+        hint=hint,
+    )
 
 
 def split_rows(n_rows: int, data: DataConfig, seed: int) -> Split:
@@ -181,7 +214,7 @@ def split_rows(n_rows: int, data: DataConfig, seed: int) -> Split:
     order = np.random.default_rng(seed).permutation(n_rows)
     n_train = math.floor(data.split.train * n_rows)
     n_val = math.floor(data.split.val * n_rows)
-    return Split(order[:n_train], order[n_train:n_train + n_val], order[n_train + n_val:])
+    return Split(order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :])
 
 
 def check_split(split: Split, loaded: LoadedConfig) -> list[Problem]:
@@ -191,12 +224,20 @@ def check_split(split: Split, loaded: LoadedConfig) -> list[Problem]:
     n_rows = len(split.train) + len(split.val) + len(split.test)
     for part in ("train", "val", "test"):
         if getattr(cfg.data.split, part) > 0 and len(getattr(split, part)) == 0:
-            problems.append(loaded.problem(("data", "split", part),
-                                           f"{n_rows} data rows leave the {part} split empty",
-                                           f"add rows or raise data.split.{part}"))
+            problems.append(
+                loaded.problem(
+                    ("data", "split", part),
+                    f"{n_rows} data rows leave the {part} split empty",
+                    f"add rows or raise data.split.{part}",
+                )
+            )
     batch_size = cfg.training.batch_size
     if 0 < len(split.train) < batch_size:
-        problems.append(loaded.problem(("training", "batch_size"),
-                                       f"{batch_size} is larger than the {len(split.train)} "
-                                       "training rows", "lower it or add rows"))
+        problems.append(
+            loaded.problem(
+                ("training", "batch_size"),
+                f"{batch_size} is larger than the {len(split.train)} training rows",
+                "lower it or add rows",
+            )
+        )
     return problems

@@ -79,13 +79,22 @@ def resolve_device(loaded: LoadedConfig, override: str | None = None) -> torch.d
     if wanted == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if wanted == "cuda" and not torch.cuda.is_available():
-        problem = Problem("CUDA is not available on this machine", where="--device",
-                          hint="use --device cpu") if override else loaded.problem(
-            ("training", "device"), "CUDA is not available on this machine", "use cpu or auto")
+        problem = (
+            Problem(
+                "CUDA is not available on this machine", where="--device", hint="use --device cpu"
+            )
+            if override
+            else loaded.problem(
+                ("training", "device"), "CUDA is not available on this machine", "use cpu or auto"
+            )
+        )
         raise DeviceError(problem)
     if wanted not in ("cpu", "cuda"):
-        raise DeviceError(Problem(f"unknown device '{wanted}'", where="--device",
-                                  hint="expected auto, cpu or cuda"))
+        raise DeviceError(
+            Problem(
+                f"unknown device '{wanted}'", where="--device", hint="expected auto, cpu or cuda"
+            )
+        )
     return torch.device(wanted)
 
 
@@ -124,10 +133,14 @@ def _head_reaches_target(prepared: Prepared) -> list[Problem]:
     if low <= scaled.min() and scaled.max() <= high:
         return []
     kind = "scaled target" if prepared.config.data.scale_target else "target"
-    return [prepared.loaded.problem(
-        ("model", "layers", index, "activation"),
-        f"'{head.activation}' outputs lie in [{low:g}, {high:g}] but the {kind} '{target}' ranges "
-        f"over [{scaled.min():.4g}, {scaled.max():.4g}]", "use activation: linear on the output")]
+    return [
+        prepared.loaded.problem(
+            ("model", "layers", index, "activation"),
+            f"'{head.activation}' outputs lie in [{low:g}, {high:g}] but the {kind} '{target}' "
+            f"ranges over [{scaled.min():.4g}, {scaled.max():.4g}]",
+            "use activation: linear on the output",
+        )
+    ]
 
 
 def check(config_path: Path, overrides: list[str]) -> Prepared:
@@ -161,9 +174,14 @@ def make_loss(loaded: LoadedConfig) -> nn.Module:
     return components.LOSSES[loaded.config.training.loss.name](**options)
 
 
-def train(config_path: Path, overrides: list[str], runs_dir: Path, device_name: str | None = None,
-          on_start: Callable[[Prepared, torch.device, Summary], None] | None = None,
-          on_epoch: OnEpoch | None = None) -> TrainResult:
+def train(
+    config_path: Path,
+    overrides: list[str],
+    runs_dir: Path,
+    device_name: str | None = None,
+    on_start: Callable[[Prepared, torch.device, Summary], None] | None = None,
+    on_epoch: OnEpoch | None = None,
+) -> TrainResult:
     """Check everything, then train into a new run directory and write every file of it.
 
     Raises:
@@ -188,15 +206,18 @@ def train(config_path: Path, overrides: list[str], runs_dir: Path, device_name: 
         result = _fit_and_write(prepared, device, run_dir, on_epoch)
     except BaseException as exc:
         status = _status_for(exc)
-        runs.write_info(run_dir, info.model_copy(update={
-            "status": status, "finished": _now(), "error": _one_line(exc)}))
+        runs.write_info(
+            run_dir,
+            info.model_copy(update={"status": status, "finished": _now(), "error": _one_line(exc)}),
+        )
         raise
     runs.write_info(run_dir, info.model_copy(update={"status": "complete", "finished": _now()}))
     return result
 
 
-def _fit_and_write(prepared: Prepared, device: torch.device, run_dir: Path,
-                   on_epoch: OnEpoch | None) -> TrainResult:
+def _fit_and_write(
+    prepared: Prepared, device: torch.device, run_dir: Path, on_epoch: OnEpoch | None
+) -> TrainResult:
     cfg = prepared.config
     data = {part: prepared.tensors(getattr(prepared.split, part), device) for part in SPLITS}
     model = build_model(cfg.model.layers, data["train"].x.shape[1], cfg.seed, device)
@@ -205,11 +226,20 @@ def _fit_and_write(prepared: Prepared, device: torch.device, run_dir: Path,
     # Dropout draws from torch's global generator; fork_rng seeds it here and restores it after.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(cfg.seed)
-        history = fit(model, loss_fn, make_optimizer(model, prepared.loaded), data["train"],
-                      data["val"] if len(prepared.split.val) else None,
-                      epochs=cfg.training.epochs, batch_size=cfg.training.batch_size,
-                      shuffle=cfg.training.shuffle, seed=cfg.seed, metrics=cfg.training.metrics,
-                      scale=scale, on_epoch=on_epoch)
+        history = fit(
+            model,
+            loss_fn,
+            make_optimizer(model, prepared.loaded),
+            data["train"],
+            data["val"] if len(prepared.split.val) else None,
+            epochs=cfg.training.epochs,
+            batch_size=cfg.training.batch_size,
+            shuffle=cfg.training.shuffle,
+            seed=cfg.seed,
+            metrics=cfg.training.metrics,
+            scale=scale,
+            on_epoch=on_epoch,
+        )
     metrics = final_metrics(model, prepared, data, history)
     runs.write_csv(run_dir / "history.csv", history)
     runs.write_json(run_dir / "metrics.json", metrics)
@@ -218,15 +248,17 @@ def _fit_and_write(prepared: Prepared, device: torch.device, run_dir: Path,
     return TrainResult(run_dir, history, metrics)
 
 
-def final_metrics(model: nn.Module, prepared: Prepared, data: dict[str, Tensors],
-                  history: list[EpochRecord]) -> dict[str, Any]:
+def final_metrics(
+    model: nn.Module, prepared: Prepared, data: dict[str, Tensors], history: list[EpochRecord]
+) -> dict[str, Any]:
     """Every regression metric per split in target units, the baselines' test metrics beside."""
     scale = TargetScale(prepared.preprocessor.target.mean, prepared.preprocessor.target.std)
     metrics: dict[str, Any] = {}
     for part in SPLITS:
         if data[part].x.shape[0]:
-            scores = evaluate(model, nn.MSELoss(), data[part], list(components.REGRESSION_METRICS),
-                              scale)
+            scores = evaluate(
+                model, nn.MSELoss(), data[part], list(components.REGRESSION_METRICS), scale
+            )
             metrics[part] = {k: v for k, v in scores.items() if k != "loss"}
     metrics["baselines"] = _baselines(prepared)
     metrics["best_epoch"] = best_epoch(history)
@@ -237,8 +269,11 @@ def _baselines(prepared: Prepared) -> dict[str, dict[str, float]]:
     frame, target = prepared.table.frame, prepared.config.data.target
     train, test = prepared.split.train, prepared.split.test
     return regression_baselines(
-        prepared.preprocessor.transform(frame.iloc[train]), frame[target].to_numpy()[train],
-        prepared.preprocessor.transform(frame.iloc[test]), frame[target].to_numpy()[test])
+        prepared.preprocessor.transform(frame.iloc[train]),
+        frame[target].to_numpy()[train],
+        prepared.preprocessor.transform(frame.iloc[test]),
+        frame[target].to_numpy()[test],
+    )
 
 
 def best_epoch(history: list[EpochRecord]) -> int:
@@ -252,8 +287,10 @@ def _predictions(model: nn.Module, prepared: Prepared, test: Tensors) -> list[di
     target = prepared.config.data.target
     predicted = prepared.preprocessor.unscale_target(predict(model, test.x)[:, 0].cpu().numpy())
     truth = prepared.table.frame[target].to_numpy()[rows]
-    return [{"line": int(r) + 2, target: float(t), "prediction": float(p)}
-            for r, t, p in zip(rows, truth, predicted, strict=True)]
+    return [
+        {"line": int(r) + 2, target: float(t), "prediction": float(p)}
+        for r, t, p in zip(rows, truth, predicted, strict=True)
+    ]
 
 
 def resolved_config(loaded: LoadedConfig) -> dict[str, Any]:
@@ -265,12 +302,20 @@ def resolved_config(loaded: LoadedConfig) -> dict[str, Any]:
 
 def _run_info(prepared: Prepared, device: torch.device) -> runs.RunInfo:
     return runs.RunInfo(
-        name=prepared.config.name, status="running", seed=prepared.config.seed, device=str(device),
-        data=runs.DataInfo(path=str(prepared.table.path), sha256=prepared.table.sha256,
-                           rows=prepared.table.n_rows),
-        versions={"mlpkit": mlpkit.__version__, "torch": torch.__version__,
-                  "python": platform.python_version()},
-        started=_now())
+        name=prepared.config.name,
+        status="running",
+        seed=prepared.config.seed,
+        device=str(device),
+        data=runs.DataInfo(
+            path=str(prepared.table.path), sha256=prepared.table.sha256, rows=prepared.table.n_rows
+        ),
+        versions={
+            "mlpkit": mlpkit.__version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+        started=_now(),
+    )
 
 
 def _status_for(exc: BaseException) -> runs.Status:
@@ -302,8 +347,9 @@ class EvalResult:
     source: str  # "test split" or the data file evaluated
 
 
-def evaluate_run(run_dir: Path, data_path: Path | None = None,
-                 device_name: str | None = None) -> EvalResult:
+def evaluate_run(
+    run_dir: Path, data_path: Path | None = None, device_name: str | None = None
+) -> EvalResult:
     """Rebuild model and preprocessing from the run alone and score it.
 
     Without `data_path`, on the run's own test split (the data file must be unchanged); with it,
@@ -317,15 +363,21 @@ def evaluate_run(run_dir: Path, data_path: Path | None = None,
     # The training device by default, so the run's own test split scores exactly as it did.
     trained_on_cuda = run.info.device.startswith("cuda") and torch.cuda.is_available()
     device = resolve_device(loaded, device_name or ("cuda" if trained_on_cuda else "cpu"))
-    model = build_model(loaded.config.model.layers, len(run.preprocessor.input_names),
-                        loaded.config.seed, device)
+    model = build_model(
+        loaded.config.model.layers, len(run.preprocessor.input_names), loaded.config.seed, device
+    )
     run.load_weights(model)
     source_path = data_path or loaded.data_path
     table = read_table(source_path, loaded.config.data, None if data_path else loaded)
     if data_path is None:
         if table.sha256 != run.info.data.sha256:
-            raise DataError(Problem("the data file changed since the run was trained",
-                                    file=str(source_path), hint="pass --data to score a new file"))
+            raise DataError(
+                Problem(
+                    "the data file changed since the run was trained",
+                    file=str(source_path),
+                    hint="pass --data to score a new file",
+                )
+            )
         rows = split_rows(table.n_rows, loaded.config.data, loaded.config.seed).test
     else:
         rows = np.arange(table.n_rows)

@@ -40,10 +40,21 @@ OnEpoch = Callable[[EpochRecord], None]
 EVAL_BATCH = 8192  # rows per forward pass when predicting; large enough to be one pass for mpg
 
 
-def fit(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
-        train: Tensors, val: Tensors | None, *, epochs: int, batch_size: int, shuffle: bool,
-        seed: int, metrics: list[str], scale: TargetScale,
-        on_epoch: OnEpoch | None = None) -> list[EpochRecord]:
+def fit(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train: Tensors,
+    val: Tensors | None,
+    *,
+    epochs: int,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    metrics: list[str],
+    scale: TargetScale,
+    on_epoch: OnEpoch | None = None,
+) -> list[EpochRecord]:
     """Train for `epochs` and return one record per epoch (plain floats).
 
     Raises:
@@ -54,12 +65,22 @@ def fit(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
     history: list[EpochRecord] = []
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
-        train_loss = _train_epoch(model, loss_fn, optimizer, train, batch_size,
-                                  _order(n_rows, shuffle, generator, train.x.device))
+        train_loss = _train_epoch(
+            model,
+            loss_fn,
+            optimizer,
+            train,
+            batch_size,
+            _order(n_rows, shuffle, generator, train.x.device),
+        )
         if not math.isfinite(train_loss):
-            raise DivergedError(Problem(f"the training loss became {train_loss} in epoch {epoch}",
-                                        where="training",
-                                        hint="lower training.optimizer.lr or scale the target"))
+            raise DivergedError(
+                Problem(
+                    f"the training loss became {train_loss} in epoch {epoch}",
+                    where="training",
+                    hint="lower training.optimizer.lr or scale the target",
+                )
+            )
         record: EpochRecord = {"epoch": epoch, "train_loss": train_loss}
         if val is not None:
             record |= evaluate(model, loss_fn, val, metrics, scale, prefix="val_")
@@ -70,21 +91,31 @@ def fit(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
     return history
 
 
-def _order(n_rows: int, shuffle: bool, generator: torch.Generator,
-           device: torch.device) -> torch.Tensor | None:
+def _order(
+    n_rows: int, shuffle: bool, generator: torch.Generator, device: torch.device
+) -> torch.Tensor | None:
     if not shuffle:
         return None
     return torch.randperm(n_rows, generator=generator).to(device)
 
 
-def _train_epoch(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
-                 data: Tensors, batch_size: int, order: torch.Tensor | None) -> float:
+def _train_epoch(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: Tensors,
+    batch_size: int,
+    order: torch.Tensor | None,
+) -> float:
     model.train()
     x, y = (data.x, data.y) if order is None else (data.x[order], data.y[order])
     n_rows = x.shape[0]
     total = torch.zeros((), device=x.device)
     for start in range(0, n_rows, batch_size):
-        xb, yb = x[start:start + batch_size], y[start:start + batch_size]  # views: [b, f], [b, 1]
+        xb, yb = (
+            x[start : start + batch_size],
+            y[start : start + batch_size],
+        )  # views: [b, f], [b, 1]
         loss = loss_fn(model(xb), yb)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -97,11 +128,17 @@ def _train_epoch(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Op
 def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Model outputs for all rows, [rows, outputs], in eval mode."""
     model.eval()
-    return torch.cat([model(x[i:i + EVAL_BATCH]) for i in range(0, x.shape[0], EVAL_BATCH)])
+    return torch.cat([model(x[i : i + EVAL_BATCH]) for i in range(0, x.shape[0], EVAL_BATCH)])
 
 
-def evaluate(model: nn.Module, loss_fn: nn.Module, data: Tensors, metrics: list[str],
-             scale: TargetScale, prefix: str = "") -> EpochRecord:
+def evaluate(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    data: Tensors,
+    metrics: list[str],
+    scale: TargetScale,
+    prefix: str = "",
+) -> EpochRecord:
     """Loss (in training units) and the named metrics (in target units) on `data`."""
     outputs = predict(model, data.x)
     record = {f"{prefix}loss": float(loss_fn(outputs, data.y))}

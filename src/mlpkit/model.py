@@ -11,8 +11,9 @@ from mlpkit import components
 from mlpkit.config import BatchNormLayer, DenseLayer, DropoutLayer, Layer
 
 
-def build_model(layers: list[Layer], in_features: int, seed: int,
-                device: torch.device | str = "cpu") -> nn.Sequential:
+def build_model(
+    layers: list[Layer], in_features: int, seed: int, device: torch.device | str = "cpu"
+) -> nn.Sequential:
     """A Sequential of the configured layers; the same seed gives the same weights anywhere.
 
     Weights are drawn on the CPU from a generator of their own (PyTorch's default init scheme),

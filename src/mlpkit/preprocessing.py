@@ -17,8 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mlpkit.config import DataConfig
 
-FORMAT = "mlpkit.preprocessing/1"
-
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -49,7 +47,7 @@ class TargetScale(_Frozen):
 class Preprocessor(_Frozen):
     """Fitted state: everything needed to turn raw rows into model inputs, and back for targets."""
 
-    format: Literal["mlpkit.preprocessing/1"] = FORMAT
+    format: Literal["mlpkit.preprocessing/1"] = "mlpkit.preprocessing/1"
     features: list[Feature] = Field(min_length=1)
     target: TargetScale
 

@@ -9,7 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
@@ -21,39 +28,48 @@ BEST_MARK = "*"
 class EpochPrinter:
     """The on_epoch callback of `mlpkit train`: one line per epoch, the best one marked."""
 
-    def __init__(self, console: Console, epochs: int, has_val: bool) -> None:
+    def __init__(self, console: Console) -> None:
         self.console = console
-        self.epochs = epochs
-        self.best_key = "val_loss" if has_val else "train_loss"
+        self.epochs = 0
+        self.best_key = "val_loss"
         self.best = float("inf")
         self.progress: Progress | None = None
-        self.task = 0
-        self.width = len(str(epochs))
+        self.task: TaskID | None = None
 
-    def __enter__(self) -> EpochPrinter:
+    def start(self, headline: str, epochs: int, has_val: bool) -> None:
+        self.console.print(headline)
+        self.epochs = epochs
+        self.best_key = "val_loss" if has_val else "train_loss"
         if self.console.is_terminal:
-            self.progress = Progress(TextColumn("epoch"), BarColumn(), MofNCompleteColumn(),
-                                     TimeRemainingColumn(), console=self.console, transient=True)
+            self.progress = Progress(
+                TextColumn("epoch"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=True,
+            )
             self.progress.start()
-            self.task = self.progress.add_task("train", total=self.epochs)
-        return self
+            self.task = self.progress.add_task("train", total=epochs)
 
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
         if self.progress is not None:
             self.progress.stop()
+            self.progress = None
 
     def __call__(self, record: EpochRecord) -> None:
         improved = record[self.best_key] < self.best
         self.best = min(self.best, record[self.best_key])
-        line = Text(f"epoch {int(record['epoch']):>{self.width}}/{self.epochs}")
+        width = len(str(self.epochs))
+        line = Text(f"epoch {int(record['epoch']):>{width}}/{self.epochs}")
         for key, value in record.items():
             if key not in ("epoch", "seconds"):
                 line.append(f"  {key} {value:.4g}")
         line.append(f"  {record['seconds']:.2f}s")
         if improved:
             line.append(f"  {BEST_MARK} best", style="bold green")
-        self.console.print(line, highlight=False)
-        if self.progress is not None:
+        self.console.print(line)
+        if self.progress is not None and self.task is not None:
             self.progress.advance(self.task)
 
 
@@ -61,8 +77,9 @@ def metrics_table(metrics: dict[str, Any]) -> Table:
     """The network's metrics per split beside the baselines' test metrics."""
     splits = [part for part in ("train", "val", "test") if part in metrics]
     baselines = metrics.get("baselines", {})
-    table = Table("metric", *splits, *(f"{name} (test)" for name in baselines),
-                  title="network vs baselines")
+    table = Table(
+        "metric", *splits, *(f"{name} (test)" for name in baselines), title="network vs baselines"
+    )
     for name in metrics["test"]:
         cells = [metrics[part][name] for part in splits]
         cells += [scores[name] for scores in baselines.values()]
@@ -77,7 +94,9 @@ def scores_table(scores: dict[str, float], reference: dict[str, float] | None) -
     for name, value in scores.items():
         row = [name, f"{value:.6g}"]
         if reference:
-            row += [f"{reference.get(name, float('nan')):.6g}",
-                    "yes" if reference.get(name) == value else "no"]
+            row += [
+                f"{reference.get(name, float('nan')):.6g}",
+                "yes" if reference.get(name) == value else "no",
+            ]
         table.add_row(*row)
     return table

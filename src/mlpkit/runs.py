@@ -46,7 +46,7 @@ class RunInfo(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    format: Literal["mlpkit.run/1"] = RUN_FORMAT
+    format: Literal["mlpkit.run/1"] = "mlpkit.run/1"
     name: str
     status: Status
     seed: int
@@ -173,12 +173,22 @@ def open_run(path: Path, require_complete: bool = True) -> Run:
         raise RunDirError(Problem(f"{what}; expected a run directory", file=str(path)))
     info_path = path / "run.json"
     if not info_path.exists():
-        raise RunDirError(Problem("not a run directory (no run.json)", file=str(path),
-                                  hint="pass a folder that mlpkit train printed"))
+        raise RunDirError(
+            Problem(
+                "not a run directory (no run.json)",
+                file=str(path),
+                hint="pass a folder that mlpkit train printed",
+            )
+        )
     info = _validated(RunInfo, info_path)
     if require_complete and info.status != "complete":
-        raise RunDirError(Problem(f"the run is {info.status}, not complete", file=str(path),
-                                  hint="train it again; only complete runs can be evaluated"))
+        raise RunDirError(
+            Problem(
+                f"the run is {info.status}, not complete",
+                file=str(path),
+                hint="train it again; only complete runs can be evaluated",
+            )
+        )
     preprocessor = _validated(Preprocessor, path / "preprocessing.json")
     return Run(path=path, info=info, preprocessor=preprocessor)
 
@@ -191,8 +201,13 @@ def _validated(model: type[Any], path: Path) -> Any:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         message = f"{first['msg'].lower()}" + (f" at {where}" if where else "")
-        raise RunDirError(Problem(f"not a valid {path.name}: {message}", file=str(path),
-                                  hint=f"expected format {RUN_FORMAT}")) from None
+        raise RunDirError(
+            Problem(
+                f"not a valid {path.name}: {message}",
+                file=str(path),
+                hint=f"expected format {RUN_FORMAT}",
+            )
+        ) from None
 
 
 def _read_json(path: Path) -> Any:

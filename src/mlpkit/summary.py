@@ -62,25 +62,42 @@ def summarize(layers: list[Layer], in_features: int) -> Summary:
         index = counts.get(op, 0)
         counts[op] = index + 1
         previous = rows[-1]
-        rows.append(Row(f"{op}_{index}", op, previous.name, previous.output_shape,
-                        (None, width_out), options, parameters))
+        rows.append(
+            Row(
+                f"{op}_{index}",
+                op,
+                previous.name,
+                previous.output_shape,
+                (None, width_out),
+                options,
+                parameters,
+            )
+        )
 
     width = in_features
     for layer in layers:
         if isinstance(layer, DenseLayer):
-            parameters = {"weight": (layer.units, width)}
+            parameters: dict[str, tuple[int, ...]] = {"weight": (layer.units, width)}
             if layer.bias:
                 parameters["bias"] = (layer.units,)
-            add("dense", layer.units, f"units: {layer.units}, bias: {str(layer.bias).lower()}",
-                parameters)
+            add(
+                "dense",
+                layer.units,
+                f"units: {layer.units}, bias: {str(layer.bias).lower()}",
+                parameters,
+            )
             width = layer.units
             if layer.activation != "linear":
                 add(layer.activation, width, "", {})
         elif isinstance(layer, DropoutLayer):
             add("dropout", width, f"rate: {layer.rate:g}", {})
         elif isinstance(layer, BatchNormLayer):
-            add("batch_norm", width, f"momentum: {layer.momentum:g}, eps: {layer.eps:g}",
-                {"weight": (width,), "bias": (width,)})
+            add(
+                "batch_norm",
+                width,
+                f"momentum: {layer.momentum:g}, eps: {layer.eps:g}",
+                {"weight": (width,), "bias": (width,)},
+            )
     return Summary(rows)
 
 
@@ -92,11 +109,16 @@ def render_table(summary: Summary) -> Group:
     table.add_column("Options")
     table.add_column("Parameters")
     for row in summary.rows:
-        label = f'{row.name} ( {row.op}["{row.parent}"] )' if row.parent else f"{row.name} ( input )"
-        table.add_row(label, _shape(row.input_shape), _shape(row.output_shape), row.options,
-                      _parameters(row))
-    totals = Text(f"Total parameters: {summary.total_parameters:,}\n"
-                  f"Parameter memory: {summary.parameter_bytes:,} bytes")
+        label = (
+            f'{row.name} ( {row.op}["{row.parent}"] )' if row.parent else f"{row.name} ( input )"
+        )
+        table.add_row(
+            label, _shape(row.input_shape), _shape(row.output_shape), row.options, _parameters(row)
+        )
+    totals = Text(
+        f"Total parameters: {summary.total_parameters:,}\n"
+        f"Parameter memory: {summary.parameter_bytes:,} bytes"
+    )
     return Group(table, totals)
 
 
@@ -104,17 +126,21 @@ def render_text(summary: Summary, width: int = 120) -> str:
     """The table as plain text (no colour), as written to summary.txt."""
     console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False)
     console.print(render_table(summary))
-    return console.file.getvalue()  # type: ignore[attr-defined]
+    assert isinstance(console.file, io.StringIO)
+    return console.file.getvalue()
 
 
 def _parameters(row: Row) -> str:
     """`264 = weight f32[8,32] + bias f32[8]`: the count and where it comes from."""
     if not row.parameters:
         return ""
-    parts = " + ".join(f"{name} f32[{','.join(map(str, shape))}]"
-                       for name, shape in row.parameters.items())
+    parts = " + ".join(
+        f"{name} f32[{','.join(map(str, shape))}]" for name, shape in row.parameters.items()
+    )
     return f"{row.count:,} = {parts}"
 
 
 def _shape(shape: tuple[int | None, ...]) -> str:
-    return "" if not shape else "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
+    return (
+        "" if not shape else "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
+    )

@@ -41,7 +41,7 @@ _PLAIN_TAGS = {
 class _ConfigLoader(yaml.SafeLoader):
     """SafeLoader with YAML 1.2 floats; resolvers copied so SafeLoader itself is untouched."""
 
-    yaml_implicit_resolvers = {
+    yaml_implicit_resolvers = {  # noqa: RUF012 (PyYAML's own class attribute)
         key: list(resolvers) for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
     }
 
