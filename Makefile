@@ -21,8 +21,8 @@ run: setup
 	$(BIN)/mlpkit train configs/mpg.yaml
 
 lint: setup
-	$(BIN)/ruff check src tests data
-	$(BIN)/ruff format --check src tests data
+	$(BIN)/ruff check src tests data bench
+	$(BIN)/ruff format --check src tests data bench
 
 typecheck: setup
 	$(BIN)/mypy

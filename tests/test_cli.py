@@ -208,6 +208,25 @@ def test_eval_refuses_what_is_not_a_complete_run(cli, project: Project) -> None:
     assert result.code == 2 and "model.safetensors: unusable weights" in result.err
 
 
+def test_runs_dir_that_is_a_file_is_a_usage_error(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
+    blocker = project.root / "blocker"
+    blocker.write_text("")
+    result = cli("train", project.config, "--runs-dir", blocker / "runs")
+    assert result.code == 2
+    assert result.err == (
+        f"Error: {blocker / 'runs' / 'tiny'}: cannot create it: Not a directory; "
+        "--runs-dir must be a folder or not exist yet\n"
+    )
+
+
+def test_without_validation_rows_best_epoch_follows_train_loss(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
+    run = train(cli, project, "-q", "--set", "data.split={train: 0.8, val: 0, test: 0.2}")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics) == {"train", "test", "baselines", "best_epoch"}
+    with open(run / "history.csv") as f:
+        assert set(next(csv.DictReader(f))) == {"epoch", "train_loss", "seconds"}
+
+
 def test_divergence_exits_3_and_marks_the_run(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
     result = cli(
         "train",

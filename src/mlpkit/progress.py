@@ -64,7 +64,7 @@ class EpochPrinter:
         line = Text(f"epoch {int(record['epoch']):>{width}}/{self.epochs}")
         for key, value in record.items():
             if key not in ("epoch", "seconds"):
-                line.append(f"  {key} {value:.4g}")
+                line.append(f"  {key} {value:<8.4g}")
         line.append(f"  {record['seconds']:.2f}s")
         if improved:
             line.append(f"  {BEST_MARK} best", style="bold green")

@@ -31,8 +31,6 @@ from mlpkit.preprocessing import Preprocessor
 
 RUN_FORMAT = "mlpkit.run/1"
 Status = Literal["running", "interrupted", "failed", "diverged", "complete"]
-# Environment failures that the user, not mlpkit, has to fix (exit 4).
-_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
 
 
 class DataInfo(BaseModel):
@@ -124,9 +122,17 @@ def write_info(run_dir: Path, info: RunInfo) -> None:
 
 
 def _environment_fault(exc: OSError, path: Path) -> Exception:
-    if exc.errno in _ENVIRONMENT_ERRNOS:
-        return EnvironmentFault(Problem(f"cannot write: {exc.strerror}", file=str(path)))
-    return exc
+    """Any failed write is an error to report, never a traceback: the machine's (exit 4) or,
+    for a path that cannot be a folder, the user's (exit 2)."""
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+        return RunDirError(
+            Problem(
+                f"cannot create it: {exc.strerror}",
+                file=str(path),
+                hint="--runs-dir must be a folder or not exist yet",
+            )
+        )
+    return EnvironmentFault(Problem(f"cannot write: {exc.strerror}", file=str(path)))
 
 
 # --- reading a run --------------------------------------------------------------------------
