@@ -246,6 +246,19 @@ def test_divergence_exits_3_and_marks_the_run(cli, project: Project) -> None:  #
     assert "metrics.json" not in {p.name for p in run.iterdir()}
 
 
+def test_ctrl_c_marks_the_run_interrupted_exit_130(cli, project: Project, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiment, "fit", interrupted)
+    result = cli("train", project.config, "--runs-dir", project.runs, "-q")
+    (run,) = project.run_dirs()
+    assert result.code == 130
+    assert result.err == f"Error: {run}: training interrupted; the run is marked interrupted\n"
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+    assert cli("eval", run).code == 2  # never treated as complete
+
+
 def test_internal_error_is_one_line_and_a_report(cli, project: Project, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("boom")

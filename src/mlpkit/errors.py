@@ -8,6 +8,7 @@ Hierarchy (the CLI catches only the base class; anything else is a bug, exit 1):
     ├── RunDirError        exit 2  a run directory that is missing, foreign or incomplete
     ├── DeviceError        exit 2  a device that is not available
     ├── DivergedError      exit 3  a non-finite loss
+    ├── Interrupted        exit 130  Ctrl-C during training (the run is marked interrupted)
     └── EnvironmentFault   exit 4  disk full, permission denied, out of memory
 
 A line reads `Error: <file>[:<line>]: <where>: <problem>[; <hint>]`, where <where> is a dotted
@@ -81,6 +82,12 @@ class DivergedError(MlpkitError):
     """Training produced a non-finite loss."""
 
     exit_code = 3
+
+
+class Interrupted(MlpkitError):
+    """The user stopped training with Ctrl-C."""
+
+    exit_code = 130
 
 
 class EnvironmentFault(MlpkitError):

@@ -25,7 +25,14 @@ from mlpkit import components, runs
 from mlpkit.baselines import regression_baselines
 from mlpkit.config import Config, DenseLayer, LoadedConfig, load_config
 from mlpkit.data import Split, Table, check_split, read_table, split_rows
-from mlpkit.errors import DataError, DeviceError, DivergedError, MlpkitError, Problem
+from mlpkit.errors import (
+    DataError,
+    DeviceError,
+    DivergedError,
+    Interrupted,
+    MlpkitError,
+    Problem,
+)
 from mlpkit.loop import EpochRecord, OnEpoch, TargetScale, Tensors, evaluate, fit, predict
 from mlpkit.model import build_model
 from mlpkit.preprocessing import Preprocessor, fit_preprocessor
@@ -210,6 +217,12 @@ def train(
             run_dir,
             info.model_copy(update={"status": status, "finished": _now(), "error": _one_line(exc)}),
         )
+        if isinstance(exc, KeyboardInterrupt):
+            raise Interrupted(
+                Problem(
+                    "training interrupted", file=str(run_dir), hint="the run is marked interrupted"
+                )
+            ) from None
         raise
     runs.write_info(run_dir, info.model_copy(update={"status": "complete", "finished": _now()}))
     return result
