@@ -58,14 +58,17 @@ class EpochPrinter:
             self.progress = None
 
     def __call__(self, record: EpochRecord) -> None:
+        columns = [key for key in record if key not in ("epoch", "seconds")]
+        width = len(str(self.epochs))
+        counter = max(2 * width + 1, len("epoch"))
+        if int(record["epoch"]) == 1:  # a header once, then aligned values: fits 80 columns
+            header = f"{'epoch':>{counter}}" + "".join(f"  {k:>10}" for k in columns)
+            self.console.print(Text(header + "    time", style="bold"))
         improved = record[self.best_key] < self.best
         self.best = min(self.best, record[self.best_key])
-        width = len(str(self.epochs))
-        line = Text(f"epoch {int(record['epoch']):>{width}}/{self.epochs}")
-        for key, value in record.items():
-            if key not in ("epoch", "seconds"):
-                line.append(f"  {key} {value:<8.4g}")
-        line.append(f"  {record['seconds']:.2f}s")
+        line = Text(f"{int(record['epoch']):>{width}}/{self.epochs}".rjust(counter))
+        line.append("".join(f"  {record[k]:>10.4g}" for k in columns))
+        line.append(f"  {record['seconds']:5.2f}s")
         if improved:
             line.append(f"  {BEST_MARK} best", style="bold green")
         self.console.print(line)
