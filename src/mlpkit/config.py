@@ -7,21 +7,17 @@ against the registries in components.py; `1e-3` is a float (see yamlfile.py).
 
 from __future__ import annotations
 
-import difflib
-import json
-import types
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
 from mlpkit import components
+from mlpkit.config_errors import ConfigSource, child, located_problems
 from mlpkit.errors import ConfigError, Problem, did_you_mean
-from mlpkit.yamlfile import Path_, YamlDoc, parse_yaml
+from mlpkit.yamlfile import Path_, parse_yaml
 
 
 class _Strict(BaseModel):
@@ -194,23 +190,6 @@ class Config(_Strict):
 
 
 @dataclass
-class ConfigSource:
-    """Where a config came from, so any later check can point into the file or at --set."""
-
-    source: Path
-    doc: YamlDoc
-    overridden: set[Path_]
-
-    def problem(self, path: Path_, problem: str, hint: str | None = None) -> Problem:
-        """A Problem located at a config key: `--set` if overridden, else the file and line."""
-        where = ".".join(str(p) for p in path) or None
-        if any(path[:end] in self.overridden for end in range(1, len(path) + 1)):
-            return Problem(problem, file="--set", where=where, hint=hint)
-        line = self.doc.line_of(path)
-        return Problem(problem, file=str(self.source), line=line, where=where, hint=hint)
-
-
-@dataclass
 class LoadedConfig(ConfigSource):
     """A validated config plus where it came from."""
 
@@ -245,9 +224,7 @@ def load_config(path: Path, overrides: tuple[str, ...] | list[str] = ()) -> Load
         config = Config.model_validate(raw)
     except ValidationError as exc:
         origin = ConfigSource(path, doc, overridden)
-        errors = _without_misspelt_missing(exc.errors(), raw)
-        problems = [_translate(e, raw, origin) for e in errors]
-        raise ConfigError(sorted(problems, key=lambda p: p.line or 10**9)) from None
+        raise ConfigError(located_problems(exc.errors(), raw, origin, Config)) from None
     loaded = LoadedConfig(path, doc, overridden, config)
     problems = cross_field_problems(loaded)
     if problems:
@@ -288,26 +265,20 @@ def _apply_override(raw: dict[str, Any], text: str) -> Path_:
     path: list[str | int] = [int(p) if p.isdigit() else p for p in key.split(".")]
     node: Any = raw
     for depth, part in enumerate(path[:-1]):
-        child = _child(node, part)
-        if child is None:
-            node[part] = child = {}
-        if not isinstance(child, dict | list):
+        below = child(node, part)
+        if below is None:
+            node[part] = below = {}
+        if not isinstance(below, dict | list):
             prefix = ".".join(map(str, path[: depth + 1]))
             raise ConfigError(
                 Problem(f"'{prefix}' holds a value, not a section", file="--set", where=key)
             )
-        node = child
+        node = below
     last = path[-1]
     if isinstance(node, list) and (not isinstance(last, int) or last >= len(node)):
         raise ConfigError(Problem(f"no list item {last}", file="--set", where=key))
     node[last] = value
     return tuple(path)
-
-
-def _child(node: Any, part: str | int) -> Any:
-    if isinstance(node, list):
-        return node[part] if isinstance(part, int) and part < len(node) else None
-    return node.get(part)
 
 
 def _expand_shorthands(raw: dict[str, Any]) -> None:
@@ -317,145 +288,6 @@ def _expand_shorthands(raw: dict[str, Any]) -> None:
         for key in ("optimizer", "loss"):
             if isinstance(training.get(key), str):
                 training[key] = {"name": training[key]}
-
-
-# --- turning pydantic's errors into located one-liners --------------------------------------
-
-_EXPECTED = {
-    "int_type": "an integer",
-    "int_from_float": "an integer",
-    "float_type": "a number",
-    "bool_type": "true or false",
-    "string_type": "text",
-    "list_type": "a list",
-    "dict_type": "a mapping",
-    "model_type": "a mapping",
-    "model_attributes_type": "a mapping",
-}
-_KINDS = {"optimizer": "optimizer", "loss": "loss", "layers": "layer type"}
-
-
-def _translate(error: Any, raw: dict[str, Any], loaded: ConfigSource) -> Problem:
-    loc = _user_path(error["loc"], raw)
-    kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
-    if kind == "extra_forbidden":
-        fields = _fields_at(loc[:-1], raw)
-        return loaded.problem(loc, "unknown key", did_you_mean(str(loc[-1]), fields))
-    if kind == "missing":
-        return loaded.problem(loc, "missing required key", _example(loc, raw))
-    if kind in ("union_tag_invalid", "union_tag_not_found"):
-        tag_key = ctx.get("discriminator", "").strip("'")
-        what = _KINDS.get(next((str(p) for p in reversed(loc) if isinstance(p, str)), ""), "name")
-        tags = [t.strip(" '") for t in ctx.get("expected_tags", "").split(",")]
-        if kind == "union_tag_not_found":
-            return loaded.problem(
-                loc, f"missing '{tag_key}'", "expected one of: " + ", ".join(tags)
-            )
-        tag = str(ctx.get("tag"))
-        return loaded.problem((*loc, tag_key), f"unknown {what} '{tag}'", did_you_mean(tag, tags))
-    if kind in _EXPECTED:
-        return loaded.problem(loc, f"expected {_EXPECTED[kind]}, got {_show(value)}")
-    message = error["msg"].removeprefix("Value error, ")
-    message = message[0].lower() + message[1:]
-    if kind != "unknown_name":
-        message = f"{message.replace('input should', 'must')}, got {_show(value)}"
-    return loaded.problem(loc, message, ctx.get("hint"))
-
-
-def _without_misspelt_missing(errors: list[Any], raw: dict[str, Any]) -> list[Any]:
-    """A misspelt required key is one mistake: report the unknown key, not also the missing one."""
-    misspelt: set[Path_] = set()
-    for error in errors:
-        if error["type"] == "extra_forbidden":
-            loc = _user_path(error["loc"], raw)
-            close = difflib.get_close_matches(str(loc[-1]), _fields_at(loc[:-1], raw), n=1)
-            misspelt.update((*loc[:-1], name) for name in close)
-    return [
-        e for e in errors if not (e["type"] == "missing" and _user_path(e["loc"], raw) in misspelt)
-    ]
-
-
-def _user_path(loc: tuple[Any, ...], raw: Any) -> Path_:
-    """Drop the union tags pydantic inserts (`layers.0.dense.units` -> `layers.0.units`)."""
-    path: list[str | int] = []
-    node = raw
-    for part in loc:
-        if (
-            isinstance(node, dict)
-            and part not in node
-            and part in (node.get("type"), node.get("name"))
-        ):
-            continue
-        path.append(part)
-        node = _child(node, part) if isinstance(node, dict | list) else None
-    return tuple(path)
-
-
-def _model_at(path: Path_, raw: Any) -> type[BaseModel] | None:
-    """The config model class that validates the mapping at `path`."""
-
-    def resolve(annotation: Any, node: Any) -> type[BaseModel] | None:
-        origin = typing.get_origin(annotation)
-        if origin is Annotated:
-            return resolve(typing.get_args(annotation)[0], node)
-        if origin in (typing.Union, types.UnionType):
-            for member in typing.get_args(annotation):
-                model = resolve(member, node)
-                if model and isinstance(node, dict) and _tag_of(model) in node.values():
-                    return model
-            return None
-        return (
-            annotation
-            if isinstance(annotation, type) and issubclass(annotation, BaseModel)
-            else None
-        )
-
-    annotation: Any = Config
-    node = raw
-    for part in path:
-        if typing.get_origin(annotation) is list and isinstance(part, int):
-            annotation = typing.get_args(annotation)[0]
-        else:
-            model = resolve(annotation, node)
-            if model is None or part not in model.model_fields:
-                return None
-            annotation = model.model_fields[str(part)].annotation
-        node = _child(node, part) if isinstance(node, dict | list) else None
-    return resolve(annotation, node)
-
-
-def _tag_of(model: type[BaseModel]) -> Any:
-    for key in ("type", "name"):
-        if key in model.model_fields:
-            (tag,) = typing.get_args(model.model_fields[key].annotation)
-            return tag
-    return None
-
-
-def _fields_at(path: Path_, raw: Any) -> list[str]:
-    model = _model_at(path, raw)
-    return list(model.model_fields) if model else []
-
-
-def _example(path: Path_, raw: Any) -> str | None:
-    model = _model_at(path[:-1], raw)
-    if model is None or path[-1] not in model.model_fields:
-        return None
-    field_info = model.model_fields[str(path[-1])]
-    if isinstance(field_info.annotation, type) and issubclass(field_info.annotation, BaseModel):
-        return f"add a '{path[-1]}:' section, as in configs/mpg.yaml"
-    examples = field_info.examples
-    if not examples:
-        return None
-    shown = yaml.safe_dump({path[-1]: examples[0]}, default_flow_style=True, sort_keys=False)
-    return "e.g. " + shown.strip().removeprefix("{").removesuffix("}")
-
-
-def _show(value: Any) -> str:
-    try:
-        return json.dumps(value)
-    except (TypeError, ValueError):
-        return repr(value)
 
 
 # --- rules that span several fields ---------------------------------------------------------
