@@ -334,3 +334,17 @@ def test_mpg_tiny_learns_with_a_scaled_target(cli, tmp_path: Path) -> None:  # t
     assert result.code == 0, result.err
     metrics = json.loads((Path(result.last_line) / "metrics.json").read_text())
     assert metrics["test"]["r2"] > 0.59  # the write-up's figure for this model
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_run_matches_the_cpu_run_closely(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
+    cpu = train(cli, project, "-q", "--device", "cpu")
+    cuda = train(cli, project, "-q", "--device", "cuda")
+    assert json.loads((cuda / "run.json").read_text())["device"].startswith("cuda")
+    cpu_metrics = json.loads((cpu / "metrics.json").read_text())["test"]
+    cuda_metrics = json.loads((cuda / "metrics.json").read_text())["test"]
+    for name, value in cpu_metrics.items():
+        assert cuda_metrics[name] == pytest.approx(value, rel=1e-3, abs=1e-4), name
+    # A CUDA-trained run evaluates on the CPU too (weights are saved from the CPU side).
+    assert set(experiment.evaluate_run(cuda, device_name="cpu").scores) == REGRESSION_METRICS
