@@ -284,6 +284,10 @@ def test_usage_mistakes_get_one_line_and_a_suggestion(cli) -> None:  # type: ign
     assert result.err.splitlines() == [
         "Error: mlpkit: No such command 'trian'. Did you mean 'train'?; see mlpkit --help"
     ]
+    assert (
+        cli("train").err
+        == "Error: mlpkit train: Missing argument 'config'; see mlpkit train --help\n"
+    )
     result = cli("train", "x.yaml", "--quite")
     assert result.code == 2 and "No such option: --quite" in result.err and "--quiet" in result.err
 

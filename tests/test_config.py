@@ -144,6 +144,24 @@ def test_overrides_are_validated_like_the_file(project: Project) -> None:
     ]
 
 
+def test_overrides_into_lists_are_checked(project: Project) -> None:
+    cfg = load_config(project.config, ["model.layers.0.units=16"]).config
+    assert cfg.model.layers[0].units == 16  # type: ignore[union-attr]
+    assert errors_of(project.config, "model.layers.9.units=3") == [
+        "Error: --set: model.layers.9.units: 'model.layers' has 2 items, no item 9"
+    ]
+    assert errors_of(project.config, "model.layers.2={type: dense, units: 1}") == [
+        "Error: --set: model.layers.2: 'model.layers' has 2 items, no item 2"
+    ]
+
+
+def test_name_must_be_a_folder_name(project: Project) -> None:
+    assert errors_of(project.config, "name=my run/1") == [
+        "Error: --set: name: 'my run/1' cannot name a run folder; "
+        "use letters, digits, '.', '_' and '-', e.g. mpg-small"
+    ]
+
+
 def test_shorthand_optimizer_and_loss(project: Project) -> None:
     cfg = load_config(project.config, ["training.optimizer=sgd", "training.loss=huber"]).config
     assert cfg.training.optimizer.name == "sgd" and cfg.training.optimizer.lr == 0.01

@@ -83,8 +83,16 @@ def test_missing_data_file_names_config_key_and_both_paths(project: Project) -> 
         read_table(loaded.data_path, loaded.config.data, loaded)
     assert caught.value.render() == (
         f"Error: {project.config}:4: data.path: data file not found: {project.data}; "
-        f"data.path 'data.csv' (relative to {project.root}/)"
+        f"data.path 'data.csv' is relative to {project.root}/"
     )
+
+
+def test_absolute_data_path_gets_no_relative_hint(project: Project) -> None:
+    missing = project.root / "elsewhere.csv"
+    loaded = load_config(project.config, [f"data.path={missing}"])
+    with pytest.raises(DataError) as caught:
+        read_table(loaded.data_path, loaded.config.data, loaded)
+    assert caught.value.render() == f"Error: --set: data.path: data file not found: {missing}"
 
 
 def test_split_is_a_function_of_the_seed(project: Project) -> None:

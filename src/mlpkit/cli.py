@@ -160,7 +160,8 @@ def run_cli(argv: list[str]) -> int:
         return exc.exit_code
     except click_exceptions.UsageError as exc:
         where = exc.ctx.command_path if exc.ctx else "mlpkit"
-        sys.stderr.write(f"Error: {where}: {exc.format_message()}; see {where} --help\n")
+        message = exc.format_message().rstrip(".")
+        sys.stderr.write(f"Error: {where}: {message}; see {where} --help\n")
         return 2
     except typer.Abort:
         return 130

@@ -7,6 +7,7 @@ against the registries in components.py; `1e-3` is a float (see yamlfile.py).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -18,6 +19,8 @@ from mlpkit import components
 from mlpkit.config_errors import ConfigSource, child, located_problems
 from mlpkit.errors import ConfigError, Problem, did_you_mean
 from mlpkit.yamlfile import Path_, parse_yaml
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 class _Strict(BaseModel):
@@ -179,11 +182,23 @@ class TrainingConfig(_Strict):
 class Config(_Strict):
     """One experiment: everything needed to rebuild its data, model and training."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", examples=["mpg"])
+    name: str = Field(examples=["mpg"])
     seed: int = 0
     data: DataConfig
     model: ModelConfig
     training: TrainingConfig
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, value: str) -> str:
+        # The name becomes a folder under runs/, so it cannot hold '/' or start with '.'.
+        if not _NAME.fullmatch(value):
+            raise PydanticCustomError(
+                "bad_name",
+                "'{value}' cannot name a run folder",
+                {"value": value, "hint": "use letters, digits, '.', '_' and '-', e.g. mpg-small"},
+            )
+        return value
 
 
 # --- loading --------------------------------------------------------------------------------
@@ -266,6 +281,13 @@ def _apply_override(raw: dict[str, Any], text: str) -> Path_:
     node: Any = raw
     for depth, part in enumerate(path[:-1]):
         below = child(node, part)
+        if below is None and isinstance(node, list):
+            prefix = ".".join(map(str, path[:depth]))
+            raise ConfigError(
+                Problem(
+                    f"'{prefix}' has {len(node)} items, no item {part}", file="--set", where=key
+                )
+            )
         if below is None:
             node[part] = below = {}
         if not isinstance(below, dict | list):
@@ -276,7 +298,10 @@ def _apply_override(raw: dict[str, Any], text: str) -> Path_:
         node = below
     last = path[-1]
     if isinstance(node, list) and (not isinstance(last, int) or last >= len(node)):
-        raise ConfigError(Problem(f"no list item {last}", file="--set", where=key))
+        prefix = ".".join(map(str, path[:-1]))
+        raise ConfigError(
+            Problem(f"'{prefix}' has {len(node)} items, no item {last}", file="--set", where=key)
+        )
     node[last] = value
     return tuple(path)
 

@@ -91,7 +91,7 @@ def _translate(error: Any, schema: _Schema, origin: ConfigSource) -> Problem:
         return origin.problem(loc, f"expected {_EXPECTED[kind]}, got {_show(value)}")
     message = error["msg"].removeprefix("Value error, ")
     message = message[0].lower() + message[1:]
-    if kind != "unknown_name":  # our own messages already read well
+    if kind not in ("unknown_name", "bad_name"):  # our own messages already read well
         message = f"{message.replace('input should', 'must')}, got {_show(value)}"
     return origin.problem(loc, message, ctx.get("hint"))
 

@@ -86,7 +86,9 @@ def numeric_and_categorical(
 def _read_bytes(path: Path, origin: LoadedConfig | None) -> bytes:
     def fail(problem: str, hint: str | None = None) -> DataError:
         if origin is not None:
-            where = f"data.path '{origin.config.data.path}' (relative to {origin.source.parent}/)"
+            written = origin.config.data.path
+            relative = f"data.path '{written}' is relative to {origin.source.parent}/"
+            where = None if Path(written).is_absolute() else relative
             return DataError(origin.problem(("data", "path"), f"{problem}: {path}", hint or where))
         return DataError(Problem(problem, file=str(path), hint=hint))
 
