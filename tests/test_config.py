@@ -128,6 +128,11 @@ def test_cross_field_rules(project: Project) -> None:
         "Error: --set: model.layers.1.units: the output layer has 3 units; a regression "
         "on one target needs 1; set units: 1"
     ]
+    layers = "model.layers=[{type: dense, units: 4}, {type: batch_norm}, {type: dense, units: 1}]"
+    assert errors_of(project.config, "training.batch_size=1", layers) == [
+        "Error: --set: training.batch_size: batch_norm needs batches of at least 2 rows; "
+        "raise batch_size or remove the batch_norm layer"
+    ]
     lines = errors_of(project.config, "training.optimizer={name: sgd, nesterov: true}")
     assert "nesterov needs momentum > 0" in lines[0]
 

@@ -45,7 +45,12 @@ def test_non_numeric_cell_names_first_line_and_count(project: Project) -> None:
     lines = data_errors(project, "a,b,color,y\n1,2,red,3\n1,?,red,3\n1,x,red,3\n")
     assert lines == [
         f"Error: {project.data}: column 'b', line 3: non-numeric value '?' (2 cells); "
-        "expected a number"
+        "expected a number, or list 'b' in data.categorical to one-hot encode it"
+    ]
+    lines = data_errors(project, "a,b,color,y\n1,2,red,3\n1,2,red,n/a?\n")
+    assert lines == [
+        f"Error: {project.data}: column 'y', line 3: non-numeric value 'n/a?'; "
+        "expected a number (a regression target is numeric)"
     ]
 
 

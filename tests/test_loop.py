@@ -1,7 +1,9 @@
+import math
+
 import pytest
 import torch
 
-from mlpkit.config import DenseLayer
+from mlpkit.config import BatchNormLayer, DenseLayer
 from mlpkit.errors import DivergedError
 from mlpkit.loop import TargetScale, Tensors, fit
 from mlpkit.model import build_model
@@ -74,3 +76,28 @@ def test_loss_goes_down() -> None:
 def test_divergence_is_an_error_not_a_nan_model() -> None:
     with pytest.raises(DivergedError, match=r"training loss became (nan|inf)"):
         run_fit(epochs=5, sgd_lr=100.0)
+
+
+def test_batch_norm_skips_a_last_batch_of_one_row() -> None:
+    layers = [
+        DenseLayer(type="dense", units=4),
+        BatchNormLayer(type="batch_norm"),
+        DenseLayer(type="dense", units=1),
+    ]
+    model = build_model(layers, 3, seed=0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    # 41 rows in batches of 4 leave one row over: PyTorch's batch norm would raise on it.
+    history = fit(
+        model,
+        torch.nn.MSELoss(),
+        optimizer,
+        data(41),
+        None,
+        epochs=2,
+        batch_size=4,
+        shuffle=True,
+        seed=0,
+        metrics=[],
+        scale=TargetScale(0.0, 1.0),
+    )
+    assert len(history) == 2 and all(math.isfinite(r["train_loss"]) for r in history)

@@ -352,6 +352,16 @@ def cross_field_problems(loaded: LoadedConfig) -> list[Problem]:
                 )
             )
     problems += _head_problems(loaded)
+    if cfg.training.batch_size == 1 and any(
+        isinstance(x, BatchNormLayer) for x in cfg.model.layers
+    ):
+        problems.append(
+            loaded.problem(
+                ("training", "batch_size"),
+                "batch_norm needs batches of at least 2 rows",
+                "raise batch_size or remove the batch_norm layer",
+            )
+        )
     optimizer = cfg.training.optimizer
     if (
         isinstance(optimizer, SGDConfig)

@@ -66,7 +66,13 @@ def read_table(
     frame = pd.DataFrame(index=text.index)
     for column in numeric + categorical:
         cells = text[column].astype(str).str.strip()
-        converted, column_problems = _convert(path, column, cells, numeric=column in numeric)
+        if column not in numeric:
+            hint = None
+        elif column == data.target:
+            hint = "expected a number (a regression target is numeric)"
+        else:
+            hint = f"expected a number, or list '{column}' in data.categorical to one-hot encode it"
+        converted, column_problems = _convert(path, column, cells, numeric_hint=hint)
         frame[column] = converted
         problems += column_problems
     if problems:
@@ -166,8 +172,9 @@ def _ragged_rows(path: Path, frame: pd.DataFrame, encoding: str) -> list[Problem
 
 
 def _convert(
-    path: Path, column: str, cells: pd.Series, numeric: bool
+    path: Path, column: str, cells: pd.Series, numeric_hint: str | None
 ) -> tuple[pd.Series, list[Problem]]:
+    """Check one column's cells; convert to float64 when `numeric_hint` says it is numeric."""
     missing = cells.str.lower().isin(MISSING_TOKENS).to_numpy()
     problems = []
     if missing.any():
@@ -180,14 +187,14 @@ def _convert(
                 "mlpkit does not impute: drop or fill those rows",
             )
         )
-    if not numeric:
+    if numeric_hint is None:
         return cells, problems
     values = pd.to_numeric(cells.where(~missing), errors="coerce").to_numpy(dtype=np.float64)
     bad = np.isnan(values) & ~missing
     if bad.any():
         first = str(cells.iloc[int(bad.nonzero()[0][0])])
         problems.append(
-            _cell_problem(path, column, bad, f"non-numeric value '{first}'", "expected a number")
+            _cell_problem(path, column, bad, f"non-numeric value '{first}'", numeric_hint)
         )
     infinite = np.isinf(values)
     if infinite.any():

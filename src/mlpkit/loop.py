@@ -62,6 +62,9 @@ def fit(
     """
     generator = torch.Generator().manual_seed(seed)
     n_rows = train.x.shape[0]
+    # Batch norm cannot take batch statistics of a single row: skip a last batch of one row
+    # (the rows are reshuffled each epoch, so every row still takes part).
+    n_used = n_rows - 1 if _has_batch_norm(model) and n_rows % batch_size == 1 else n_rows
     history: list[EpochRecord] = []
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
@@ -72,6 +75,7 @@ def fit(
             train,
             batch_size,
             _order(n_rows, shuffle, generator, train.x.device),
+            n_used,
         )
         if not math.isfinite(train_loss):
             raise DivergedError(
@@ -106,10 +110,12 @@ def _train_epoch(
     data: Tensors,
     batch_size: int,
     order: torch.Tensor | None,
+    n_rows: int,
 ) -> float:
+    """One pass over the first `n_rows` rows in `order`; the mean training loss per row."""
     model.train()
     x, y = (data.x, data.y) if order is None else (data.x[order], data.y[order])
-    n_rows = x.shape[0]
+    x, y = x[:n_rows], y[:n_rows]
     losses = []  # per-batch mean losses, left on the device: no extra torch op or sync per step
     for start in range(0, n_rows, batch_size):
         # views, no copy: xb [b, features], yb [b, 1]
@@ -122,6 +128,10 @@ def _train_epoch(
     sizes = torch.full((len(losses),), float(batch_size), device=x.device)
     sizes[-1] = n_rows - batch_size * (len(losses) - 1)  # the last batch may be short
     return float(torch.stack(losses) @ sizes) / n_rows  # the one host sync of the epoch
+
+
+def _has_batch_norm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 @torch.no_grad()
