@@ -62,8 +62,10 @@ def test_non_numeric_cell_names_first_line_and_count(project: Project) -> None:
         ("1,inf,red,3", "column 'b', line 3: infinite value; expected a finite number"),
         ("1,2,,3", "column 'color', line 3: missing value"),
         ("1,2,red,abc", "column 'y', line 3: non-numeric value 'abc'"),
-        ("1,2,red", "line 3: has 3 fields, expected 4 (1 short rows)"),
-        ("1,2,red,3,9", "malformed CSV: Expected 4 fields in line 3, saw 5"),
+        ("1,2,red", "line 3: has 3 fields, expected 4 like the header (1 row so)"),
+        ("1,2,red,3,9", "line 3: has 5 fields, expected 4 like the header (1 row so)"),
+        ("1,2,red,1e39", "column 'y', line 3: value beyond float32's range"),
+        ('1,2,red,"3', "line 3: malformed CSV: unexpected end of data"),
     ],
 )
 def test_bad_cells(project: Project, row: str, expected: str) -> None:
@@ -77,7 +79,47 @@ def test_empty_header_only_and_encoding(project: Project) -> None:
     assert "the file has a header but no rows" in data_errors(project, "a,b,color,y\n")[0]
     latin = "a,b,color,y\n1,2,rouge\xe9,3\n".encode("latin-1")
     assert data_errors(project, latin) == [
-        f"Error: {project.data}: the file is not valid utf-8 text; set data.encoding, e.g. latin-1"
+        f"Error: {project.data}: line 2: the file is not valid utf-8 text; "
+        "set data.encoding, e.g. latin-1"
+    ]
+
+
+def test_trailing_commas_never_shift_columns(project: Project) -> None:
+    # pandas would take the first column as an index here and shift every column by one.
+    lines = data_errors(project, "a,b,color,y\n1,2,red,3,\n4,5,blue,6,\n")
+    assert lines == [
+        f"Error: {project.data}: line 2: has 5 fields, expected 4 like the header (2 rows so); "
+        "every row ends with an empty extra field: remove the trailing commas"
+    ]
+
+
+def test_duplicate_header_names_are_refused(project: Project) -> None:
+    assert data_errors(project, "a,b,color,y,y\n1,2,red,3,4\n") == [
+        f"Error: {project.data}: column 'y': the header names it 2 times (fields 4, 5); "
+        "rename the copies"
+    ]
+
+
+def test_line_numbers_are_physical_lines(project: Project) -> None:
+    # a blank line and a quoted field spanning two lines come before the bad cell on line 6
+    csv_text = 'a,b,color,y\n\n1,2,"red\nish",3\n1,2,red,3\n1,x,red,3\n'
+    assert "column 'b', line 6: non-numeric value 'x'" in data_errors(project, csv_text)[0]
+
+
+def test_header_spaces_bom_and_na_categories(project: Project) -> None:
+    project.data.write_bytes("\ufeffa , b,color,y\n1,2,NA,3\n4,5,red,6\n".encode())
+    loaded = load_config(project.config)
+    table = read_table(loaded.data_path, loaded.config.data, loaded)
+    assert list(table.frame["color"]) == ["NA", "red"]  # "NA" can be a category
+    assert list(table.lines) == [2, 3]
+
+
+def test_encoding_problems(project: Project) -> None:
+    utf16 = data_errors(project, b"a,b,color,y\n1,2,red,3\n" + b"\xff\xfe")
+    assert "the file is not valid utf-8 text" in utf16[0]
+    project.edit_config("  target: y", "  target: y\n  encoding: klingon")
+    assert data_errors(project, "a,b,color,y\n1,2,red,3\n") == [
+        f"Error: {project.config}:6: data.encoding: unknown encoding 'klingon'; e.g. utf-8 or latin-1"
     ]
 
 

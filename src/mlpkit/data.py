@@ -1,13 +1,16 @@
 """Read the data table, check every cell the config relies on, and split the rows.
 
-Cells are read as text first, so each problem can be reported precisely (column, first line,
-count) instead of surfacing later as a NaN in the loss. Line numbers count the header as line 1.
+The file is read once: its bytes are hashed, decoded and parsed with the csv module, so every
+row keeps the physical line it starts on and a row with too few or too many fields is an error,
+never a silent shift of columns. Cells stay text until each configured column is checked, so a
+problem is reported precisely (column, first line, count) instead of surfacing as a NaN loss.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +21,10 @@ import pandas as pd
 from mlpkit.config import DataConfig, LoadedConfig
 from mlpkit.errors import DataError, Problem, did_you_mean
 
-MISSING_TOKENS = {"", "na", "n/a", "nan", "null", "none"}
-FIRST_DATA_LINE = 2  # line 1 is the header
+# Cells that mean "no value" in a numeric column. A categorical column only treats an empty cell
+# as missing: "NA" may well be a category (North America).
+MISSING_NUMBERS = {"", "na", "n/a", "nan", "null", "none"}
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,7 @@ class Table:
     """The configured columns, converted: numeric ones float64, categorical ones text."""
 
     frame: pd.DataFrame
+    lines: np.ndarray  # the line of the file each row starts on (the header is line 1)
     path: Path
     sha256: str
 
@@ -44,59 +50,64 @@ class Split:
     test: np.ndarray
 
 
-def read_table(
-    path: Path, data: DataConfig, origin: LoadedConfig | None = None, need_target: bool = True
-) -> Table:
+@dataclass(frozen=True)
+class _Parsed:
+    header: list[str]
+    records: list[list[str]]
+    lines: list[int]
+
+
+def read_table(path: Path, data: DataConfig, origin: LoadedConfig | None = None) -> Table:
     """Read `path` and check the columns `data` names.
 
-    `origin` locates a missing file at the config key that named it.
+    `origin` locates problems with the file itself at the config key that named it.
 
     Raises:
         DataError: the file is missing, unreadable, malformed, or a column or cell is unusable.
     """
-    raw_bytes = _read_bytes(path, origin)
-    text = _read_frame(path, data.encoding)
-    numeric, categorical = numeric_and_categorical(data, need_target)
-    problems = _missing_columns(path, text, numeric + categorical)
+    raw = _read_bytes(path, origin)
+    parsed = _parse(path, _decode(path, raw, data.encoding, origin))
+    numeric, categorical = numeric_and_categorical(data)
+    positions, problems = _locate_columns(path, parsed.header, numeric + categorical)
     if problems:
         raise DataError(problems)
-    problems = _ragged_rows(path, text, data.encoding)
-    if problems:
-        raise DataError(problems)
-    frame = pd.DataFrame(index=text.index)
+    lines = np.asarray(parsed.lines)
+    frame = pd.DataFrame(index=pd.RangeIndex(len(parsed.records)))
     for column in numeric + categorical:
-        cells = text[column].astype(str).str.strip()
+        index = positions[column]
+        cells = pd.Series([record[index].strip() for record in parsed.records], dtype=object)
         if column not in numeric:
-            hint = None
-        elif column == data.target:
-            hint = "expected a number (a regression target is numeric)"
+            converted, found = _check_categories(path, column, cells, lines)
         else:
-            hint = f"expected a number, or list '{column}' in data.categorical to one-hot encode it"
-        converted, column_problems = _convert(path, column, cells, numeric_hint=hint)
+            converted, found = _convert_numbers(path, column, cells, lines, _hint(data, column))
         frame[column] = converted
-        problems += column_problems
+        problems += found
     if problems:
         raise DataError(problems)
-    return Table(frame=frame, path=path, sha256=hashlib.sha256(raw_bytes).hexdigest())
+    return Table(frame=frame, lines=lines, path=path, sha256=hashlib.sha256(raw).hexdigest())
 
 
-def numeric_and_categorical(
-    data: DataConfig, need_target: bool = True
-) -> tuple[list[str], list[str]]:
-    """Columns to read as numbers and as categories, in the config's order."""
+def numeric_and_categorical(data: DataConfig) -> tuple[list[str], list[str]]:
+    """Columns to read as numbers (features, then the target) and as categories."""
     numeric = [c for c in data.features if c not in data.categorical]
     categorical = [c for c in data.features if c in data.categorical]
-    return ([*numeric, data.target] if need_target else numeric), categorical
+    return [*numeric, data.target], categorical
+
+
+def _hint(data: DataConfig, column: str) -> str:
+    if column == data.target:
+        return "expected a number (a regression target is numeric)"
+    return f"expected a number, or list '{column}' in data.categorical to one-hot encode it"
 
 
 def _read_bytes(path: Path, origin: LoadedConfig | None) -> bytes:
-    def fail(problem: str, hint: str | None = None) -> DataError:
-        if origin is not None:
-            written = origin.config.data.path
-            relative = f"data.path '{written}' is relative to {origin.source.parent}/"
-            where = None if Path(written).is_absolute() else relative
-            return DataError(origin.problem(("data", "path"), f"{problem}: {path}", hint or where))
-        return DataError(Problem(problem, file=str(path), hint=hint))
+    def fail(problem: str) -> DataError:
+        if origin is None:
+            return DataError(Problem(problem, file=str(path)))
+        written = origin.config.data.path
+        relative = f"data.path '{written}' is relative to {origin.source.parent}/"
+        hint = None if Path(written).is_absolute() else relative
+        return DataError(origin.problem(("data", "path"), f"{problem}: {path}", hint))
 
     if not path.exists():
         raise fail("data file not found")
@@ -108,74 +119,126 @@ def _read_bytes(path: Path, origin: LoadedConfig | None) -> bytes:
         raise fail(f"cannot read the data file ({exc.strerror})") from None
 
 
-def _read_frame(path: Path, encoding: str) -> pd.DataFrame:
+def _decode(path: Path, raw: bytes, encoding: str, origin: LoadedConfig | None) -> str:
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding=encoding)
-    except UnicodeDecodeError:
+        text = raw.decode(encoding)
+    except LookupError:
+        problem = f"unknown encoding '{encoding}'"
+        hint = "e.g. utf-8 or latin-1"
+        if origin is not None:
+            raise DataError(origin.problem(("data", "encoding"), problem, hint)) from None
+        raise DataError(Problem(problem, file=str(path), hint=hint)) from None
+    except UnicodeError as exc:
+        start = exc.start if isinstance(exc, UnicodeDecodeError) else 0
+        line = raw[:start].count(b"\n") + 1
         raise DataError(
             Problem(
                 f"the file is not valid {encoding} text",
                 file=str(path),
+                where=f"line {line}",
                 hint="set data.encoding, e.g. latin-1",
             )
         ) from None
-    except LookupError:
+    return text.removeprefix("\ufeff")  # a byte-order mark is not part of the first column name
+
+
+def _parse(path: Path, text: str) -> _Parsed:
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = [name.strip() for name in next(reader, [])]
+        if not any(header):
+            raise DataError(
+                Problem(
+                    "the file is empty", file=str(path), hint="expected a CSV with a header line"
+                )
+            )
+        records, lines, ragged = [], [], []
+        previous_end = reader.line_num
+        for record in reader:
+            start, previous_end = previous_end + 1, reader.line_num
+            if not record:
+                continue  # a blank line
+            if len(record) != len(header):
+                ragged.append((start, len(record)))
+            records.append(record)
+            lines.append(start)
+    except csv.Error as exc:
         raise DataError(
-            Problem(f"unknown encoding '{encoding}'", file=str(path), where="data.encoding")
+            Problem(f"malformed CSV: {exc}", file=str(path), where=f"line {reader.line_num}")
         ) from None
-    except pd.errors.EmptyDataError:
-        raise DataError(
-            Problem("the file is empty", file=str(path), hint="expected a CSV with a header line")
-        ) from None
-    except pd.errors.ParserError as exc:
-        raise DataError(Problem(f"malformed CSV: {_first_line(exc)}", file=str(path))) from None
-    if frame.empty:
+    if ragged:
+        raise DataError(_ragged_problem(path, header, ragged, records))
+    if not records:
         raise DataError(Problem("the file has a header but no rows", file=str(path)))
-    return frame
+    return _Parsed(header, records, lines)
 
 
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[-1].removeprefix("Error tokenizing data. C error: ")
+def _ragged_problem(
+    path: Path, header: list[str], ragged: list[tuple[int, int]], records: list[list[str]]
+) -> Problem:
+    line, fields = ragged[0]
+    hint = None
+    if len(ragged) == len(records) and all(
+        r[-1] == "" and len(r) == len(header) + 1 for r in records
+    ):
+        hint = "every row ends with an empty extra field: remove the trailing commas"
+    rows = f"{len(ragged)} row" + ("s" if len(ragged) > 1 else "")
+    return Problem(
+        f"has {fields} fields, expected {len(header)} like the header ({rows} so)",
+        file=str(path),
+        where=f"line {line}",
+        hint=hint,
+    )
 
 
-def _missing_columns(path: Path, frame: pd.DataFrame, wanted: list[str]) -> list[Problem]:
-    header = [str(c) for c in frame.columns]
-    return [
-        Problem(
-            "column missing from the header",
-            file=str(path),
-            where=f"column '{name}'",
-            hint=did_you_mean(name, header),
-        )
-        for name in wanted
-        if name not in header
-    ]
+def _locate_columns(
+    path: Path, header: list[str], wanted: list[str]
+) -> tuple[dict[str, int], list[Problem]]:
+    positions: dict[str, int] = {}
+    problems = []
+    for name in wanted:
+        found = [i for i, column in enumerate(header) if column == name]
+        if not found:
+            problems.append(
+                Problem(
+                    "column missing from the header",
+                    file=str(path),
+                    where=f"column '{name}'",
+                    hint=did_you_mean(name, header),
+                )
+            )
+        elif len(found) > 1:
+            fields = ", ".join(str(i + 1) for i in found)
+            problems.append(
+                Problem(
+                    f"the header names it {len(found)} times (fields {fields})",
+                    file=str(path),
+                    where=f"column '{name}'",
+                    hint="rename the copies",
+                )
+            )
+        else:
+            positions[name] = found[0]
+    return positions, problems
 
 
-def _ragged_rows(path: Path, frame: pd.DataFrame, encoding: str) -> list[Problem]:
-    """Rows with fewer fields than the header (pandas pads them with empty cells)."""
-    if not (frame.to_numpy() == "").any():
-        return []  # no empty cell, so no short row: skip the scan
-    with path.open(newline="", encoding=encoding) as handle:
-        widths = [len(row) for row in csv.reader(handle) if row]
-    short = [i for i, width in enumerate(widths[1:]) if width < frame.shape[1]]
-    if not short:
-        return []
-    first = short[0]
-    return [
-        Problem(
-            f"has {widths[first + 1]} fields, expected {frame.shape[1]} ({len(short)} short rows)",
-            file=str(path),
-            where=f"line {first + FIRST_DATA_LINE}",
-        )
-    ]
-
-
-def _convert(
-    path: Path, column: str, cells: pd.Series, numeric_hint: str | None
+def _check_categories(
+    path: Path, column: str, cells: pd.Series, lines: np.ndarray
 ) -> tuple[pd.Series, list[Problem]]:
-    """Check one column's cells; convert to float64 when `numeric_hint` says it is numeric."""
-    missing = cells.str.lower().isin(MISSING_TOKENS).to_numpy()
+    empty = (cells == "").to_numpy()
+    if not empty.any():
+        return cells, []
+    hint = "mlpkit does not impute: drop or fill those rows"
+    return cells, [_cell_problem(path, column, empty, lines, "missing value", hint)]
+
+
+def _convert_numbers(
+    path: Path, column: str, cells: pd.Series, lines: np.ndarray, hint: str
+) -> tuple[pd.Series, list[Problem]]:
+    """float64 values of a numeric column, and a problem for each kind of unusable cell."""
+    missing = cells.str.lower().isin(MISSING_NUMBERS).to_numpy()
+    values = pd.to_numeric(cells.where(~missing), errors="coerce").to_numpy(dtype=np.float64)
+    bad = np.isnan(values) & ~missing
     problems = []
     if missing.any():
         problems.append(
@@ -183,34 +246,47 @@ def _convert(
                 path,
                 column,
                 missing,
+                lines,
                 "missing value",
                 "mlpkit does not impute: drop or fill those rows",
             )
         )
-    if numeric_hint is None:
-        return cells, problems
-    values = pd.to_numeric(cells.where(~missing), errors="coerce").to_numpy(dtype=np.float64)
-    bad = np.isnan(values) & ~missing
     if bad.any():
         first = str(cells.iloc[int(bad.nonzero()[0][0])])
         problems.append(
-            _cell_problem(path, column, bad, f"non-numeric value '{first}'", numeric_hint)
+            _cell_problem(path, column, bad, lines, f"non-numeric value '{first}'", hint)
         )
     infinite = np.isinf(values)
     if infinite.any():
         problems.append(
-            _cell_problem(path, column, infinite, "infinite value", "expected a finite number")
+            _cell_problem(
+                path, column, infinite, lines, "infinite value", "expected a finite number"
+            )
         )
-    return pd.Series(values, index=cells.index), problems
+    huge = np.abs(values) > FLOAT32_MAX
+    if (huge & ~infinite).any():
+        problems.append(
+            _cell_problem(
+                path,
+                column,
+                huge & ~infinite,
+                lines,
+                "value beyond float32's range",
+                "rescale the column",
+            )
+        )
+    return pd.Series(values), problems
 
 
-def _cell_problem(path: Path, column: str, mask: np.ndarray, what: str, hint: str) -> Problem:
+def _cell_problem(
+    path: Path, column: str, mask: np.ndarray, lines: np.ndarray, what: str, hint: str
+) -> Problem:
     rows = mask.nonzero()[0]
     count = f" ({len(rows)} cells)" if len(rows) > 1 else ""
     return Problem(
         f"{what}{count}",
         file=str(path),
-        where=f"column '{column}', line {int(rows[0]) + FIRST_DATA_LINE}",
+        where=f"column '{column}', line {int(lines[rows[0]])}",
         hint=hint,
     )
 

@@ -300,9 +300,10 @@ def _predictions(model: nn.Module, prepared: Prepared, test: Tensors) -> list[di
     target = prepared.config.data.target
     predicted = prepared.preprocessor.unscale_target(predict(model, test.x)[:, 0].cpu().numpy())
     truth = prepared.table.frame[target].to_numpy()[rows]
+    lines = prepared.table.lines[rows]
     return [
-        {"line": int(r) + 2, target: float(t), "prediction": float(p)}
-        for r, t, p in zip(rows, truth, predicted, strict=True)
+        {"line": int(line), target: float(t), "prediction": float(p)}
+        for line, t, p in zip(lines, truth, predicted, strict=True)
     ]
 
 
