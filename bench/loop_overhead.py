@@ -19,8 +19,9 @@ import torch
 
 from mlpkit.config import load_config
 from mlpkit.experiment import make_loss, make_optimizer, prepare
-from mlpkit.loop import TargetScale, Tensors, fit
+from mlpkit.loop import Tensors, fit
 from mlpkit.model import build_model
+from mlpkit.preprocessing import TargetScale
 
 Trainer = Callable[[int], float]
 
@@ -58,7 +59,7 @@ def main() -> None:
             shuffle=True,
             seed=seed,
             metrics=[],
-            scale=TargetScale(0.0, 1.0),
+            scale=TargetScale(name="y"),
         )
         return time.perf_counter() - started
 

@@ -160,6 +160,30 @@ def test_overrides_into_lists_are_checked(project: Project) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("seed=99999999999999999999", "seed: must be less than or equal to 4294967295"),
+        ("seed=-1", "seed: must be greater than or equal to 0, got -1"),
+        ("training.optimizer.betas=[0.9, 1.5]", "training.optimizer.betas.1: must be less than 1"),
+        ("trainng.epochs=5", "trainng: unknown key; did you mean 'training'?"),
+        ("model.layers.0.foo.bar=5", "model.layers.0.foo: unknown key"),
+        (
+            "model.layers=[{units: 1}]",
+            "model.layers.0: missing 'type'; expected one of: dense, dropout, batch_norm",
+        ),
+        ("training.optimizer={}", "missing 'name'; expected one of: sgd, adam, adamw, rmsprop"),
+        ("name=" + "x" * 101, "name: string should have at most 100 characters"),
+    ],
+)
+def test_overrides_that_torch_or_the_os_would_reject(
+    project: Project, override: str, expected: str
+) -> None:
+    (line,) = errors_of(project.config, override)
+    assert line.startswith("Error: --set: ")  # blamed on the command line, not the file
+    assert expected in line
+
+
 def test_name_must_be_a_folder_name(project: Project) -> None:
     assert errors_of(project.config, "name=my run/1") == [
         "Error: --set: name: 'my run/1' cannot name a run folder; "

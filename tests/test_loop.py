@@ -5,8 +5,9 @@ import torch
 
 from mlpkit.config import BatchNormLayer, DenseLayer
 from mlpkit.errors import DivergedError
-from mlpkit.loop import TargetScale, Tensors, fit
+from mlpkit.loop import Tensors, fit
 from mlpkit.model import build_model
+from mlpkit.preprocessing import TargetScale
 
 LAYERS = [DenseLayer(type="dense", units=8, activation="relu"), DenseLayer(type="dense", units=1)]
 
@@ -35,7 +36,7 @@ def run_fit(epochs: int = 3, batch_size: int = 4, shuffle: bool = True, sgd_lr: 
         shuffle=shuffle,
         seed=0,
         metrics=["mae"],
-        scale=TargetScale(0.0, 1.0),
+        scale=TargetScale(name="y"),
     )
     return model, history
 
@@ -98,6 +99,6 @@ def test_batch_norm_skips_a_last_batch_of_one_row() -> None:
         shuffle=True,
         seed=0,
         metrics=[],
-        scale=TargetScale(0.0, 1.0),
+        scale=TargetScale(name="y"),
     )
     assert len(history) == 2 and all(math.isfinite(r["train_loss"]) for r in history)

@@ -46,3 +46,24 @@ def test_syntax_error_reports_line_and_column() -> None:
     message = caught.value.render()
     assert message.startswith("Error: c.yaml:3: invalid YAML, column")
     assert len(message.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("name: x\0\n", "Error: c.yaml:1: control character U+0000 is not allowed in YAML"),
+        ("? [a, b]\n: c\n", "Error: c.yaml:1: a key must be a plain name, not a list or mapping"),
+        (
+            "when: 2020-01-01\n",
+            "Error: c.yaml:1: when: a date is not a config value; quote it to keep it as text",
+        ),
+        (
+            "a: &b {x: 1}\nc:\n  <<: *b\n",
+            "Error: c.yaml:3: c: merge keys (<<) are not supported; write the keys out",
+        ),
+    ],
+)
+def test_yaml_that_configs_cannot_hold(text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_yaml(text, "c.yaml")
+    assert caught.value.render() == expected

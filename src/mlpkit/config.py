@@ -111,7 +111,9 @@ class SGDConfig(_OptimizerBase):
 
 class AdamConfig(_OptimizerBase):
     name: Literal["adam"]
-    betas: list[float] = Field([0.9, 0.999], min_length=2, max_length=2)
+    betas: list[Annotated[float, Field(ge=0, lt=1)]] = Field(
+        [0.9, 0.999], min_length=2, max_length=2
+    )
     eps: float = Field(1e-8, gt=0)
     amsgrad: bool = False
 
@@ -182,8 +184,8 @@ class TrainingConfig(_Strict):
 class Config(_Strict):
     """One experiment: everything needed to rebuild its data, model and training."""
 
-    name: str = Field(examples=["mpg"])
-    seed: int = 0
+    name: str = Field(examples=["mpg"], max_length=100)
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     data: DataConfig
     model: ModelConfig
     training: TrainingConfig
@@ -270,7 +272,11 @@ def _read_text(path: Path) -> str:
 
 
 def _apply_override(raw: dict[str, Any], text: str) -> Path_:
-    """Apply `dotted.key=value` to the raw mapping; the value is read as YAML, like the file."""
+    """Apply `dotted.key=value` to the raw mapping; the value is read as YAML, like the file.
+
+    Returns the path that now comes from the command line: the first section the override had
+    to create, or the key itself, so any problem under it is blamed on --set, not the file.
+    """
     key, sep, value_text = text.partition("=")
     if not sep or not key:
         raise ConfigError(
@@ -279,6 +285,7 @@ def _apply_override(raw: dict[str, Any], text: str) -> Path_:
     value = parse_yaml(value_text, f"--set {key}").data
     path: list[str | int] = [int(p) if p.isdigit() else p for p in key.split(".")]
     node: Any = raw
+    created: Path_ | None = None
     for depth, part in enumerate(path[:-1]):
         below = child(node, part)
         if below is None and isinstance(node, list):
@@ -290,6 +297,7 @@ def _apply_override(raw: dict[str, Any], text: str) -> Path_:
             )
         if below is None:
             node[part] = below = {}
+            created = created or tuple(path[: depth + 1])
         if not isinstance(below, dict | list):
             prefix = ".".join(map(str, path[: depth + 1]))
             raise ConfigError(
@@ -303,7 +311,7 @@ def _apply_override(raw: dict[str, Any], text: str) -> Path_:
             Problem(f"'{prefix}' has {len(node)} items, no item {last}", file="--set", where=key)
         )
     node[last] = value
-    return tuple(path)
+    return created or tuple(path)
 
 
 def _expand_shorthands(raw: dict[str, Any]) -> None:

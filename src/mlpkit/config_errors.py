@@ -80,7 +80,7 @@ def _translate(error: Any, schema: _Schema, origin: ConfigSource) -> Problem:
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         tag_key = ctx.get("discriminator", "").strip("'")
         what = _KINDS.get(next((str(p) for p in reversed(loc) if isinstance(p, str)), ""), "name")
-        tags = [t.strip(" '") for t in ctx.get("expected_tags", "").split(",")]
+        tags = schema.tags_at(loc)
         if kind == "union_tag_not_found":
             return origin.problem(
                 loc, f"missing '{tag_key}'", "expected one of: " + ", ".join(tags)
@@ -115,8 +115,8 @@ class _Schema:
             node = child(node, part)
         return tuple(path)
 
-    def model_at(self, path: Path_) -> type[BaseModel] | None:
-        """The model class that validates the mapping at `path`."""
+    def annotation_at(self, path: Path_) -> tuple[Any, Any]:
+        """The type annotation that validates `path`, and the raw data found there."""
         annotation: Any = self.root
         node: Any = self.raw
         for part in path:
@@ -125,10 +125,21 @@ class _Schema:
             else:
                 model = _resolve(annotation, node)
                 if model is None or part not in model.model_fields:
-                    return None
+                    return None, None
                 annotation = model.model_fields[str(part)].annotation
             node = child(node, part)
-        return _resolve(annotation, node)
+        return annotation, node
+
+    def model_at(self, path: Path_) -> type[BaseModel] | None:
+        """The model class that validates the mapping at `path`."""
+        return _resolve(*self.annotation_at(path))
+
+    def tags_at(self, path: Path_) -> list[str]:
+        """The tags (`type` or `name` values) a tagged union at `path` accepts."""
+        annotation, _ = self.annotation_at(path)
+        while typing.get_origin(annotation) is Annotated:
+            annotation = typing.get_args(annotation)[0]
+        return [str(_tag_of(member)) for member in typing.get_args(annotation)]
 
     def fields_at(self, path: Path_) -> list[str]:
         model = self.model_at(path)

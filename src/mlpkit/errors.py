@@ -38,7 +38,8 @@ class Problem:
             location += f":{self.line}"
         parts = [p for p in (location, self.where, self.problem) if p]
         text = ": ".join(parts)
-        return f"Error: {text}; {self.hint}" if self.hint else f"Error: {text}"
+        line = f"Error: {text}; {self.hint}" if self.hint else f"Error: {text}"
+        return " ".join(line.split())  # one line, whatever a library's message held
 
 
 class MlpkitError(Exception):

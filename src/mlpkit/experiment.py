@@ -26,6 +26,7 @@ from mlpkit.baselines import regression_baselines
 from mlpkit.config import Config, DenseLayer, LoadedConfig, load_config
 from mlpkit.data import Split, Table, check_split, read_table, split_rows
 from mlpkit.errors import (
+    ConfigError,
     DataError,
     DeviceError,
     DivergedError,
@@ -33,7 +34,7 @@ from mlpkit.errors import (
     MlpkitError,
     Problem,
 )
-from mlpkit.loop import EpochRecord, OnEpoch, TargetScale, Tensors, evaluate, fit, predict
+from mlpkit.loop import EpochRecord, OnEpoch, Tensors, evaluate, fit, predict
 from mlpkit.model import build_model
 from mlpkit.preprocessing import Preprocessor, fit_preprocessor
 from mlpkit.summary import Summary, render_text, summarize
@@ -154,7 +155,9 @@ def check(config_path: Path, overrides: list[str]) -> Prepared:
     """Run every check that `train` runs before training, and nothing else."""
     loaded = load_config(config_path, overrides)
     resolve_device(loaded)
-    return prepare(loaded)
+    prepared = prepare(loaded)
+    build_trainer(prepared, torch.device("cpu"))
+    return prepared
 
 
 def summary_of_config(config_path: Path, overrides: list[str]) -> Summary:
@@ -181,6 +184,31 @@ def make_loss(loaded: LoadedConfig) -> nn.Module:
     return components.LOSSES[loaded.config.training.loss.name](**options)
 
 
+@dataclass(frozen=True)
+class Trainer:
+    """What training updates: the network, its optimizer, and the loss it minimizes."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: nn.Module
+
+
+def build_trainer(prepared: Prepared, device: torch.device) -> Trainer:
+    """Build model, optimizer and loss, so whatever torch refuses is known before a run exists.
+
+    Raises:
+        ConfigError: torch refuses an optimizer option the config checks let through.
+    """
+    cfg = prepared.config
+    model = build_model(cfg.model.layers, len(prepared.preprocessor.input_names), cfg.seed, device)
+    try:
+        optimizer = make_optimizer(model, prepared.loaded)
+    except ValueError as exc:
+        problem = prepared.loaded.problem(("training", "optimizer"), f"torch refuses it: {exc}")
+        raise ConfigError(problem) from None
+    return Trainer(model, optimizer, make_loss(prepared.loaded))
+
+
 def train(
     config_path: Path,
     overrides: list[str],
@@ -198,6 +226,7 @@ def train(
     loaded = load_config(config_path, overrides)
     device = resolve_device(loaded, device_name)
     prepared = prepare(loaded)
+    trainer = build_trainer(prepared, device)
     cfg = prepared.config
     summary = prepared.summary()
     if on_start is not None:
@@ -210,7 +239,7 @@ def train(
     runs.write_json(run_dir / "preprocessing.json", prepared.preprocessor.model_dump(mode="json"))
     runs.write_info(run_dir, info)
     try:
-        result = _fit_and_write(prepared, device, run_dir, on_epoch)
+        result = _fit_and_write(prepared, trainer, device, run_dir, on_epoch)
     except BaseException as exc:
         status = _status_for(exc)
         runs.write_info(
@@ -229,20 +258,22 @@ def train(
 
 
 def _fit_and_write(
-    prepared: Prepared, device: torch.device, run_dir: Path, on_epoch: OnEpoch | None
+    prepared: Prepared,
+    trainer: Trainer,
+    device: torch.device,
+    run_dir: Path,
+    on_epoch: OnEpoch | None,
 ) -> TrainResult:
     cfg = prepared.config
     data = {part: prepared.tensors(getattr(prepared.split, part), device) for part in SPLITS}
-    model = build_model(cfg.model.layers, data["train"].x.shape[1], cfg.seed, device)
-    loss_fn = make_loss(prepared.loaded)
-    scale = TargetScale(prepared.preprocessor.target.mean, prepared.preprocessor.target.std)
+    model = trainer.model
     # Dropout draws from torch's global generator; fork_rng seeds it here and restores it after.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(cfg.seed)
         history = fit(
             model,
-            loss_fn,
-            make_optimizer(model, prepared.loaded),
+            trainer.loss_fn,
+            trainer.optimizer,
             data["train"],
             data["val"] if len(prepared.split.val) else None,
             epochs=cfg.training.epochs,
@@ -250,7 +281,7 @@ def _fit_and_write(
             shuffle=cfg.training.shuffle,
             seed=cfg.seed,
             metrics=cfg.training.metrics,
-            scale=scale,
+            scale=prepared.preprocessor.target,
             on_epoch=on_epoch,
         )
     metrics = final_metrics(model, prepared, data, history)
@@ -265,7 +296,7 @@ def final_metrics(
     model: nn.Module, prepared: Prepared, data: dict[str, Tensors], history: list[EpochRecord]
 ) -> dict[str, Any]:
     """Every regression metric per split in target units, the baselines' test metrics beside."""
-    scale = TargetScale(prepared.preprocessor.target.mean, prepared.preprocessor.target.std)
+    scale = prepared.preprocessor.target
     metrics: dict[str, Any] = {}
     for part in SPLITS:
         if data[part].x.shape[0]:
@@ -396,7 +427,7 @@ def evaluate_run(
     else:
         rows = np.arange(table.n_rows)
     tensors = make_tensors(table.frame.iloc[rows], run.preprocessor, device)
-    scale = TargetScale(run.preprocessor.target.mean, run.preprocessor.target.std)
+    scale = run.preprocessor.target
     scores = evaluate(model, nn.MSELoss(), tensors, list(components.REGRESSION_METRICS), scale)
     scores.pop("loss")
     return EvalResult(run, scores, len(rows), "test split" if data_path is None else str(data_path))

@@ -17,6 +17,7 @@ from torch import nn
 
 from mlpkit import components
 from mlpkit.errors import DivergedError, Problem
+from mlpkit.preprocessing import TargetScale
 
 
 @dataclass(frozen=True)
@@ -25,14 +26,6 @@ class Tensors:
 
     x: torch.Tensor
     y: torch.Tensor
-
-
-@dataclass(frozen=True)
-class TargetScale:
-    """How to turn the model's (scaled) outputs back into target units: y = out * std + mean."""
-
-    mean: float
-    std: float
 
 
 EpochRecord = dict[str, float]

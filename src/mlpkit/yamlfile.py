@@ -38,6 +38,14 @@ _PLAIN_TAGS = {
 }
 
 
+# What YAML reads on its own (no tag written) but a config cannot hold, said in the user's terms.
+_UNSUPPORTED = {
+    "tag:yaml.org,2002:timestamp": ("a date is not a config value", "quote it to keep it as text"),
+    "tag:yaml.org,2002:merge": ("merge keys (<<) are not supported", "write the keys out"),
+    "tag:yaml.org,2002:binary": ("binary data is not a config value", "remove it"),
+}
+
+
 class _ConfigLoader(yaml.SafeLoader):
     """SafeLoader with YAML 1.2 floats; resolvers copied so SafeLoader itself is untouched."""
 
@@ -70,8 +78,9 @@ def parse_yaml(text: str, source: str) -> YamlDoc:
     Raises:
         ConfigError: syntax errors (with line and column), unsafe tags, duplicate keys.
     """
-    loader = _ConfigLoader(text)
+    loader = None
     try:
+        loader = _ConfigLoader(text)  # a control character already fails here
         root = loader.get_single_node()
         doc = YamlDoc(data=None)
         if root is not None:
@@ -83,30 +92,41 @@ def parse_yaml(text: str, source: str) -> YamlDoc:
         column = f", column {mark.column + 1}" if mark else ""
         problem = f"invalid YAML{column}: {exc.problem or exc.context}"
         raise ConfigError(Problem(problem, file=source, line=line)) from None
+    except yaml.reader.ReaderError as exc:
+        line = text[: exc.position].count("\n") + 1
+        problem = f"control character U+{int(exc.character):04X} is not allowed in YAML"
+        raise ConfigError(Problem(problem, file=source, line=line)) from None
     except yaml.YAMLError as exc:
         raise ConfigError(Problem(f"invalid YAML: {exc}", file=source)) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _build(node: yaml.Node, path: Path_, loader: _ConfigLoader, doc: YamlDoc, source: str) -> Any:
     line = node.start_mark.line + 1
     if node.tag not in _PLAIN_TAGS:
+        problem, hint = _UNSUPPORTED.get(
+            node.tag, (f"the tag '{node.tag}' is not allowed", "configs hold plain values only")
+        )
         raise ConfigError(
-            Problem(
-                f"the tag '{node.tag}' is not allowed",
-                file=source,
-                line=line,
-                where=_dotted(path) or None,
-                hint="configs hold plain values only; remove the tag",
-            )
+            Problem(problem, file=source, line=line, where=_dotted(path) or None, hint=hint)
         )
     if isinstance(node, yaml.MappingNode):
         result: dict[Any, Any] = {}
         first_line: dict[Any, int] = {}
         for key_node, value_node in node.value:
-            key = _build(key_node, path, loader, doc, source)
             key_line = key_node.start_mark.line + 1
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise ConfigError(
+                    Problem(
+                        "a key must be a plain name, not a list or mapping",
+                        file=source,
+                        line=key_line,
+                        where=_dotted(path) or None,
+                    )
+                )
+            key = _build(key_node, path, loader, doc, source)
             if key in first_line:
                 raise ConfigError(
                     Problem(
