@@ -69,9 +69,11 @@ def test_train_writes_a_complete_run(cli, project: Project) -> None:  # type: ig
     resolved = yaml.safe_load((run / "config.yaml").read_text())
     assert resolved["data"]["path"] == str(project.data)
     assert resolved["training"]["optimizer"]["betas"] == [0.9, 0.999]  # defaults written out
-    assert load_config(run / "config.yaml").config == load_config(project.config).config.model_copy(
-        update={"data": load_config(run / "config.yaml").config.data}
+    original = load_config(project.config).config
+    expected = original.model_copy(
+        update={"data": original.data.model_copy(update={"path": str(project.data)})}
     )
+    assert load_config(run / "config.yaml").config == expected  # only data.path differs
     assert "Total parameters: 57" in (run / "summary.txt").read_text()
 
 
@@ -95,7 +97,9 @@ def test_eval_reproduces_metrics_json(cli, project: Project) -> None:  # type: i
     stored = json.loads((run / "metrics.json").read_text())["test"]
     assert experiment.evaluate_run(run).scores == stored  # exactly, not approximately
     result = cli("eval", run)
-    assert result.code == 0 and "no" not in result.out.split()
+    assert result.code == 0
+    rows = [line.split() for line in result.out.splitlines() if line.startswith("│")]
+    assert [row[-2] for row in rows] == ["yes"] * len(REGRESSION_METRICS)
 
 
 def test_eval_on_another_file_scores_every_row(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
@@ -228,6 +232,58 @@ def test_without_validation_rows_best_epoch_follows_train_loss(cli, project: Pro
     assert set(metrics) == {"train", "test", "baselines", "best_epoch"}
     with open(run / "history.csv") as f:
         assert set(next(csv.DictReader(f))) == {"epoch", "train_loss", "seconds"}
+
+
+def test_damaged_runs_are_refused_in_one_line(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
+    run = train(cli, project, "-q")
+    metrics, preprocessing = run / "metrics.json", run / "preprocessing.json"
+    good_metrics, good_preprocessing = metrics.read_text(), preprocessing.read_text()
+    for damage in ("null", '{"test": 5}', '{"test": {"mae": "x"}}'):
+        metrics.write_text(damage)
+        result = cli("eval", run)
+        assert result.code == 2 and result.err.startswith(
+            f"Error: {metrics}: not a valid metrics.json"
+        )
+    metrics.write_text(good_metrics)
+    renamed = json.loads(good_preprocessing)
+    renamed["features"][0]["name"] = "zzz"
+    preprocessing.write_text(json.dumps(renamed))
+    for command in ("eval", "summary"):
+        result = cli(command, run)
+        assert result.code == 2
+        assert "preprocessing.json does not match config.yaml" in result.err
+    retargeted = json.loads(good_preprocessing)
+    retargeted["target"]["name"] = "a"
+    preprocessing.write_text(json.dumps(retargeted))
+    assert "does not match" in cli("eval", run).err
+
+
+def test_paths_with_brackets_are_text_not_markup(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
+    runs_dir = project.root / "x[bold]"
+    result = cli("train", project.config, "--runs-dir", runs_dir, "-q")
+    run = Path(result.last_line)
+    assert run.parent.parent == runs_dir
+    assert cli("eval", run).out.startswith(f"{run}: 10 rows of the test split")
+
+
+def test_summary_of_a_run_refuses_set(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
+    run = train(cli, project, "-q")
+    result = cli("summary", run, "--set", "training.epochs=1")
+    assert (result.code, result.err) == (
+        2,
+        f"Error: --set: applies to a config file, not a run directory; drop --set to summarize {run}\n",
+    )
+
+
+def test_debug_works_after_the_command(cli, project: Project, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(experiment, "check", broken)
+    result = cli("check", project.config, "--debug")
+    assert result.code == 1
+    assert "Traceback" in result.err and "RuntimeError: boom" in result.err
+    Path(result.err.rsplit(" ", 1)[-1].strip()).unlink()
 
 
 def test_divergence_exits_3_and_marks_the_run(cli, project: Project) -> None:  # type: ignore[no-untyped-def]

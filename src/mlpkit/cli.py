@@ -21,7 +21,7 @@ from rich.console import Console
 from typer._click import exceptions as click_exceptions  # typer's vendored click
 
 from mlpkit import experiment, progress
-from mlpkit.errors import MlpkitError
+from mlpkit.errors import MlpkitError, Problem
 from mlpkit.summary import Summary, render_table
 
 app = typer.Typer(
@@ -45,13 +45,16 @@ DeviceOpt = Annotated[
 
 def _stdout() -> Console:
     # Off a terminal rich would wrap at 80 columns; tables read better a little wider.
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+    # markup=False: a path like runs/x[1] is text, not a style tag; soft_wrap: paths stay whole.
+    return Console(
+        highlight=False, markup=False, soft_wrap=True, width=None if sys.stdout.isatty() else 120
+    )
 
 
 @app.callback()
 def _options(
     debug: Annotated[
-        bool, typer.Option("--debug", help="Show tracebacks of internal errors.")
+        bool, typer.Option("--debug", help="Print the traceback of an internal error (exit 1).")
     ] = False,
 ) -> None:
     """Train multilayer perceptrons on tabular data from one YAML file."""
@@ -125,6 +128,14 @@ def summary(
     Example: mlpkit summary configs/mpg.yaml
     """
     if target.is_dir():
+        if set_:
+            raise MlpkitError(
+                Problem(
+                    "applies to a config file, not a run directory",
+                    where="--set",
+                    hint=f"drop --set to summarize {target}",
+                )
+            )
         result = experiment.summary_of_run(target)
     else:
         result = experiment.summary_of_config(target, set_ or [])
@@ -142,7 +153,8 @@ def evaluate(
     Example: mlpkit eval runs/mpg/20261121-101500-1a2b3c
     """
     result = experiment.evaluate_run(run, data, device)
-    reference = result.run.metrics().get("test") if data is None else None
+    metrics = result.run.metrics
+    reference = metrics.test if metrics is not None and data is None else None
     console = _stdout()
     console.print(f"{result.run.path}: {result.rows} rows of the {result.source}")
     console.print(progress.scores_table(result.scores, reference))
@@ -150,7 +162,9 @@ def evaluate(
 
 def run_cli(argv: list[str]) -> int:
     """Run one command and return its exit code; never raises (but for SystemExit)."""
+    # --debug works anywhere on the line, so it is taken out before the command is parsed.
     debug = "--debug" in argv or os.environ.get("MLPKIT_DEBUG") == "1"
+    argv = [arg for arg in argv if arg != "--debug"]
     command = typer.main.get_command(app)
     try:
         code = command.main(args=argv, prog_name="mlpkit", standalone_mode=False)

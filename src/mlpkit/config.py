@@ -386,20 +386,28 @@ def cross_field_problems(loaded: LoadedConfig) -> list[Problem]:
     return problems
 
 
+def output_layer(layers: list[Layer]) -> tuple[int, DenseLayer] | None:
+    """The last dense layer and its position: the one that produces the model's output."""
+    for index in range(len(layers) - 1, -1, -1):
+        layer = layers[index]
+        if isinstance(layer, DenseLayer):
+            return index, layer
+    return None
+
+
 def _head_problems(loaded: LoadedConfig) -> list[Problem]:
     layers = loaded.config.model.layers
     last = len(layers) - 1
-    dense = [i for i, layer in enumerate(layers) if isinstance(layer, DenseLayer)]
-    if not dense:
+    found = output_layer(layers)
+    if found is None:
         return [
             loaded.problem(
                 ("model", "layers"), "has no dense layer", "end with e.g. {type: dense, units: 1}"
             )
         ]
-    head = layers[dense[-1]]
-    assert isinstance(head, DenseLayer)
+    index, head = found
     problems = []
-    if dense[-1] != last:
+    if index != last:
         problems.append(
             loaded.problem(
                 ("model", "layers", last),
@@ -410,7 +418,7 @@ def _head_problems(loaded: LoadedConfig) -> list[Problem]:
     if head.units != 1:
         problems.append(
             loaded.problem(
-                ("model", "layers", dense[-1], "units"),
+                ("model", "layers", index, "units"),
                 f"the output layer has {head.units} units; a regression on one target needs 1",
                 "set units: 1",
             )
@@ -418,7 +426,7 @@ def _head_problems(loaded: LoadedConfig) -> list[Problem]:
     elif head.activation == "softmax":
         problems.append(
             loaded.problem(
-                ("model", "layers", dense[-1], "activation"),
+                ("model", "layers", index, "activation"),
                 "softmax over one unit always outputs 1",
                 "use linear for regression",
             )

@@ -55,10 +55,6 @@ class MlpkitError(Exception):
             raise ValueError("an MlpkitError needs at least one problem")
         super().__init__(self.render())
 
-    @classmethod
-    def single(cls, problem: str, **location: str | int | None) -> MlpkitError:
-        return cls(Problem(problem, **location))  # type: ignore[arg-type]
-
     def render(self) -> str:
         return "\n".join(p.render() for p in self.problems)
 

@@ -23,7 +23,7 @@ from torch import nn
 import mlpkit
 from mlpkit import components, runs
 from mlpkit.baselines import regression_baselines
-from mlpkit.config import Config, DenseLayer, LoadedConfig, load_config
+from mlpkit.config import Config, LoadedConfig, load_config, output_layer
 from mlpkit.data import Split, Table, check_split, read_table, split_rows
 from mlpkit.errors import (
     ConfigError,
@@ -33,6 +33,7 @@ from mlpkit.errors import (
     Interrupted,
     MlpkitError,
     Problem,
+    RunDirError,
 )
 from mlpkit.loop import EpochRecord, OnEpoch, Tensors, evaluate, fit, predict
 from mlpkit.model import build_model
@@ -128,10 +129,9 @@ def prepare(loaded: LoadedConfig) -> Prepared:
 
 def _head_reaches_target(prepared: Prepared) -> list[Problem]:
     """An output activation with a bounded range must be able to produce the training targets."""
-    layers = prepared.config.model.layers
-    index = max(i for i, layer in enumerate(layers) if isinstance(layer, DenseLayer))
-    head = layers[index]
-    assert isinstance(head, DenseLayer)
+    found = output_layer(prepared.config.model.layers)
+    assert found is not None  # load_config refuses a model without a dense layer
+    index, head = found
     if head.activation not in components.ACTIVATION_RANGES:
         return []
     low, high = components.ACTIVATION_RANGES[head.activation]
@@ -167,8 +167,32 @@ def summary_of_config(config_path: Path, overrides: list[str]) -> Summary:
 
 def summary_of_run(run_dir: Path) -> Summary:
     run = runs.open_run(run_dir, require_complete=False)
-    loaded = load_config(run.config_path)
+    loaded = load_run_config(run)
     return summarize(loaded.config.model.layers, len(run.preprocessor.input_names))
+
+
+def load_run_config(run: runs.Run) -> LoadedConfig:
+    """The run's config.yaml, checked against the preprocessing.json written beside it.
+
+    Raises:
+        ConfigError: config.yaml is not a valid config.
+        RunDirError: the two files describe different features or targets.
+    """
+    loaded = load_config(run.config_path)
+    data, state = loaded.config.data, run.preprocessor
+    expected = [
+        (name, "categorical" if name in data.categorical else "numeric") for name in data.features
+    ]
+    found = [(feature.name, feature.kind) for feature in state.features]
+    if found != expected or state.target.name != data.target:
+        raise RunDirError(
+            Problem(
+                "preprocessing.json does not match config.yaml (features, kinds or target differ)",
+                file=str(run.path),
+                hint="the run was edited after training; train it again",
+            )
+        )
+    return loaded
 
 
 def make_optimizer(model: nn.Module, loaded: LoadedConfig) -> torch.optim.Optimizer:
@@ -404,7 +428,7 @@ def evaluate_run(
         RunDirError: the run is not usable; DataError: the data does not fit the run.
     """
     run = runs.open_run(run_dir)
-    loaded = load_config(run.config_path)
+    loaded = load_run_config(run)
     # The training device by default, so the run's own test split scores exactly as it did.
     trained_on_cuda = run.info.device.startswith("cuda") and torch.cuda.is_available()
     device = resolve_device(loaded, device_name or ("cuda" if trained_on_cuda else "cpu"))

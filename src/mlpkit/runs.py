@@ -30,7 +30,23 @@ from mlpkit.errors import EnvironmentFault, Problem, RunDirError
 from mlpkit.preprocessing import Preprocessor
 
 RUN_FORMAT = "mlpkit.run/1"
+_FORMAT_HINT = f"expected a run written by mlpkit train (format {RUN_FORMAT})"
 Status = Literal["running", "interrupted", "failed", "diverged", "complete"]
+
+
+Scores = dict[str, float]
+
+
+class MetricsFile(BaseModel):
+    """metrics.json: every metric per split in target units, the baselines' test metrics."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    train: Scores
+    val: Scores | None = None
+    test: Scores
+    baselines: dict[str, Scores]
+    best_epoch: int
 
 
 class DataInfo(BaseModel):
@@ -140,18 +156,16 @@ def _environment_fault(exc: OSError, path: Path) -> Exception:
 
 @dataclass(frozen=True)
 class Run:
-    """A finished run, opened and checked, ready to rebuild its model."""
+    """A run, opened and checked, ready to rebuild its model."""
 
     path: Path
     info: RunInfo
     preprocessor: Preprocessor
+    metrics: MetricsFile | None  # None unless the run is complete
 
     @property
     def config_path(self) -> Path:
         return self.path / "config.yaml"
-
-    def metrics(self) -> dict[str, Any]:
-        return _read_json(self.path / "metrics.json")  # type: ignore[no-any-return]
 
     def load_weights(self, model: torch.nn.Module) -> None:
         """Load model.safetensors into `model`.
@@ -196,7 +210,9 @@ def open_run(path: Path, require_complete: bool = True) -> Run:
             )
         )
     preprocessor = _validated(Preprocessor, path / "preprocessing.json")
-    return Run(path=path, info=info, preprocessor=preprocessor)
+    complete = info.status == "complete"
+    metrics = _validated(MetricsFile, path / "metrics.json") if complete else None
+    return Run(path=path, info=info, preprocessor=preprocessor, metrics=metrics)
 
 
 def _validated(model: type[Any], path: Path) -> Any:
@@ -207,13 +223,8 @@ def _validated(model: type[Any], path: Path) -> Any:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         message = f"{first['msg'].lower()}" + (f" at {where}" if where else "")
-        raise RunDirError(
-            Problem(
-                f"not a valid {path.name}: {message}",
-                file=str(path),
-                hint=f"expected format {RUN_FORMAT}",
-            )
-        ) from None
+        problem = f"not a valid {path.name}: {message}"
+        raise RunDirError(Problem(problem, file=str(path), hint=_FORMAT_HINT)) from None
 
 
 def _read_json(path: Path) -> Any:
