@@ -222,7 +222,7 @@ def test_runs_dir_that_is_a_file_is_a_usage_error(cli, project: Project) -> None
     assert result.code == 2
     assert result.err == (
         f"Error: {blocker / 'runs' / 'tiny'}: cannot create it: Not a directory; "
-        "--runs-dir must be a folder or not exist yet\n"
+        "every folder on the path must exist as a folder, or not exist at all for --runs-dir\n"
     )
 
 
@@ -284,6 +284,45 @@ def test_debug_works_after_the_command(cli, project: Project, monkeypatch) -> No
     assert result.code == 1
     assert "Traceback" in result.err and "RuntimeError: boom" in result.err
     Path(result.err.rsplit(" ", 1)[-1].strip()).unlink()
+
+
+def test_predict_matches_columns_by_name_and_needs_no_target(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
+    run = train(cli, project, "-q")
+    new = project.root / "new.csv"
+    new.write_text("color,id,b,a\nred,7,2.0,1.0\npurple,8,2.0,1.0\n")  # reordered, extra id
+    result = cli("predict", run, "--data", new)
+    assert result.code == 0, result.err
+    lines = result.out.splitlines()
+    assert lines[0] == "line,prediction" and [row.split(",")[0] for row in lines[1:]] == ["2", "3"]
+    reference = experiment.predict_run(run, new)
+    assert [float(row.split(",")[1]) for row in lines[1:]] == list(reference.values)
+    # an unseen category ("purple") encodes as all zeros: a different prediction from red's
+    assert reference.values[0] != reference.values[1]
+
+
+def test_predict_errors(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
+    run = train(cli, project, "-q")
+    new, out = project.root / "new.csv", project.root / "preds.csv"
+    new.write_text("a,c\n1,2\n")
+    result = cli("predict", run, "--data", new)
+    assert (result.code, result.err) == (
+        2,
+        f"Error: {new}: 2 columns missing from the header: 'b', 'color'\n",
+    )
+    new.write_text("a,b,color\n1,2,red\n")
+    out.write_text("keep me")
+    result = cli("predict", run, "--data", new, "--out", out)
+    assert (result.code, result.err) == (
+        2,
+        f"Error: {out}: already exists; pass --force to overwrite\n",
+    )
+    assert out.read_text() == "keep me"
+    assert cli("predict", run, "--data", new, "--out", out, "--force").code == 0
+    assert out.read_text().startswith("line,prediction\n2,")
+    missing_folder = project.root / "nope" / "preds.csv"
+    result = cli("predict", run, "--data", new, "--out", missing_folder)
+    assert result.code == 2 and "cannot create it: No such file or directory" in result.err
+    assert cli("predict", project.root, "--data", new).code == 2  # not a run
 
 
 def test_divergence_exits_3_and_marks_the_run(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
@@ -351,7 +390,7 @@ def test_usage_mistakes_get_one_line_and_a_suggestion(cli) -> None:  # type: ign
 def test_every_command_has_help_with_an_example(cli) -> None:  # type: ignore[no-untyped-def]
     top = cli("--help")
     assert top.code == 0
-    for command in ("train", "check", "summary", "eval"):
+    for command in ("train", "check", "summary", "eval", "predict"):
         assert command in top.out
         assert "Example: mlpkit " + command in cli(command, "--help").out
 
@@ -382,10 +421,26 @@ def test_console_script_errors_have_no_traceback(tmp_path: Path) -> None:
 def test_mpg_reaches_the_write_up(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     result = cli("train", REPO / "configs" / "mpg.yaml", "--runs-dir", tmp_path, "--quiet")
     assert result.code == 0, result.err
-    metrics = json.loads((Path(result.last_line) / "metrics.json").read_text())
+    run = Path(result.last_line)
+    metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["test"]["r2"] >= 0.85 and metrics["test"]["mae"] <= 2.4
     assert metrics["test"]["r2"] > metrics["baselines"]["linear_regression"]["r2"]
     assert metrics["baselines"]["mean"]["r2"] < 0.05
+
+    # predict on the run's test rows, target column dropped, reproduces predictions.csv
+    with open(run / "predictions.csv") as f:
+        stored = list(csv.DictReader(f))
+    with open(REPO / "data" / "mpg.csv") as f:
+        table = list(csv.reader(f))
+    new = tmp_path / "new.csv"
+    with open(new, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(table[0][1:])  # every column but mpg
+        writer.writerows(table[int(row["line"]) - 1][1:] for row in stored)
+    result = cli("predict", run, "--data", new)
+    assert result.code == 0, result.err
+    predicted = list(csv.DictReader(result.out.splitlines()))
+    assert [p["prediction"] for p in predicted] == [row["prediction"] for row in stored]
 
 
 @pytest.mark.slow

@@ -35,9 +35,8 @@ def test_reads_and_converts(project: Project) -> None:
 def test_missing_column_with_did_you_mean(project: Project) -> None:
     lines = data_errors(project, "a,bb,colour,y\n" + GOOD_ROWS)
     assert lines == [
-        f"Error: {project.data}: column 'b': column missing from the header; did you mean 'bb'?",
-        f"Error: {project.data}: column 'color': column missing from the header; "
-        "did you mean 'colour'?",
+        f"Error: {project.data}: 2 columns missing from the header: 'b' (did you mean 'bb'?), "
+        "'color' (did you mean 'colour'?)"
     ]
 
 

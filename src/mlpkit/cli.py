@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from typer._click import exceptions as click_exceptions  # typer's vendored click
 
-from mlpkit import experiment, progress
+from mlpkit import experiment, progress, runs
 from mlpkit.errors import MlpkitError, Problem
 from mlpkit.summary import Summary, render_table
 
@@ -158,6 +158,31 @@ def evaluate(
     console = _stdout()
     console.print(f"{result.run.path}: {result.rows} rows of the {result.source}")
     console.print(progress.scores_table(result.scores, reference))
+
+
+@app.command("predict")
+def predict_command(
+    run: RunArg,
+    data: Annotated[Path, typer.Option(help="CSV with the feature columns (no target needed).")],
+    out: Annotated[
+        Path | None, typer.Option(help="Write the predictions here, not stdout.")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists.")] = False,
+    device: DeviceOpt = None,
+) -> None:
+    """Predict every row of a CSV with a run's model: columns line,prediction.
+
+    Example: mlpkit predict runs/mpg/20261121-101500-1a2b3c --data new.csv --out preds.csv
+    """
+    if out is not None and out.exists() and not force:
+        raise MlpkitError(
+            Problem("already exists", file=str(out), hint="pass --force to overwrite")
+        )
+    predictions = experiment.predict_run(run, data, device)
+    if out is None:
+        sys.stdout.write(predictions.to_csv())
+    else:
+        runs.write_bytes(out, predictions.to_csv().encode())
 
 
 def run_cli(argv: list[str]) -> int:

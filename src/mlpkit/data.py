@@ -9,6 +9,7 @@ problem is reported precisely (column, first line, count) instead of surfacing a
 from __future__ import annotations
 
 import csv
+import difflib
 import hashlib
 import io
 import math
@@ -57,17 +58,20 @@ class _Parsed:
     lines: list[int]
 
 
-def read_table(path: Path, data: DataConfig, origin: LoadedConfig | None = None) -> Table:
-    """Read `path` and check the columns `data` names.
+def read_table(
+    path: Path, data: DataConfig, origin: LoadedConfig | None = None, with_target: bool = True
+) -> Table:
+    """Read `path` and check the columns `data` names (the target too, unless `with_target`).
 
-    `origin` locates problems with the file itself at the config key that named it.
+    `origin` locates problems with the file itself at the config key that named it. Columns are
+    found by name; others in the file are ignored.
 
     Raises:
         DataError: the file is missing, unreadable, malformed, or a column or cell is unusable.
     """
     raw = _read_bytes(path, origin)
     parsed = _parse(path, _decode(path, raw, data.encoding, origin))
-    numeric, categorical = numeric_and_categorical(data)
+    numeric, categorical = numeric_and_categorical(data, with_target)
     positions, problems = _locate_columns(path, parsed.header, numeric + categorical)
     if problems:
         raise DataError(problems)
@@ -87,11 +91,13 @@ def read_table(path: Path, data: DataConfig, origin: LoadedConfig | None = None)
     return Table(frame=frame, lines=lines, path=path, sha256=hashlib.sha256(raw).hexdigest())
 
 
-def numeric_and_categorical(data: DataConfig) -> tuple[list[str], list[str]]:
+def numeric_and_categorical(
+    data: DataConfig, with_target: bool = True
+) -> tuple[list[str], list[str]]:
     """Columns to read as numbers (features, then the target) and as categories."""
     numeric = [c for c in data.features if c not in data.categorical]
     categorical = [c for c in data.features if c in data.categorical]
-    return [*numeric, data.target], categorical
+    return ([*numeric, data.target] if with_target else numeric), categorical
 
 
 def _hint(data: DataConfig, column: str) -> str:
@@ -194,19 +200,14 @@ def _ragged_problem(
 def _locate_columns(
     path: Path, header: list[str], wanted: list[str]
 ) -> tuple[dict[str, int], list[Problem]]:
+    """Each wanted column's field position; every missing column named in one problem."""
     positions: dict[str, int] = {}
+    missing: list[str] = []
     problems = []
     for name in wanted:
         found = [i for i, column in enumerate(header) if column == name]
         if not found:
-            problems.append(
-                Problem(
-                    "column missing from the header",
-                    file=str(path),
-                    where=f"column '{name}'",
-                    hint=did_you_mean(name, header),
-                )
-            )
+            missing.append(name)
         elif len(found) > 1:
             fields = ", ".join(str(i + 1) for i in found)
             problems.append(
@@ -219,7 +220,27 @@ def _locate_columns(
             )
         else:
             positions[name] = found[0]
+    if len(missing) == 1:
+        problems.insert(
+            0,
+            Problem(
+                "column missing from the header",
+                file=str(path),
+                where=f"column '{missing[0]}'",
+                hint=did_you_mean(missing[0], header),
+            ),
+        )
+    elif missing:
+        named = ", ".join(_with_suggestion(name, header) for name in missing)
+        problems.insert(
+            0, Problem(f"{len(missing)} columns missing from the header: {named}", file=str(path))
+        )
     return positions, problems
+
+
+def _with_suggestion(name: str, header: list[str]) -> str:
+    close = difflib.get_close_matches(name, header, n=1, cutoff=0.6)
+    return f"'{name}' (did you mean '{close[0]}'?)" if close else f"'{name}'"
 
 
 def _check_categories(

@@ -455,3 +455,46 @@ def evaluate_run(
     scores = evaluate(model, nn.MSELoss(), tensors, list(components.REGRESSION_METRICS), scale)
     scores.pop("loss")
     return EvalResult(run, scores, len(rows), "test split" if data_path is None else str(data_path))
+
+
+# --- predict --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """One prediction per row of the input file, in target units."""
+
+    target: str
+    lines: np.ndarray  # each row's line in the input file
+    values: np.ndarray
+
+    def to_csv(self) -> str:
+        rows = [
+            f"{int(line)},{float(value)!r}"
+            for line, value in zip(self.lines, self.values, strict=True)
+        ]
+        return "\n".join(["line,prediction", *rows]) + "\n"
+
+
+def predict_run(run_dir: Path, data_path: Path, device_name: str | None = None) -> Predictions:
+    """Predict every row of `data_path` with a complete run's model and preprocessing.
+
+    Columns are matched by name; the target column is not needed and other columns are
+    ignored. A category never seen in training encodes as all zeros (preprocessing.py).
+
+    Raises:
+        RunDirError: the run is not usable; DataError: the file lacks columns or has bad cells.
+    """
+    run = runs.open_run(run_dir)
+    loaded = load_run_config(run)
+    device = resolve_device(loaded, device_name or "cpu")
+    model = build_model(
+        loaded.config.model.layers, len(run.preprocessor.input_names), loaded.config.seed, device
+    )
+    run.load_weights(model)
+    table = read_table(data_path, loaded.config.data, with_target=False)
+    x = torch.from_numpy(run.preprocessor.transform(table.frame)).to(device)  # [rows, inputs]
+    outputs = predict(model, x)[:, 0].cpu().numpy()
+    return Predictions(
+        loaded.config.data.target, table.lines, run.preprocessor.unscale_target(outputs)
+    )

@@ -139,15 +139,10 @@ def write_info(run_dir: Path, info: RunInfo) -> None:
 
 def _environment_fault(exc: OSError, path: Path) -> Exception:
     """Any failed write is an error to report, never a traceback: the machine's (exit 4) or,
-    for a path that cannot be a folder, the user's (exit 2)."""
-    if exc.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
-        return RunDirError(
-            Problem(
-                f"cannot create it: {exc.strerror}",
-                file=str(path),
-                hint="--runs-dir must be a folder or not exist yet",
-            )
-        )
+    for a path whose folders are missing or are files, the user's (exit 2)."""
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR, errno.ENOENT):
+        hint = "every folder on the path must exist as a folder, or not exist at all for --runs-dir"
+        return RunDirError(Problem(f"cannot create it: {exc.strerror}", file=str(path), hint=hint))
     return EnvironmentFault(Problem(f"cannot write: {exc.strerror}", file=str(path)))
 
 
