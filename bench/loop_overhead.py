@@ -18,10 +18,9 @@ from pathlib import Path
 import torch
 
 from mlpkit.config import load_config
-from mlpkit.experiment import make_loss, make_optimizer, prepare
+from mlpkit.experiment import make_optimizer, prepare
 from mlpkit.loop import Tensors, fit
 from mlpkit.model import build_model
-from mlpkit.preprocessing import TargetScale
 
 Trainer = Callable[[int], float]
 
@@ -50,7 +49,7 @@ def main() -> None:
         started = time.perf_counter()
         fit(
             model,
-            make_loss(loaded),
+            prepared.task.loss(device),
             optimizer,
             train,
             None,
@@ -58,15 +57,13 @@ def main() -> None:
             batch_size=batch,
             shuffle=True,
             seed=seed,
-            metrics=[],
-            scale=TargetScale(name="y"),
         )
         return time.perf_counter() - started
 
     def hand_written(seed: int) -> float:
         # The loop people write first: index a batch from a permutation, step.
         model, optimizer = fresh()
-        loss_fn = make_loss(loaded)
+        loss_fn = prepared.task.loss(device)
         generator = torch.Generator().manual_seed(seed)
         started = time.perf_counter()
         for _ in range(args.epochs):
@@ -82,7 +79,7 @@ def main() -> None:
 
     def data_loader(seed: int) -> float:
         model, optimizer = fresh()
-        loss_fn = make_loss(loaded)
+        loss_fn = prepared.task.loss(device)
         dataset = torch.utils.data.TensorDataset(train.x, train.y)
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=batch, shuffle=True, generator=torch.Generator().manual_seed(seed)

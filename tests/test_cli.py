@@ -295,9 +295,9 @@ def test_predict_matches_columns_by_name_and_needs_no_target(cli, project: Proje
     lines = result.out.splitlines()
     assert lines[0] == "line,prediction" and [row.split(",")[0] for row in lines[1:]] == ["2", "3"]
     reference = experiment.predict_run(run, new)
-    assert [float(row.split(",")[1]) for row in lines[1:]] == list(reference.values)
+    assert [float(row.split(",")[1]) for row in lines[1:]] == list(reference.columns["prediction"])
     # an unseen category ("purple") encodes as all zeros: a different prediction from red's
-    assert reference.values[0] != reference.values[1]
+    assert reference.columns["prediction"][0] != reference.columns["prediction"][1]
 
 
 def test_predict_errors(cli, project: Project) -> None:  # type: ignore[no-untyped-def]

@@ -5,7 +5,7 @@ import pytest
 from conftest import REPO, Project
 
 from mlpkit import components
-from mlpkit.config import AdamConfig, Loss, Optimizer, load_config
+from mlpkit.config import LOSS_TASKS, AdamConfig, Loss, Optimizer, load_config
 from mlpkit.errors import ConfigError
 
 
@@ -225,4 +225,6 @@ def _tags(union: object) -> set[str]:
 
 def test_registries_and_config_choices_agree() -> None:
     assert _tags(Optimizer) == set(components.OPTIMIZERS)
-    assert _tags(Loss) == set(components.LOSSES)
+    assert _tags(Loss) == set(LOSS_TASKS)
+    regression = {name for name, task in LOSS_TASKS.items() if task == "regression"}
+    assert regression == set(components.LOSSES)  # classification losses live in tasks.py

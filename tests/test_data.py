@@ -49,7 +49,7 @@ def test_non_numeric_cell_names_first_line_and_count(project: Project) -> None:
     lines = data_errors(project, "a,b,color,y\n1,2,red,3\n1,2,red,n/a?\n")
     assert lines == [
         f"Error: {project.data}: column 'y', line 3: non-numeric value 'n/a?'; "
-        "expected a number (a regression target is numeric)"
+        "expected a number (a regression target; for class labels set data.task)"
     ]
 
 

@@ -38,8 +38,8 @@ def test_fits_on_the_rows_given_and_encodes_in_config_order() -> None:
 def test_target_scaling_round_trips() -> None:
     pre = fit_preprocessor(frame(), DATA)
     y = frame()["y"].to_numpy()
-    np.testing.assert_allclose(pre.unscale_target(pre.scale_target(y)), y, rtol=1e-6)
-    assert pre.scale_target(y).mean() == pytest.approx(0, abs=1e-6)
+    np.testing.assert_allclose(pre.target.unscale(pre.target.scale(y)), y, rtol=1e-6)
+    assert pre.target.scale(y).mean() == pytest.approx(0, abs=1e-6)
 
 
 def test_json_round_trip_is_exact() -> None:

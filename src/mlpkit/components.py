@@ -81,6 +81,14 @@ def _max_error(y: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
     return (pred - y).abs().max()
 
 
+# The metric names each task offers (tasks.py computes the classification ones with sklearn).
+METRICS_BY_TASK: dict[str, list[str]] = {
+    "regression": ["mae", "mse", "rmse", "r2", "median_ae", "max_error"],
+    "binary": ["accuracy", "precision", "recall", "f1", "roc_auc", "log_loss"],
+    "multiclass": ["accuracy", "f1_macro", "f1_weighted", "top_k_accuracy", "log_loss"],
+}
+ALL_METRICS = {name: None for names in METRICS_BY_TASK.values() for name in names}
+
 # Regression metrics, all in the target's original units; inputs are 1-D tensors.
 REGRESSION_METRICS: dict[str, Metric] = {
     "mae": _mae,

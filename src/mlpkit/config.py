@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
 from mlpkit import components
@@ -58,6 +58,8 @@ class DataConfig(_Strict):
     scale_target: bool = False
     split: SplitConfig = SplitConfig()
     encoding: str = "utf-8"
+    # auto: from the loss (bce -> binary, cross_entropy -> multiclass, else regression)
+    task: Literal["auto", "regression", "binary", "multiclass"] = "auto"
 
 
 # --- model ----------------------------------------------------------------------------------
@@ -159,7 +161,39 @@ class HuberLoss(_Strict):
     delta: float = Field(1.0, gt=0)
 
 
-Loss = Annotated[MSELoss | MAELoss | HuberLoss, Field(discriminator="name")]
+class BCELoss(_Strict):
+    """Binary cross-entropy, computed from logits."""
+
+    name: Literal["bce"]
+
+
+class CrossEntropyLoss(_Strict):
+    """Multiclass cross-entropy, computed from logits."""
+
+    name: Literal["cross_entropy"]
+
+
+Loss = Annotated[
+    MSELoss | MAELoss | HuberLoss | BCELoss | CrossEntropyLoss, Field(discriminator="name")
+]
+Task = Literal["regression", "binary", "multiclass"]
+LOSS_TASKS: dict[str, Task] = {
+    "mse": "regression",
+    "mae": "regression",
+    "huber": "regression",
+    "bce": "binary",
+    "cross_entropy": "multiclass",
+}
+DEFAULT_LOSSES: dict[Task, str] = {
+    "regression": "mse",
+    "binary": "bce",
+    "multiclass": "cross_entropy",
+}
+DEFAULT_METRICS: dict[Task, list[str]] = {
+    "regression": ["mae", "r2"],
+    "binary": ["accuracy", "roc_auc"],
+    "multiclass": ["accuracy", "f1_macro"],
+}
 
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -169,15 +203,19 @@ class TrainingConfig(_Strict):
     batch_size: int = Field(32, gt=0)
     shuffle: bool = True
     optimizer: Optimizer = AdamConfig(name="adam")
-    loss: Loss = MSELoss(name="mse")
-    metrics: list[str] = Field(default_factory=lambda: ["mae", "r2"])
+    loss: Loss | None = None  # the task's own by default: mse, bce or cross_entropy
+    metrics: list[str] | None = None  # per epoch on the validation rows; the task's defaults
+    # classification only: weigh classes by inverse frequency, or {label: weight}
+    class_weights: Literal["balanced"] | dict[str, Annotated[float, Field(gt=0)]] | None = None
+    threshold: float = Field(0.5, gt=0, lt=1)  # binary: P(positive) from which a row is positive
+    top_k: int = Field(2, ge=1)  # multiclass: k of top_k_accuracy
     device: Device = "auto"
 
     @field_validator("metrics")
     @classmethod
-    def _known_metrics(cls, names: list[str]) -> list[str]:
-        for name in names:
-            _check_name("metric", name, components.REGRESSION_METRICS)
+    def _known_metrics(cls, names: list[str] | None) -> list[str] | None:
+        for name in names or []:
+            _check_name("metric", name, components.ALL_METRICS)
         return names
 
 
@@ -246,7 +284,29 @@ def load_config(path: Path, overrides: tuple[str, ...] | list[str] = ()) -> Load
     problems = cross_field_problems(loaded)
     if problems:
         raise ConfigError(problems)
+    loaded.config = _with_task_defaults(config)
     return loaded
+
+
+def task_of(config: Config) -> Task:
+    """data.task, or the task the loss implies when it is auto."""
+    if config.data.task != "auto":
+        return config.data.task
+    return LOSS_TASKS[config.training.loss.name] if config.training.loss else "regression"
+
+
+def _with_task_defaults(config: Config) -> Config:
+    """The config with data.task, training.loss and training.metrics filled in for the task."""
+    task = task_of(config)
+    training = config.training
+    loss = training.loss or TypeAdapter(Loss).validate_python({"name": DEFAULT_LOSSES[task]})
+    metrics = training.metrics if training.metrics is not None else DEFAULT_METRICS[task]
+    return config.model_copy(
+        update={
+            "data": config.data.model_copy(update={"task": task}),
+            "training": training.model_copy(update={"loss": loss, "metrics": metrics}),
+        }
+    )
 
 
 def _read_text(path: Path) -> str:
@@ -321,6 +381,9 @@ def _expand_shorthands(raw: dict[str, Any]) -> None:
         for key in ("optimizer", "loss"):
             if isinstance(training.get(key), str):
                 training[key] = {"name": training[key]}
+        weights = training.get("class_weights")
+        if isinstance(weights, dict):  # YAML reads a label 1 as a number; labels are text
+            training["class_weights"] = {str(k): v for k, v in weights.items()}
 
 
 # --- rules that span several fields ---------------------------------------------------------
@@ -359,6 +422,7 @@ def cross_field_problems(loaded: LoadedConfig) -> list[Problem]:
                     "list each categorical column in data.features too",
                 )
             )
+    problems += _task_problems(loaded)
     problems += _head_problems(loaded)
     if cfg.training.batch_size == 1 and any(
         isinstance(x, BatchNormLayer) for x in cfg.model.layers
@@ -381,6 +445,50 @@ def cross_field_problems(loaded: LoadedConfig) -> list[Problem]:
                 ("training", "optimizer", "nesterov"),
                 "nesterov needs momentum > 0 and dampening 0",
                 "set training.optimizer.momentum, e.g. 0.9",
+            )
+        )
+    return problems
+
+
+def _task_problems(loaded: LoadedConfig) -> list[Problem]:
+    """The loss, metrics and options must suit the task."""
+    cfg = loaded.config
+    task = task_of(cfg)
+    problems = []
+    loss = cfg.training.loss
+    if loss is not None and LOSS_TASKS[loss.name] != task:
+        fits = [name for name, kind in LOSS_TASKS.items() if kind == task]
+        problems.append(
+            loaded.problem(
+                ("training", "loss", "name"),
+                f"'{loss.name}' is a {LOSS_TASKS[loss.name]} loss but data.task is {task}",
+                "use " + " or ".join(fits),
+            )
+        )
+    offered = components.METRICS_BY_TASK[task]
+    for name in cfg.training.metrics or []:
+        if name not in offered:
+            problems.append(
+                loaded.problem(
+                    ("training", "metrics"),
+                    f"'{name}' is not a {task} metric",
+                    "expected one of: " + ", ".join(offered),
+                )
+            )
+    if task != "regression" and cfg.data.scale_target:
+        problems.append(
+            loaded.problem(
+                ("data", "scale_target"),
+                f"a {task} target has classes, not a scale",
+                "remove data.scale_target",
+            )
+        )
+    if task == "regression" and cfg.training.class_weights is not None:
+        problems.append(
+            loaded.problem(
+                ("training", "class_weights"),
+                "class weights need a classification task",
+                "set data.task: binary or multiclass",
             )
         )
     return problems
@@ -415,11 +523,31 @@ def _head_problems(loaded: LoadedConfig) -> list[Problem]:
                 "end with the dense output layer",
             )
         )
+    task = task_of(loaded.config)
+    if task == "multiclass":
+        if head.activation not in ("softmax", "linear"):
+            problems.append(
+                loaded.problem(
+                    ("model", "layers", index, "activation"),
+                    f"a multiclass output needs softmax (or linear logits), not {head.activation}",
+                    "set activation: softmax",
+                )
+            )
+        return problems
+    if task == "binary" and head.activation not in ("sigmoid", "linear"):
+        problems.append(
+            loaded.problem(
+                ("model", "layers", index, "activation"),
+                f"a binary output needs sigmoid (or linear logits), not {head.activation}",
+                "set activation: sigmoid",
+            )
+        )
     if head.units != 1:
+        one = "a regression on one target" if task == "regression" else "a binary task"
         problems.append(
             loaded.problem(
                 ("model", "layers", index, "units"),
-                f"the output layer has {head.units} units; a regression on one target needs 1",
+                f"the output layer has {head.units} units; {one} needs 1",
                 "set units: 1",
             )
         )

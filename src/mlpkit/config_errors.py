@@ -137,9 +137,7 @@ class _Schema:
     def tags_at(self, path: Path_) -> list[str]:
         """The tags (`type` or `name` values) a tagged union at `path` accepts."""
         annotation, _ = self.annotation_at(path)
-        while typing.get_origin(annotation) is Annotated:
-            annotation = typing.get_args(annotation)[0]
-        return [str(_tag_of(member)) for member in typing.get_args(annotation)]
+        return [str(_tag_of(model)) for model in _members(annotation)]
 
     def fields_at(self, path: Path_) -> list[str]:
         model = self.model_at(path)
@@ -187,6 +185,18 @@ def _resolve(annotation: Any, node: Any) -> type[BaseModel] | None:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     return None
+
+
+def _members(annotation: Any) -> list[type[BaseModel]]:
+    """The models a (possibly Annotated, Optional or union) annotation admits, in order."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _members(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return [model for member in typing.get_args(annotation) for model in _members(member)]
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return []
 
 
 def _tag_of(model: type[BaseModel]) -> Any:

@@ -97,12 +97,16 @@ def numeric_and_categorical(
     """Columns to read as numbers (features, then the target) and as categories."""
     numeric = [c for c in data.features if c not in data.categorical]
     categorical = [c for c in data.features if c in data.categorical]
-    return ([*numeric, data.target] if with_target else numeric), categorical
+    if not with_target:
+        return numeric, categorical
+    if data.task in ("binary", "multiclass"):
+        return numeric, [*categorical, data.target]  # class labels are read as text
+    return [*numeric, data.target], categorical
 
 
 def _hint(data: DataConfig, column: str) -> str:
     if column == data.target:
-        return "expected a number (a regression target is numeric)"
+        return "expected a number (a regression target; for class labels set data.task)"
     return f"expected a number, or list '{column}' in data.categorical to one-hot encode it"
 
 
@@ -312,14 +316,30 @@ def _cell_problem(
     )
 
 
-def split_rows(n_rows: int, data: DataConfig, seed: int) -> Split:
+def split_rows(n_rows: int, data: DataConfig, seed: int, labels: np.ndarray | None = None) -> Split:
     """Shuffle row positions with the seed and cut them by the configured fractions.
 
-    train and val take floor(fraction * n); test takes the rest, so no row is lost.
+    train and val take floor(fraction * n); test takes the rest, so no row is lost. With
+    `labels` (classification) each class is cut separately, so every part keeps the class mix.
     """
-    order = np.random.default_rng(seed).permutation(n_rows)
-    n_train = math.floor(data.split.train * n_rows)
-    n_val = math.floor(data.split.val * n_rows)
+    rng = np.random.default_rng(seed)
+    if labels is None:
+        return _cut(rng.permutation(n_rows), data)
+    parts = [
+        _cut(rng.permutation(np.flatnonzero(labels == label)), data)
+        for label in sorted(set(labels.tolist()))
+    ]
+    return Split(
+        *(
+            rng.permutation(np.concatenate([getattr(p, name) for p in parts]))
+            for name in ("train", "val", "test")
+        )
+    )
+
+
+def _cut(order: np.ndarray, data: DataConfig) -> Split:
+    n_train = math.floor(data.split.train * len(order))
+    n_val = math.floor(data.split.val * len(order))
     return Split(order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :])
 
 

@@ -8,6 +8,8 @@ the run directory exists, so rejected input leaves runs/ as it was.
 
 from __future__ import annotations
 
+import csv
+import io
 import platform
 import traceback
 from collections.abc import Callable
@@ -22,7 +24,6 @@ from torch import nn
 
 import mlpkit
 from mlpkit import components, runs
-from mlpkit.baselines import regression_baselines
 from mlpkit.config import Config, LoadedConfig, load_config, output_layer
 from mlpkit.data import Split, Table, check_split, read_table, split_rows
 from mlpkit.errors import (
@@ -35,10 +36,11 @@ from mlpkit.errors import (
     Problem,
     RunDirError,
 )
-from mlpkit.loop import EpochRecord, OnEpoch, Tensors, evaluate, fit, predict
+from mlpkit.loop import EpochRecord, OnEpoch, Tensors, fit, predict
 from mlpkit.model import build_model
-from mlpkit.preprocessing import Preprocessor, fit_preprocessor
+from mlpkit.preprocessing import Preprocessor, TargetScale, fit_preprocessor, sorted_labels
 from mlpkit.summary import Summary, render_text, summarize
+from mlpkit.tasks import Regression, Task, make_task
 
 SPLITS = ("train", "val", "test")
 
@@ -51,23 +53,25 @@ class Prepared:
     table: Table
     split: Split
     preprocessor: Preprocessor
+    task: Task
 
     @property
     def config(self) -> Config:
         return self.loaded.config
 
     def tensors(self, rows: np.ndarray, device: torch.device) -> Tensors:
-        return make_tensors(self.table.frame.iloc[rows], self.preprocessor, device)
+        return make_tensors(self.table.frame.iloc[rows], self.preprocessor, self.task, device)
 
     def summary(self) -> Summary:
         return summarize(self.config.model.layers, len(self.preprocessor.input_names))
 
 
-def make_tensors(frame: Any, preprocessor: Preprocessor, device: torch.device) -> Tensors:
-    """Model inputs and scaled targets of `frame`'s rows, on `device`."""
-    target = frame[preprocessor.target.name].to_numpy(dtype=np.float64)
+def make_tensors(
+    frame: Any, preprocessor: Preprocessor, task: Task, device: torch.device
+) -> Tensors:
+    """Model inputs and the task's targets for `frame`'s rows, on `device`."""
     x = torch.from_numpy(preprocessor.transform(frame))  # [rows, inputs]
-    y = torch.from_numpy(preprocessor.scale_target(target))[:, None]  # [rows, 1]
+    y = task.targets(frame[preprocessor.target.name].to_numpy())
     return Tensors(x.to(device), y.to(device))
 
 
@@ -115,16 +119,58 @@ def prepare(loaded: LoadedConfig) -> Prepared:
     """
     cfg = loaded.config
     table = read_table(loaded.data_path, cfg.data, loaded)
-    split = split_rows(table.n_rows, cfg.data, cfg.seed)
+    target = table.frame[cfg.data.target].to_numpy()
+    classes = None
+    if cfg.data.task != "regression":
+        classes = sorted_labels(target)
+        _check_classes(loaded, table, classes)
+    split = split_rows(table.n_rows, cfg.data, cfg.seed, target if classes else None)
     problems = check_split(split, loaded)
     if problems:
         raise DataError(problems)
-    preprocessor = fit_preprocessor(table.frame.iloc[split.train], cfg.data)
-    prepared = Prepared(loaded, table, split, preprocessor)
+    preprocessor = fit_preprocessor(table.frame.iloc[split.train], cfg.data, classes)
+    task = make_task(cfg, preprocessor.target, target[split.train])
+    prepared = Prepared(loaded, table, split, preprocessor, task)
     problems = _head_reaches_target(prepared)
     if problems:
         raise DataError(problems)
     return prepared
+
+
+def _check_classes(loaded: LoadedConfig, table: Table, classes: list[str]) -> None:
+    """A classification target has the classes its task and output layer expect."""
+    task, target = loaded.config.data.task, loaded.config.data.target
+    shown = ", ".join(classes[:6]) + (", ..." if len(classes) > 6 else "")
+    where = f"column '{target}'"
+    if len(classes) < 2:
+        raise DataError(
+            Problem(
+                f"a single class ({shown}); classification needs two or more",
+                file=str(table.path),
+                where=where,
+            )
+        )
+    if task == "binary" and len(classes) != 2:
+        raise DataError(
+            Problem(
+                f"{len(classes)} classes ({shown}); a binary task needs 2",
+                file=str(table.path),
+                where=where,
+                hint="set data.task: multiclass",
+            )
+        )
+    found = output_layer(loaded.config.model.layers)
+    assert found is not None  # load_config refuses a model without a dense layer
+    index, head = found
+    if task == "multiclass" and head.units != len(classes):
+        raise DataError(
+            loaded.problem(
+                ("model", "layers", index, "units"),
+                f"the output layer has {head.units} units but '{target}' has {len(classes)} "
+                f"classes ({shown})",
+                f"set units: {len(classes)}",
+            )
+        )
 
 
 def _head_reaches_target(prepared: Prepared) -> list[Problem]:
@@ -132,12 +178,13 @@ def _head_reaches_target(prepared: Prepared) -> list[Problem]:
     found = output_layer(prepared.config.model.layers)
     assert found is not None  # load_config refuses a model without a dense layer
     index, head = found
-    if head.activation not in components.ACTIVATION_RANGES:
+    scale = prepared.preprocessor.target
+    if head.activation not in components.ACTIVATION_RANGES or not isinstance(scale, TargetScale):
         return []
     low, high = components.ACTIVATION_RANGES[head.activation]
     target = prepared.config.data.target
     values = prepared.table.frame[target].to_numpy()[prepared.split.train]
-    scaled = prepared.preprocessor.scale_target(values)
+    scaled = scale.scale(values.astype(np.float64))
     if low <= scaled.min() and scaled.max() <= high:
         return []
     kind = "scaled target" if prepared.config.data.scale_target else "target"
@@ -203,11 +250,6 @@ def make_optimizer(model: nn.Module, loaded: LoadedConfig) -> torch.optim.Optimi
     return optimizer_class(model.parameters(), **options)
 
 
-def make_loss(loaded: LoadedConfig) -> nn.Module:
-    options = loaded.config.training.loss.model_dump(exclude={"name"})
-    return components.LOSSES[loaded.config.training.loss.name](**options)
-
-
 @dataclass(frozen=True)
 class Trainer:
     """What training updates: the network, its optimizer, and the loss it minimizes."""
@@ -223,14 +265,22 @@ def build_trainer(prepared: Prepared, device: torch.device) -> Trainer:
     Raises:
         ConfigError: torch refuses an optimizer option the config checks let through.
     """
-    cfg = prepared.config
-    model = build_model(cfg.model.layers, len(prepared.preprocessor.input_names), cfg.seed, device)
+    model = _network(prepared.config, prepared.preprocessor, prepared.task, device)
     try:
         optimizer = make_optimizer(model, prepared.loaded)
     except ValueError as exc:
         problem = prepared.loaded.problem(("training", "optimizer"), f"torch refuses it: {exc}")
         raise ConfigError(problem) from None
-    return Trainer(model, optimizer, make_loss(prepared.loaded))
+    return Trainer(model, optimizer, prepared.task.loss(device))
+
+
+def _network(
+    config: Config, preprocessor: Preprocessor, task: Task, device: torch.device
+) -> nn.Sequential:
+    """The configured network; classification keeps logits as its output (see tasks.py)."""
+    logits = not isinstance(task, Regression)
+    width = len(preprocessor.input_names)
+    return build_model(config.model.layers, width, config.seed, device, logits=logits)
 
 
 def train(
@@ -304,8 +354,7 @@ def _fit_and_write(
             batch_size=cfg.training.batch_size,
             shuffle=cfg.training.shuffle,
             seed=cfg.seed,
-            metrics=cfg.training.metrics,
-            scale=prepared.preprocessor.target,
+            score=lambda y, outputs: prepared.task.score(y, outputs, cfg.training.metrics),
             on_epoch=on_epoch,
         )
     metrics = final_metrics(model, prepared, data, history)
@@ -319,29 +368,29 @@ def _fit_and_write(
 def final_metrics(
     model: nn.Module, prepared: Prepared, data: dict[str, Tensors], history: list[EpochRecord]
 ) -> dict[str, Any]:
-    """Every regression metric per split in target units, the baselines' test metrics beside."""
-    scale = prepared.preprocessor.target
+    """Every metric of the task per split, the baselines' test metrics beside them, and for
+    classification the confusion matrices (rows: true class, columns: predicted)."""
+    task = prepared.task
     metrics: dict[str, Any] = {}
+    confusion: dict[str, Any] = {}
     for part in SPLITS:
         if data[part].x.shape[0]:
-            scores = evaluate(
-                model, nn.MSELoss(), data[part], list(components.REGRESSION_METRICS), scale
-            )
-            metrics[part] = {k: v for k, v in scores.items() if k != "loss"}
-    metrics["baselines"] = _baselines(prepared)
+            outputs = predict(model, data[part].x)
+            metrics[part] = task.score(data[part].y, outputs, None)
+            if not isinstance(task, Regression):
+                confusion[part] = task.confusion(data[part].y, outputs)
+    metrics["baselines"] = _baselines(prepared, data)
     metrics["best_epoch"] = best_epoch(history)
+    if confusion and not isinstance(task, Regression):
+        metrics["confusion_matrix"] = {"labels": task.labels.classes, **confusion}
     return metrics
 
 
-def _baselines(prepared: Prepared) -> dict[str, dict[str, float]]:
-    frame, target = prepared.table.frame, prepared.config.data.target
-    train, test = prepared.split.train, prepared.split.test
-    return regression_baselines(
-        prepared.preprocessor.transform(frame.iloc[train]),
-        frame[target].to_numpy()[train],
-        prepared.preprocessor.transform(frame.iloc[test]),
-        frame[target].to_numpy()[test],
-    )
+def _baselines(prepared: Prepared, data: dict[str, Tensors]) -> dict[str, dict[str, float]]:
+    frame = prepared.table.frame
+    x_train = prepared.preprocessor.transform(frame.iloc[prepared.split.train])
+    x_test = prepared.preprocessor.transform(frame.iloc[prepared.split.test])
+    return prepared.task.baselines(x_train, data["train"].y.cpu(), x_test, data["test"].y.cpu())
 
 
 def best_epoch(history: list[EpochRecord]) -> int:
@@ -351,14 +400,22 @@ def best_epoch(history: list[EpochRecord]) -> int:
 
 
 def _predictions(model: nn.Module, prepared: Prepared, test: Tensors) -> list[dict[str, Any]]:
-    rows = prepared.split.test
+    """The test rows: their line, the true target, and the task's prediction columns."""
     target = prepared.config.data.target
-    predicted = prepared.preprocessor.unscale_target(predict(model, test.x)[:, 0].cpu().numpy())
-    truth = prepared.table.frame[target].to_numpy()[rows]
-    lines = prepared.table.lines[rows]
+    columns = {
+        "line": prepared.table.lines[prepared.split.test],
+        target: prepared.task.truth(test.y),
+        **prepared.task.columns(predict(model, test.x)),
+    }
+    return _rows(columns)
+
+
+def _rows(columns: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Columns of equal length as CSV rows of plain Python values."""
+    names = list(columns)
     return [
-        {"line": int(line), target: float(t), "prediction": float(p)}
-        for line, t, p in zip(lines, truth, predicted, strict=True)
+        dict(zip(names, values, strict=True))
+        for values in zip(*(columns[n].tolist() for n in names), strict=True)
     ]
 
 
@@ -428,16 +485,12 @@ def evaluate_run(
         RunDirError: the run is not usable; DataError: the data does not fit the run.
     """
     run = runs.open_run(run_dir)
-    loaded = load_run_config(run)
     # The training device by default, so the run's own test split scores exactly as it did.
     trained_on_cuda = run.info.device.startswith("cuda") and torch.cuda.is_available()
-    device = resolve_device(loaded, device_name or ("cuda" if trained_on_cuda else "cpu"))
-    model = build_model(
-        loaded.config.model.layers, len(run.preprocessor.input_names), loaded.config.seed, device
-    )
-    run.load_weights(model)
+    loaded, task, model = _rebuild(run, device_name or ("cuda" if trained_on_cuda else "cpu"))
     source_path = data_path or loaded.data_path
     table = read_table(source_path, loaded.config.data, None if data_path else loaded)
+    target = table.frame[loaded.config.data.target].to_numpy()
     if data_path is None:
         if table.sha256 != run.info.data.sha256:
             raise DataError(
@@ -447,14 +500,41 @@ def evaluate_run(
                     hint="pass --data to score a new file",
                 )
             )
-        rows = split_rows(table.n_rows, loaded.config.data, loaded.config.seed).test
+        labels = None if isinstance(task, Regression) else target
+        rows = split_rows(table.n_rows, loaded.config.data, loaded.config.seed, labels).test
     else:
+        _check_known_labels(task, target, table)
         rows = np.arange(table.n_rows)
-    tensors = make_tensors(table.frame.iloc[rows], run.preprocessor, device)
-    scale = run.preprocessor.target
-    scores = evaluate(model, nn.MSELoss(), tensors, list(components.REGRESSION_METRICS), scale)
-    scores.pop("loss")
+    device = next(model.parameters()).device
+    tensors = make_tensors(table.frame.iloc[rows], run.preprocessor, task, device)
+    scores = task.score(tensors.y, predict(model, tensors.x), None)
     return EvalResult(run, scores, len(rows), "test split" if data_path is None else str(data_path))
+
+
+def _rebuild(run: runs.Run, device_name: str) -> tuple[LoadedConfig, Task, nn.Module]:
+    """A run's config, task and trained network, from its directory alone."""
+    loaded = load_run_config(run)
+    device = resolve_device(loaded, device_name)
+    task = make_task(loaded.config, run.preprocessor.target, None)
+    model = _network(loaded.config, run.preprocessor, task, device)
+    run.load_weights(model)
+    return loaded, task, model
+
+
+def _check_known_labels(task: Task, target: np.ndarray, table: Table) -> None:
+    if isinstance(task, Regression):
+        return
+    unknown = task.labels.encode(target) < 0
+    if unknown.any():
+        first = int(np.flatnonzero(unknown)[0])
+        raise DataError(
+            Problem(
+                f"label '{target[first]}' was not a class in training ({unknown.sum()} rows)",
+                file=str(table.path),
+                where=f"column '{task.labels.name}', line {table.lines[first]}",
+                hint="expected one of: " + ", ".join(task.labels.classes),
+            )
+        )
 
 
 # --- predict --------------------------------------------------------------------------------
@@ -462,18 +542,16 @@ def evaluate_run(
 
 @dataclass(frozen=True)
 class Predictions:
-    """One prediction per row of the input file, in target units."""
+    """One row per row of the input file: its line and the task's prediction columns."""
 
-    target: str
-    lines: np.ndarray  # each row's line in the input file
-    values: np.ndarray
+    columns: dict[str, np.ndarray]
 
     def to_csv(self) -> str:
-        rows = [
-            f"{int(line)},{float(value)!r}"
-            for line, value in zip(self.lines, self.values, strict=True)
-        ]
-        return "\n".join(["line,prediction", *rows]) + "\n"
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(self.columns), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(_rows(self.columns))
+        return buffer.getvalue()
 
 
 def predict_run(run_dir: Path, data_path: Path, device_name: str | None = None) -> Predictions:
@@ -486,15 +564,8 @@ def predict_run(run_dir: Path, data_path: Path, device_name: str | None = None) 
         RunDirError: the run is not usable; DataError: the file lacks columns or has bad cells.
     """
     run = runs.open_run(run_dir)
-    loaded = load_run_config(run)
-    device = resolve_device(loaded, device_name or "cpu")
-    model = build_model(
-        loaded.config.model.layers, len(run.preprocessor.input_names), loaded.config.seed, device
-    )
-    run.load_weights(model)
+    loaded, task, model = _rebuild(run, device_name or "cpu")
     table = read_table(data_path, loaded.config.data, with_target=False)
+    device = next(model.parameters()).device
     x = torch.from_numpy(run.preprocessor.transform(table.frame)).to(device)  # [rows, inputs]
-    outputs = predict(model, x)[:, 0].cpu().numpy()
-    return Predictions(
-        loaded.config.data.target, table.lines, run.preprocessor.unscale_target(outputs)
-    )
+    return Predictions({"line": table.lines, **task.columns(predict(model, x))})

@@ -15,20 +15,20 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mlpkit import components
 from mlpkit.errors import DivergedError, Problem
-from mlpkit.preprocessing import TargetScale
 
 
 @dataclass(frozen=True)
 class Tensors:
-    """Inputs [rows, features] and scaled targets [rows, 1] on the training device."""
+    """Inputs [rows, features] and targets as the task trains on them, on the device."""
 
     x: torch.Tensor
     y: torch.Tensor
 
 
 EpochRecord = dict[str, float]
+# The task's scores of outputs against targets (see tasks.py), in the target's own terms.
+Scorer = Callable[[torch.Tensor, torch.Tensor], dict[str, float]]
 OnEpoch = Callable[[EpochRecord], None]
 EVAL_BATCH = 8192  # rows per forward pass when predicting; large enough to be one pass for mpg
 
@@ -44,8 +44,7 @@ def fit(
     batch_size: int,
     shuffle: bool,
     seed: int,
-    metrics: list[str],
-    scale: TargetScale,
+    score: Scorer | None = None,
     on_epoch: OnEpoch | None = None,
 ) -> list[EpochRecord]:
     """Train for `epochs` and return one record per epoch (plain floats).
@@ -80,7 +79,7 @@ def fit(
             )
         record: EpochRecord = {"epoch": epoch, "train_loss": train_loss}
         if val is not None:
-            record |= evaluate(model, loss_fn, val, metrics, scale, prefix="val_")
+            record |= evaluate(model, loss_fn, val, score, prefix="val_")
         record["seconds"] = time.perf_counter() - started
         history.append(record)
         if on_epoch is not None:
@@ -138,14 +137,11 @@ def evaluate(
     model: nn.Module,
     loss_fn: nn.Module,
     data: Tensors,
-    metrics: list[str],
-    scale: TargetScale,
+    score: Scorer | None,
     prefix: str = "",
 ) -> EpochRecord:
-    """Loss (in training units) and the named metrics (in target units) on `data`."""
+    """The loss on `data` and, if given, the task's scores of the outputs."""
     outputs = predict(model, data.x)
     record = {f"{prefix}loss": float(loss_fn(outputs, data.y))}
-    y_true = data.y[:, 0].double() * scale.std + scale.mean
-    y_pred = outputs[:, 0].double() * scale.std + scale.mean
-    scores = components.regression_scores(y_true, y_pred, metrics)
+    scores = score(data.y, outputs) if score is not None else {}
     return record | {f"{prefix}{name}": value for name, value in scores.items()}

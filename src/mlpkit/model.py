@@ -12,10 +12,15 @@ from mlpkit.config import BatchNormLayer, DenseLayer, DropoutLayer, Layer
 
 
 def build_model(
-    layers: list[Layer], in_features: int, seed: int, device: torch.device | str = "cpu"
+    layers: list[Layer],
+    in_features: int,
+    seed: int,
+    device: torch.device | str = "cpu",
+    logits: bool = False,
 ) -> nn.Sequential:
     """A Sequential of the configured layers; the same seed gives the same weights anywhere.
 
+    With `logits`, a final sigmoid or softmax is left out (the task applies it after the loss).
     Weights are drawn on the CPU from a generator of their own (PyTorch's default init scheme),
     then moved, so a CUDA run starts from exactly the CPU run's weights.
     """
@@ -32,6 +37,8 @@ def build_model(
             modules.append(nn.Dropout(layer.rate))
         elif isinstance(layer, BatchNormLayer):
             modules.append(nn.BatchNorm1d(width, eps=layer.eps, momentum=layer.momentum))
+    if logits and isinstance(modules[-1], nn.Sigmoid | nn.Softmax):
+        modules.pop()  # classification trains on logits; tasks.py applies sigmoid or softmax
     model = nn.Sequential(*modules)
     _initialize(model, torch.Generator().manual_seed(seed))
     return model.to(device)

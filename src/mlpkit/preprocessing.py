@@ -39,9 +39,43 @@ Feature = Annotated[NumericFeature | CategoricalFeature, Field(discriminator="ki
 
 
 class TargetScale(_Frozen):
+    """A regression target: trained as (y - mean) / std, reported in its own units."""
+
+    kind: Literal["scale"] = "scale"
     name: str
     mean: float = 0.0
     std: float = Field(1.0, gt=0)
+
+    def scale(self, values: np.ndarray) -> np.ndarray:
+        return ((values - self.mean) / self.std).astype(np.float32)
+
+    def unscale(self, values: np.ndarray) -> np.ndarray:
+        return values.astype(np.float64) * self.std + self.mean
+
+
+class ClassLabels(_Frozen):
+    """A classification target: its labels as text, in the order of the model's outputs."""
+
+    kind: Literal["classes"] = "classes"
+    name: str
+    classes: list[str] = Field(min_length=2)
+
+    def encode(self, values: np.ndarray) -> np.ndarray:
+        """Class index per value; -1 for a label this run never saw."""
+        index = {label: i for i, label in enumerate(self.classes)}
+        return np.asarray([index.get(str(v), -1) for v in values], dtype=np.int64)
+
+
+def sorted_labels(values: np.ndarray) -> list[str]:
+    """Distinct labels, in numeric order when they are all numbers (2 before 10), else text."""
+    labels = sorted({str(v) for v in values})
+    try:
+        return sorted(labels, key=float)
+    except ValueError:
+        return labels
+
+
+Target = Annotated[TargetScale | ClassLabels, Field(discriminator="kind")]
 
 
 class Preprocessor(_Frozen):
@@ -49,7 +83,7 @@ class Preprocessor(_Frozen):
 
     format: Literal["mlpkit.preprocessing/1"] = "mlpkit.preprocessing/1"
     features: list[Feature] = Field(min_length=1)
-    target: TargetScale
+    target: Target
 
     @property
     def input_names(self) -> list[str]:
@@ -75,15 +109,15 @@ class Preprocessor(_Frozen):
                 blocks.append(((values - feature.mean) / feature.std)[:, None])
         return np.concatenate(blocks, axis=1).astype(np.float32)
 
-    def scale_target(self, values: np.ndarray) -> np.ndarray:
-        return ((values - self.target.mean) / self.target.std).astype(np.float32)
 
-    def unscale_target(self, values: np.ndarray) -> np.ndarray:
-        return values.astype(np.float64) * self.target.std + self.target.mean
+def fit_preprocessor(
+    train: pd.DataFrame, data: DataConfig, classes: list[str] | None = None
+) -> Preprocessor:
+    """Learn scaling and categories from the training rows only.
 
-
-def fit_preprocessor(train: pd.DataFrame, data: DataConfig) -> Preprocessor:
-    """Learn scaling and categories from the training rows only."""
+    `classes` are a classification target's labels, taken from every row by the caller so a
+    label seen only outside training still has its place among the model's outputs.
+    """
     features: list[Feature] = []
     for name in data.features:
         if name in data.categorical:
@@ -94,8 +128,10 @@ def fit_preprocessor(train: pd.DataFrame, data: DataConfig) -> Preprocessor:
             features.append(NumericFeature(name=name, mean=mean, std=std))
         else:
             features.append(NumericFeature(name=name, mean=0.0, std=1.0))
-    target = TargetScale(name=data.target)
-    if data.scale_target:
+    target: TargetScale | ClassLabels = TargetScale(name=data.target)
+    if classes is not None:
+        target = ClassLabels(name=data.target, classes=classes)
+    elif data.scale_target:
         mean, std = _mean_std(train[data.target])
         target = TargetScale(name=data.target, mean=mean, std=std)
     return Preprocessor(features=features, target=target)

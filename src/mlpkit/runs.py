@@ -47,6 +47,7 @@ class MetricsFile(BaseModel):
     test: Scores
     baselines: dict[str, Scores]
     best_epoch: int
+    confusion_matrix: dict[str, list[str] | list[list[int]]] | None = None  # classification
 
 
 class DataInfo(BaseModel):
