@@ -238,3 +238,15 @@ def test_a_single_class_is_refused(cli, classifier: Project) -> None:  # type: i
         f"Error: {classifier.data}: column 'species': a single class (setosa); "
         "classification needs two or more\n"
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["breast-cancer", "wine"])
+def test_shipped_classification_examples_learn(cli, tmp_path: Path, name: str) -> None:  # type: ignore[no-untyped-def]
+    from conftest import REPO
+
+    result = cli("train", REPO / "configs" / f"{name}.yaml", "--runs-dir", tmp_path, "-q")
+    assert result.code == 0, result.err
+    metrics = json.loads((Path(result.last_line) / "metrics.json").read_text())
+    assert metrics["test"]["accuracy"] >= 0.95
+    assert metrics["test"]["accuracy"] > metrics["baselines"]["majority"]["accuracy"] + 0.3
