@@ -50,7 +50,7 @@ def test_counts_match_the_model_that_is_built(layers: list[Layer]) -> None:
 def test_rows_and_shapes_read_like_axon() -> None:
     rows = summarize(WRITE_UP, in_features=7).rows
     assert [r.name for r in rows] == ["input", "dense_0", "relu_0", "dense_1", "relu_1", "dense_2"]
-    assert rows[1].input_shape == (None, 7) and rows[1].output_shape == (None, 32)
+    assert rows[1].input_shapes == ((None, 7),) and rows[1].output_shape == (None, 32)
     assert rows[3].parameters == {"weight": (8, 32), "bias": (8,)}
 
 

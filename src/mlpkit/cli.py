@@ -22,7 +22,7 @@ from typer._click import exceptions as click_exceptions  # typer's vendored clic
 
 from mlpkit import experiment, progress, runs
 from mlpkit.errors import MlpkitError, Problem
-from mlpkit.summary import Summary, render_table
+from mlpkit.summary import Summary, render_mermaid, render_table
 
 app = typer.Typer(
     name="mlpkit",
@@ -122,6 +122,7 @@ def check(config: ConfigArg, set_: SetOpt = None) -> None:
 def summary(
     target: Annotated[Path, typer.Argument(help="A config file or a run directory.")],
     set_: SetOpt = None,
+    graph: Annotated[bool, typer.Option("--graph", help="Print a Mermaid flowchart.")] = False,
 ) -> None:
     """Print the model's layer table (shapes, options, parameters) without training.
 
@@ -139,7 +140,10 @@ def summary(
         result = experiment.summary_of_run(target)
     else:
         result = experiment.summary_of_config(target, set_ or [])
-    _stdout().print(render_table(result))
+    if graph:
+        sys.stdout.write(render_mermaid(result))
+    else:
+        _stdout().print(render_table(result))
 
 
 @app.command("eval")

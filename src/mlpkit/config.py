@@ -91,7 +91,17 @@ class BatchNormLayer(_Strict):
 Layer = Annotated[DenseLayer | DropoutLayer | BatchNormLayer, Field(discriminator="type")]
 
 
+class InputConfig(_Strict):
+    """A named input: table columns, and optionally its own layers before the concatenation."""
+
+    columns: list[str] = Field(min_length=1, examples=[["x1"]])
+    layers: list[Layer] = Field(default_factory=list)
+
+
 class ModelConfig(_Strict):
+    # Named inputs, concatenated in this order before `layers`; without it, one input of all
+    # data.features. With it, data.features may be left out: it is the inputs' columns in order.
+    inputs: dict[str, InputConfig] | None = None
     layers: list[Layer] = Field(min_length=1, examples=[[{"type": "dense", "units": 1}]])
 
 
@@ -384,6 +394,18 @@ def _expand_shorthands(raw: dict[str, Any]) -> None:
         weights = training.get("class_weights")
         if isinstance(weights, dict):  # YAML reads a label 1 as a number; labels are text
             training["class_weights"] = {str(k): v for k, v in weights.items()}
+    _features_from_inputs(raw)
+
+
+def _features_from_inputs(raw: dict[str, Any]) -> None:
+    """With model.inputs and no data.features, the features are the inputs' columns in order."""
+    model, data = raw.get("model"), raw.get("data")
+    inputs = model.get("inputs") if isinstance(model, dict) else None
+    if not isinstance(inputs, dict) or not isinstance(data, dict) or "features" in data:
+        return
+    columns = [spec.get("columns") for spec in inputs.values() if isinstance(spec, dict)]
+    if columns and all(isinstance(c, list) for c in columns):
+        data["features"] = [name for names in columns if isinstance(names, list) for name in names]
 
 
 # --- rules that span several fields ---------------------------------------------------------
@@ -423,6 +445,7 @@ def cross_field_problems(loaded: LoadedConfig) -> list[Problem]:
                 )
             )
     problems += _task_problems(loaded)
+    problems += _input_problems(loaded)
     problems += _head_problems(loaded)
     if cfg.training.batch_size == 1 and any(
         isinstance(x, BatchNormLayer) for x in cfg.model.layers
@@ -489,6 +512,55 @@ def _task_problems(loaded: LoadedConfig) -> list[Problem]:
                 ("training", "class_weights"),
                 "class weights need a classification task",
                 "set data.task: binary or multiclass",
+            )
+        )
+    return problems
+
+
+_INPUT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _input_problems(loaded: LoadedConfig) -> list[Problem]:
+    """Named inputs split data.features: each feature feeds exactly one input."""
+    inputs = loaded.config.model.inputs
+    if inputs is None:
+        return []
+    problems = []
+    features = loaded.config.data.features
+    owner: dict[str, str] = {}
+    for name, spec in inputs.items():
+        if not _INPUT_NAME.fullmatch(name):
+            problems.append(
+                loaded.problem(
+                    ("model", "inputs", name),
+                    f"'{name}' cannot name an input",
+                    "use letters, digits and '_', e.g. x1",
+                )
+            )
+        for column in spec.columns:
+            if column in owner:
+                problems.append(
+                    loaded.problem(
+                        ("model", "inputs", name, "columns"),
+                        f"'{column}' already feeds input '{owner[column]}'",
+                    )
+                )
+            elif column not in features:
+                problems.append(
+                    loaded.problem(
+                        ("model", "inputs", name, "columns"),
+                        f"'{column}' is not in data.features",
+                        "list it there too, or leave data.features out",
+                    )
+                )
+            owner.setdefault(column, name)
+    unused = [f for f in features if f not in owner]
+    if unused:
+        problems.append(
+            loaded.problem(
+                ("data", "features"),
+                f"{', '.join(unused)} feed no input in model.inputs",
+                "add them to an input's columns or drop them",
             )
         )
     return problems

@@ -37,7 +37,7 @@ from mlpkit.errors import (
     RunDirError,
 )
 from mlpkit.loop import EpochRecord, OnEpoch, Tensors, fit, predict
-from mlpkit.model import build_model
+from mlpkit.model import InputSpec, build_model
 from mlpkit.preprocessing import Preprocessor, TargetScale, fit_preprocessor, sorted_labels
 from mlpkit.summary import Summary, render_text, summarize
 from mlpkit.tasks import Regression, Task, make_task
@@ -63,7 +63,14 @@ class Prepared:
         return make_tensors(self.table.frame.iloc[rows], self.preprocessor, self.task, device)
 
     def summary(self) -> Summary:
-        return summarize(self.config.model.layers, len(self.preprocessor.input_names))
+        return model_summary(self.config, self.preprocessor)
+
+
+def model_summary(config: Config, preprocessor: Preprocessor) -> Summary:
+    """The layer table of the configured model, with its named inputs if it has them."""
+    specs = input_specs(config, preprocessor)
+    inputs = None if specs is None else [(s.name, len(s.columns), s.layers) for s in specs]
+    return summarize(config.model.layers, len(preprocessor.input_names), inputs)
 
 
 def make_tensors(
@@ -214,8 +221,7 @@ def summary_of_config(config_path: Path, overrides: list[str]) -> Summary:
 
 def summary_of_run(run_dir: Path) -> Summary:
     run = runs.open_run(run_dir, require_complete=False)
-    loaded = load_run_config(run)
-    return summarize(loaded.config.model.layers, len(run.preprocessor.input_names))
+    return model_summary(load_run_config(run).config, run.preprocessor)
 
 
 def load_run_config(run: runs.Run) -> LoadedConfig:
@@ -276,11 +282,22 @@ def build_trainer(prepared: Prepared, device: torch.device) -> Trainer:
 
 def _network(
     config: Config, preprocessor: Preprocessor, task: Task, device: torch.device
-) -> nn.Sequential:
+) -> nn.Module:
     """The configured network; classification keeps logits as its output (see tasks.py)."""
     logits = not isinstance(task, Regression)
     width = len(preprocessor.input_names)
-    return build_model(config.model.layers, width, config.seed, device, logits=logits)
+    inputs = input_specs(config, preprocessor)
+    return build_model(config.model.layers, width, config.seed, device, logits, inputs)
+
+
+def input_specs(config: Config, preprocessor: Preprocessor) -> list[InputSpec] | None:
+    """The named inputs with the positions of their encoded columns, or None for one input."""
+    if config.model.inputs is None:
+        return None
+    return [
+        InputSpec(name, preprocessor.positions(spec.columns), spec.layers)
+        for name, spec in config.model.inputs.items()
+    ]
 
 
 def train(

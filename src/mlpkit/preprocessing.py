@@ -96,6 +96,16 @@ class Preprocessor(_Frozen):
                 names.append(feature.name)
         return names
 
+    def positions(self, feature_names: list[str]) -> list[int]:
+        """Where these features' encoded columns sit among input_names, in the order given."""
+        spans: dict[str, range] = {}
+        start = 0
+        for feature in self.features:
+            width = len(feature.categories) if isinstance(feature, CategoricalFeature) else 1
+            spans[feature.name] = range(start, start + width)
+            start += width
+        return [position for name in feature_names for position in spans[name]]
+
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
         """Model inputs as float32, shape [rows, len(input_names)]."""
         blocks = []

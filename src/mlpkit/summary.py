@@ -19,13 +19,16 @@ from mlpkit.config import BatchNormLayer, DenseLayer, DropoutLayer, Layer
 BYTES_PER_PARAMETER = 4  # float32
 
 
+Shape = tuple[int | None, ...]
+
+
 @dataclass(frozen=True)
 class Row:
     name: str
     op: str
-    parent: str
-    input_shape: tuple[int | None, ...]
-    output_shape: tuple[int | None, ...]
+    parents: tuple[str, ...]
+    input_shapes: tuple[Shape, ...]
+    output_shape: Shape
     options: str
     parameters: dict[str, tuple[int, ...]]
 
@@ -53,52 +56,79 @@ class Summary:
         return self.total_parameters * BYTES_PER_PARAMETER
 
 
-def summarize(layers: list[Layer], in_features: int) -> Summary:
-    """One row per graph node, as Axon lists them: input, dense, its activation, and so on."""
-    rows = [Row("input", "input", "", (), (None, in_features), f"shape: (None, {in_features})", {})]
-    counts: dict[str, int] = {}
+class _Graph:
+    """Rows being laid out, with Axon's op_N names counted across the whole model."""
 
-    def add(op: str, width_out: int, options: str, parameters: dict[str, tuple[int, ...]]) -> None:
-        index = counts.get(op, 0)
-        counts[op] = index + 1
-        previous = rows[-1]
-        rows.append(
-            Row(
-                f"{op}_{index}",
-                op,
-                previous.name,
-                previous.output_shape,
-                (None, width_out),
-                options,
-                parameters,
-            )
+    def __init__(self) -> None:
+        self.rows: list[Row] = []
+        self.counts: dict[str, int] = {}
+
+    def input(self, name: str, width: int) -> Row:
+        row = Row(name, "input", (), (), (None, width), f"shape: (None, {width})", {})
+        self.rows.append(row)
+        return row
+
+    def add(
+        self,
+        op: str,
+        parents: list[Row],
+        width: int,
+        options: str = "",
+        parameters: dict[str, tuple[int, ...]] | None = None,
+    ) -> Row:
+        index = self.counts.get(op, 0)
+        self.counts[op] = index + 1
+        row = Row(
+            f"{op}_{index}",
+            op,
+            tuple(p.name for p in parents),
+            tuple(p.output_shape for p in parents),
+            (None, width),
+            options,
+            parameters or {},
         )
+        self.rows.append(row)
+        return row
 
-    width = in_features
-    for layer in layers:
-        if isinstance(layer, DenseLayer):
-            parameters: dict[str, tuple[int, ...]] = {"weight": (layer.units, width)}
-            if layer.bias:
-                parameters["bias"] = (layer.units,)
-            add(
-                "dense",
-                layer.units,
-                f"units: {layer.units}, bias: {str(layer.bias).lower()}",
-                parameters,
-            )
-            width = layer.units
-            if layer.activation != "linear":
-                add(layer.activation, width, "", {})
-        elif isinstance(layer, DropoutLayer):
-            add("dropout", width, f"rate: {layer.rate:g}", {})
-        elif isinstance(layer, BatchNormLayer):
-            add(
-                "batch_norm",
-                width,
-                f"momentum: {layer.momentum:g}, eps: {layer.eps:g}",
-                {"weight": (width,), "bias": (width,)},
-            )
-    return Summary(rows)
+    def stack(self, layers: list[Layer], row: Row) -> Row:
+        """Rows for a layer list fed by `row`; returns the last one."""
+        for layer in layers:
+            width = row.output_shape[-1] or 0
+            if isinstance(layer, DenseLayer):
+                parameters: dict[str, tuple[int, ...]] = {"weight": (layer.units, width)}
+                if layer.bias:
+                    parameters["bias"] = (layer.units,)
+                options = f"units: {layer.units}, bias: {str(layer.bias).lower()}"
+                row = self.add("dense", [row], layer.units, options, parameters)
+                if layer.activation != "linear":
+                    row = self.add(layer.activation, [row], layer.units)
+            elif isinstance(layer, DropoutLayer):
+                row = self.add("dropout", [row], width, f"rate: {layer.rate:g}")
+            elif isinstance(layer, BatchNormLayer):
+                options = f"momentum: {layer.momentum:g}, eps: {layer.eps:g}"
+                row = self.add(
+                    "batch_norm", [row], width, options, {"weight": (width,), "bias": (width,)}
+                )
+        return row
+
+
+def summarize(
+    layers: list[Layer],
+    in_features: int,
+    inputs: list[tuple[str, int, list[Layer]]] | None = None,
+) -> Summary:
+    """One row per graph node, as Axon lists them: inputs, their branches, the concatenation,
+    then each layer and its activation. `inputs` are (name, width, branch layers)."""
+    graph = _Graph()
+    if inputs is None:
+        graph.stack(layers, graph.input("input", in_features))
+        return Summary(graph.rows)
+    ends = [graph.stack(branch, graph.input(name, width)) for name, width, branch in inputs]
+    joined = graph.add(
+        "concatenate", ends, sum(end.output_shape[-1] or 0 for end in ends), "axis: -1"
+    )
+    graph.stack(layers, joined)
+    return Summary(graph.rows)
 
 
 def render_table(summary: Summary) -> Group:
@@ -109,11 +139,14 @@ def render_table(summary: Summary) -> Group:
     table.add_column("Options")
     table.add_column("Parameters")
     for row in summary.rows:
-        label = (
-            f'{row.name} ( {row.op}["{row.parent}"] )' if row.parent else f"{row.name} ( input )"
-        )
+        parents = ", ".join(f'"{parent}"' for parent in row.parents)
+        label = f"{row.name} ( {row.op}[{parents}] )" if row.parents else f"{row.name} ( input )"
         table.add_row(
-            label, _shape(row.input_shape), _shape(row.output_shape), row.options, _parameters(row)
+            label,
+            ", ".join(_shape(shape) for shape in row.input_shapes),
+            _shape(row.output_shape),
+            row.options,
+            _parameters(row),
         )
     totals = Text(
         f"Total parameters: {summary.total_parameters:,}\n"
@@ -144,3 +177,16 @@ def _shape(shape: tuple[int | None, ...]) -> str:
     return (
         "" if not shape else "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
     )
+
+
+def render_mermaid(summary: Summary) -> str:
+    """The model as a Mermaid flowchart, as Axon's as_graph draws it: one node per row."""
+    lines = ["flowchart TD"]
+    for row in summary.rows:
+        detail = f"{row.op} {_shape(row.output_shape)}"
+        if row.count:
+            detail += f" · {row.count:,} params"
+        lines.append(f'    {row.name}["{row.name}<br/>{detail}"]')
+    for row in summary.rows:
+        lines += [f"    {parent} --> {row.name}" for parent in row.parents]
+    return "\n".join(lines) + "\n"

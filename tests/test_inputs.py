@@ -1,0 +1,145 @@
+"""Named multi-input models: config rules, the network, the summary and graph, a full run."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import Project
+
+from mlpkit.config import DenseLayer, load_config
+from mlpkit.errors import ConfigError
+from mlpkit.model import InputSpec, MultiInput, build_model
+from mlpkit.summary import render_mermaid, summarize
+
+TWO_INPUTS = """\
+name: two
+seed: 0
+data:
+  path: data.csv
+  target: y
+  categorical: [color]
+  split: {train: 0.6, val: 0.2, test: 0.2}
+model:
+  inputs:
+    numbers: {columns: [a, b], layers: [{type: dense, units: 4, activation: tanh}]}
+    color: {columns: [color]}
+  layers:
+    - {type: dense, units: 8, activation: relu}
+    - {type: dense, units: 1}
+training:
+  epochs: 3
+  batch_size: 8
+  optimizer: {name: adam, lr: 1e-2}
+"""
+
+
+@pytest.fixture
+def two(project: Project) -> Project:
+    project.write_config(TWO_INPUTS)
+    return project
+
+
+def test_features_come_from_the_inputs(two: Project) -> None:
+    cfg = load_config(two.config).config
+    assert cfg.data.features == ["a", "b", "color"]
+    assert cfg.model.inputs is not None and list(cfg.model.inputs) == ["numbers", "color"]
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        (
+            "model.inputs.color.columns=[color, a]",
+            "model.inputs.color.columns: 'a' already feeds input 'numbers'",
+        ),
+        ("data.features=[a, b, color, c]", "data.features: c feed no input in model.inputs"),
+        ("data.features=[a, color]", "model.inputs.numbers.columns: 'b' is not in data.features"),
+    ],
+)
+def test_inputs_must_split_the_features(two: Project, override: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(two.config, [override])
+    assert expected in caught.value.render()
+
+
+def test_input_names_must_be_plain(two: Project) -> None:
+    two.write_config(
+        TWO_INPUTS.replace("    color: {columns: [color]}", '    "my color": {columns: [color]}')
+    )
+    with pytest.raises(ConfigError, match="'my color' cannot name an input"):
+        load_config(two.config)
+
+
+def test_multi_input_forward_is_branches_concatenated_then_trunk() -> None:
+    branch = [DenseLayer(type="dense", units=3, activation="tanh")]
+    model = build_model(
+        [DenseLayer(type="dense", units=1)],
+        4,
+        seed=0,
+        inputs=[InputSpec("p", [0, 2], branch), InputSpec("q", [3, 1], [])],
+    )
+    assert isinstance(model, MultiInput)
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        left = model.branches[0](x[:, [0, 2]])  # [5, 3]
+        expected = model.trunk(torch.cat([left, x[:, [3, 1]]], dim=1))
+        assert torch.equal(model(x), expected)
+    # the column positions are derived state, not saved weights
+    assert not any(key.startswith("columns_") for key in model.state_dict())
+
+
+def test_summary_counts_and_graph_by_hand() -> None:
+    branch = [DenseLayer(type="dense", units=4, activation="tanh")]
+    trunk = [
+        DenseLayer(type="dense", units=8, activation="relu"),
+        DenseLayer(type="dense", units=1),
+    ]
+    summary = summarize(trunk, 3, [("numbers", 2, branch), ("color", 1, [])])
+    # numbers: 2*4 + 4 = 12; trunk: (4 + 1)*8 + 8 = 48, then 8 + 1 = 9
+    assert summary.total_parameters == 12 + 48 + 9
+    concat = next(row for row in summary.rows if row.op == "concatenate")
+    assert concat.parents == ("tanh_0", "color")
+    assert concat.input_shapes == ((None, 4), (None, 1)) and concat.output_shape == (None, 5)
+    model = build_model(
+        trunk, 3, seed=0, inputs=[InputSpec("numbers", [0, 1], branch), InputSpec("color", [2], [])]
+    )
+    assert summary.total_parameters == sum(p.numel() for p in model.parameters())
+    assert render_mermaid(summary).splitlines() == [
+        "flowchart TD",
+        '    numbers["numbers<br/>input (None, 2)"]',
+        '    dense_0["dense_0<br/>dense (None, 4) · 12 params"]',
+        '    tanh_0["tanh_0<br/>tanh (None, 4)"]',
+        '    color["color<br/>input (None, 1)"]',
+        '    concatenate_0["concatenate_0<br/>concatenate (None, 5)"]',
+        '    dense_1["dense_1<br/>dense (None, 8) · 48 params"]',
+        '    relu_0["relu_0<br/>relu (None, 8)"]',
+        '    dense_2["dense_2<br/>dense (None, 1) · 9 params"]',
+        "    numbers --> dense_0",
+        "    dense_0 --> tanh_0",
+        "    tanh_0 --> concatenate_0",
+        "    color --> concatenate_0",
+        "    concatenate_0 --> dense_1",
+        "    dense_1 --> relu_0",
+        "    relu_0 --> dense_2",
+    ]
+
+
+def test_a_multi_input_run_end_to_end(cli, two: Project) -> None:  # type: ignore[no-untyped-def]
+    result = cli("train", two.config, "--runs-dir", two.runs, "-q")
+    assert result.code == 0, result.err
+    run = Path(result.last_line)
+    resolved = yaml.safe_load((run / "config.yaml").read_text())
+    assert resolved["data"]["features"] == ["a", "b", "color"]
+    assert cli("summary", run).out == cli("summary", two.config).out
+    # color has 3 categories: numbers (2 -> 4) + color (3) = 7 into the trunk
+    assert 'concatenate_0 ( concatenate["tanh_0", "color"] )' in cli("summary", run).out
+    stored = json.loads((run / "metrics.json").read_text())["test"]
+    assert cli("eval", run).code == 0
+    from mlpkit import experiment
+
+    assert experiment.evaluate_run(run).scores == stored
+    new = two.root / "new.csv"
+    new.write_text("color,b,a\nred,2,1\n")
+    assert cli("predict", run, "--data", new).out.startswith("line,prediction\n2,")
