@@ -143,3 +143,56 @@ def test_a_multi_input_run_end_to_end(cli, two: Project) -> None:  # type: ignor
     new = two.root / "new.csv"
     new.write_text("color,b,a\nred,2,1\n")
     assert cli("predict", run, "--data", new).out.startswith("line,prediction\n2,")
+
+
+@pytest.mark.slow
+def test_xor_stream_classifies_all_four_points(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from conftest import REPO
+
+    result = cli("train", REPO / "configs" / "xor.yaml", "--runs-dir", tmp_path, "-q")
+    assert result.code == 0, result.err
+    run = Path(result.last_line)
+    points = tmp_path / "points.csv"
+    points.write_text("x1,x2\n0,0\n0,1\n1,0\n1,1\n")
+    predicted = cli("predict", run, "--data", points)
+    labels = [line.split(",")[1] for line in predicted.out.splitlines()[1:]]
+    assert labels == ["0", "1", "1", "0"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["baselines"]["logistic_regression"]["accuracy"] < 0.6  # xor is not linear
+    assert cli("summary", run).out.count("( input )") == 2  # x1 and x2
+
+
+def test_synthetic_sources_are_checked(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
+    project.write_config(
+        "name: s\ndata: {source: {name: xor}, target: y, features: [x1, x3]}\n"
+        "model: {layers: [{type: dense, units: 1, activation: sigmoid}]}\n"
+        "training: {epochs: 1, iterations_per_epoch: 5, loss: bce}\n"
+    )
+    result = cli("check", project.config)
+    assert result.code == 2
+    assert "data.features: the xor source makes no column x3; it makes x1, x2, y" in result.err
+    project.write_config(
+        "name: s\ndata: {source: {name: regression, features: 3}, target: y, features: [x1, x2, x3]}\n"
+        "model: {layers: [{type: dense, units: 1}]}\ntraining: {epochs: 1}\n"
+    )
+    assert (
+        "iterations_per_epoch: missing: a synthetic stream has no end"
+        in cli("check", project.config).err
+    )
+    result = cli(
+        "train",
+        project.config,
+        "--runs-dir",
+        project.runs,
+        "-q",
+        "--set",
+        "training.iterations_per_epoch=20",
+        "--set",
+        "data.eval_rows=50",
+    )
+    assert result.code == 0, result.err
+    run = Path(result.last_line)
+    stored = json.loads((run / "metrics.json").read_text())["test"]
+    from mlpkit import experiment
+
+    assert experiment.evaluate_run(run).scores == stored  # the test rows are drawn again

@@ -49,8 +49,36 @@ class SplitConfig(_Strict):
     test: float = Field(0.1, gt=0, lt=1)
 
 
+class XorSource(_Strict):
+    """x1, x2 drawn from {0, 1}; y = x1 xor x2 (the Axon write-up's stream)."""
+
+    name: Literal["xor"]
+
+
+class RegressionSource(_Strict):
+    """x1..xN standard normal; y a fixed linear function of them plus Gaussian noise."""
+
+    name: Literal["regression"]
+    features: int = Field(8, ge=1, le=1000)
+    noise: float = Field(0.1, ge=0)
+
+
+class ClassificationSource(_Strict):
+    """Gaussian clusters around fixed class centres; y the class index."""
+
+    name: Literal["classification"]
+    features: int = Field(8, ge=1, le=1000)
+    classes: int = Field(2, ge=2, le=1000)
+
+
+Source = Annotated[XorSource | RegressionSource | ClassificationSource, Field(discriminator="name")]
+
+
 class DataConfig(_Strict):
-    path: str = Field(examples=["../data/mpg.csv"], min_length=1)
+    # a CSV file, relative to this config; or a synthetic `source` instead
+    path: str | None = Field(None, examples=["../data/mpg.csv"], min_length=1)
+    source: Source | None = None
+    eval_rows: int = Field(1000, ge=1)  # synthetic: validation and test rows drawn (each)
     target: str = Field(examples=["mpg"], min_length=1)
     features: list[str] = Field(examples=[["cylinders", "weight"]], min_length=1)
     categorical: list[str] = Field(default_factory=list)
@@ -210,6 +238,7 @@ Device = Literal["auto", "cpu", "cuda"]
 
 class TrainingConfig(_Strict):
     epochs: int = Field(gt=0, examples=[40])
+    iterations_per_epoch: int | None = Field(None, gt=0)  # synthetic streams: batches per epoch
     batch_size: int = Field(32, gt=0)
     shuffle: bool = True
     optimizer: Optimizer = AdamConfig(name="adam")
@@ -262,7 +291,8 @@ class LoadedConfig(ConfigSource):
 
     @property
     def data_path(self) -> Path:
-        """data.path, resolved from the config file's folder."""
+        """data.path, resolved from the config file's folder (only for a file source)."""
+        assert self.config.data.path is not None
         return (self.source.parent / self.config.data.path).resolve()
 
 
@@ -444,6 +474,7 @@ def cross_field_problems(loaded: LoadedConfig) -> list[Problem]:
                     "list each categorical column in data.features too",
                 )
             )
+    problems += _source_problems(loaded)
     problems += _task_problems(loaded)
     problems += _input_problems(loaded)
     problems += _head_problems(loaded)
@@ -515,6 +546,37 @@ def _task_problems(loaded: LoadedConfig) -> list[Problem]:
             )
         )
     return problems
+
+
+def _source_problems(loaded: LoadedConfig) -> list[Problem]:
+    """Data comes from a file or a synthetic source, and only a stream needs an epoch length."""
+    data, training = loaded.config.data, loaded.config.training
+    if (data.path is None) == (data.source is None):
+        what = "both" if data.path else "neither"
+        return [
+            loaded.problem(
+                ("data",),
+                f"has {what} of path and source",
+                "give a CSV path, or a synthetic source such as {name: xor}",
+            )
+        ]
+    if data.source is not None and training.iterations_per_epoch is None:
+        return [
+            loaded.problem(
+                ("training", "iterations_per_epoch"),
+                "missing: a synthetic stream has no end",
+                "e.g. iterations_per_epoch: 1000",
+            )
+        ]
+    if data.source is None and training.iterations_per_epoch is not None:
+        return [
+            loaded.problem(
+                ("training", "iterations_per_epoch"),
+                "only applies to a synthetic data.source",
+                "an epoch over a file is one pass over its rows",
+            )
+        ]
+    return []
 
 
 _INPUT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

@@ -114,7 +114,7 @@ def _read_bytes(path: Path, origin: LoadedConfig | None) -> bytes:
     def fail(problem: str) -> DataError:
         if origin is None:
             return DataError(Problem(problem, file=str(path)))
-        written = origin.config.data.path
+        written = str(origin.config.data.path)
         relative = f"data.path '{written}' is relative to {origin.source.parent}/"
         hint = None if Path(written).is_absolute() else relative
         return DataError(origin.problem(("data", "path"), f"{problem}: {path}", hint))

@@ -9,10 +9,12 @@ the run directory exists, so rejected input leaves runs/ as it was.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import platform
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -23,7 +25,7 @@ import torch
 from torch import nn
 
 import mlpkit
-from mlpkit import components, runs
+from mlpkit import components, runs, synthetic
 from mlpkit.config import Config, LoadedConfig, load_config, output_layer
 from mlpkit.data import Split, Table, check_split, read_table, split_rows
 from mlpkit.errors import (
@@ -36,9 +38,15 @@ from mlpkit.errors import (
     Problem,
     RunDirError,
 )
-from mlpkit.loop import EpochRecord, OnEpoch, Tensors, fit, predict
+from mlpkit.loop import EpochRecord, OnEpoch, Stream, Tensors, fit, predict
 from mlpkit.model import InputSpec, build_model
-from mlpkit.preprocessing import Preprocessor, TargetScale, fit_preprocessor, sorted_labels
+from mlpkit.preprocessing import (
+    NumericFeature,
+    Preprocessor,
+    TargetScale,
+    fit_preprocessor,
+    sorted_labels,
+)
 from mlpkit.summary import Summary, render_text, summarize
 from mlpkit.tasks import Regression, Task, make_task
 
@@ -125,6 +133,9 @@ def prepare(loaded: LoadedConfig) -> Prepared:
         DataError: the table, the split or the output layer does not fit the config.
     """
     cfg = loaded.config
+    if cfg.data.source is not None:
+        table, split, classes = synthetic_table(loaded)
+        return _prepared(loaded, table, split, classes)
     table = read_table(loaded.data_path, cfg.data, loaded)
     target = table.frame[cfg.data.target].to_numpy()
     classes = None
@@ -132,6 +143,14 @@ def prepare(loaded: LoadedConfig) -> Prepared:
         classes = sorted_labels(target)
         _check_classes(loaded, table, classes)
     split = split_rows(table.n_rows, cfg.data, cfg.seed, target if classes else None)
+    return _prepared(loaded, table, split, classes)
+
+
+def _prepared(
+    loaded: LoadedConfig, table: Table, split: Split, classes: list[str] | None
+) -> Prepared:
+    cfg = loaded.config
+    target = table.frame[cfg.data.target].to_numpy()
     problems = check_split(split, loaded)
     if problems:
         raise DataError(problems)
@@ -142,6 +161,81 @@ def prepare(loaded: LoadedConfig) -> Prepared:
     if problems:
         raise DataError(problems)
     return prepared
+
+
+SAMPLE_ROWS = 4096  # synthetic: rows drawn to fit preprocessing and the baselines
+
+
+def synthetic_table(loaded: LoadedConfig) -> tuple[Table, Split, list[str] | None]:
+    """A synthetic source's fixed rows: a sample to fit preprocessing and baselines on (the
+    split's train part; training itself reads the endless stream), then validation and test.
+
+    Raises:
+        DataError: the config names columns the source does not make, or a task it cannot serve.
+    """
+    cfg = loaded.config
+    source = cfg.data.source
+    assert source is not None
+    made = [*synthetic.columns(source), synthetic.TARGET]
+    missing = [c for c in [*cfg.data.features, cfg.data.target] if c not in made]
+    classes = synthetic.classes(source)
+    problems = []
+    if missing:
+        problems.append(
+            loaded.problem(
+                ("data", "features"),
+                f"the {source.name} source makes no column {', '.join(missing)}",
+                "it makes " + ", ".join(made),
+            )
+        )
+    if cfg.data.categorical:
+        problems.append(
+            loaded.problem(("data", "categorical"), "synthetic sources make numeric columns only")
+        )
+    if (classes is None) != (cfg.data.task == "regression"):
+        kind = "class labels" if classes else "numbers"
+        problems.append(
+            loaded.problem(
+                ("data", "task"),
+                f"the {source.name} source's target has {kind}, not a {cfg.data.task} target",
+                "choose the loss (and task) to match the source",
+            )
+        )
+    if problems:
+        raise DataError(problems)
+    n_eval = cfg.data.eval_rows
+    frame = synthetic.table(source, SAMPLE_ROWS + 2 * n_eval, cfg.seed + 1)
+    spec = json.dumps([source.model_dump(), n_eval, cfg.seed], sort_keys=True)
+    table = Table(
+        frame,
+        np.arange(1, len(frame) + 1),
+        Path(f"synthetic:{source.name}"),
+        hashlib.sha256(spec.encode()).hexdigest(),
+    )
+    rows = np.arange(len(frame))
+    split = Split(
+        rows[:SAMPLE_ROWS], rows[SAMPLE_ROWS : SAMPLE_ROWS + n_eval], rows[SAMPLE_ROWS + n_eval :]
+    )
+    return table, split, classes
+
+
+def _stream(prepared: Prepared, device: torch.device) -> Stream:
+    """Training batches from the synthetic source, preprocessed on the fly."""
+    cfg = prepared.config
+    source = cfg.data.source
+    assert source is not None and cfg.training.iterations_per_epoch is not None
+    made = synthetic.columns(source)
+    features = [f for f in prepared.preprocessor.features if isinstance(f, NumericFeature)]
+    positions = torch.tensor([made.index(f.name) for f in features])
+    mean = torch.tensor([f.mean for f in features], dtype=torch.float32)
+    std = torch.tensor([f.std for f in features], dtype=torch.float32)
+
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, values in synthetic.loader(source, cfg.training.batch_size, cfg.seed + 2):
+            xb = (x.index_select(1, positions) - mean) / std  # [batch, inputs]
+            yield xb.to(device), prepared.task.targets(values).to(device)
+
+    return Stream(batches(), cfg.training.iterations_per_epoch)
 
 
 def _check_classes(loaded: LoadedConfig, table: Table, classes: list[str]) -> None:
@@ -357,6 +451,7 @@ def _fit_and_write(
 ) -> TrainResult:
     cfg = prepared.config
     data = {part: prepared.tensors(getattr(prepared.split, part), device) for part in SPLITS}
+    train = data["train"] if prepared.config.data.source is None else _stream(prepared, device)
     model = trainer.model
     # Dropout draws from torch's global generator; fork_rng seeds it here and restores it after.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -365,7 +460,7 @@ def _fit_and_write(
             model,
             trainer.loss_fn,
             trainer.optimizer,
-            data["train"],
+            train,
             data["val"] if len(prepared.split.val) else None,
             epochs=cfg.training.epochs,
             batch_size=cfg.training.batch_size,
@@ -439,7 +534,8 @@ def _rows(columns: dict[str, np.ndarray]) -> list[dict[str, Any]]:
 def resolved_config(loaded: LoadedConfig) -> dict[str, Any]:
     """The config with every default filled in and data.path absolute, as written to a run."""
     resolved = loaded.config.model_dump(mode="json")
-    resolved["data"]["path"] = str(loaded.data_path)
+    if loaded.config.data.path is not None:
+        resolved["data"]["path"] = str(loaded.data_path)
     return resolved
 
 
@@ -505,22 +601,25 @@ def evaluate_run(
     # The training device by default, so the run's own test split scores exactly as it did.
     trained_on_cuda = run.info.device.startswith("cuda") and torch.cuda.is_available()
     loaded, task, model = _rebuild(run, device_name or ("cuda" if trained_on_cuda else "cpu"))
-    source_path = data_path or loaded.data_path
-    table = read_table(source_path, loaded.config.data, None if data_path else loaded)
-    target = table.frame[loaded.config.data.target].to_numpy()
-    if data_path is None:
+    if data_path is None and loaded.config.data.source is not None:
+        table, split, _ = synthetic_table(loaded)  # drawn again from the same seed
+        rows = split.test
+    elif data_path is None:
+        table = read_table(loaded.data_path, loaded.config.data, loaded)
+        target = table.frame[loaded.config.data.target].to_numpy()
         if table.sha256 != run.info.data.sha256:
             raise DataError(
                 Problem(
                     "the data file changed since the run was trained",
-                    file=str(source_path),
+                    file=str(loaded.data_path),
                     hint="pass --data to score a new file",
                 )
             )
         labels = None if isinstance(task, Regression) else target
         rows = split_rows(table.n_rows, loaded.config.data, loaded.config.seed, labels).test
     else:
-        _check_known_labels(task, target, table)
+        table = read_table(data_path, loaded.config.data)
+        _check_known_labels(task, table.frame[loaded.config.data.target].to_numpy(), table)
         rows = np.arange(table.n_rows)
     device = next(model.parameters()).device
     tensors = make_tensors(table.frame.iloc[rows], run.preprocessor, task, device)

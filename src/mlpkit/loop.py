@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 
 import torch
 from torch import nn
@@ -26,6 +27,7 @@ class Tensors:
     y: torch.Tensor
 
 
+Batch = tuple[torch.Tensor, torch.Tensor]
 EpochRecord = dict[str, float]
 # The task's scores of outputs against targets (see tasks.py), in the target's own terms.
 Scorer = Callable[[torch.Tensor, torch.Tensor], dict[str, float]]
@@ -33,11 +35,19 @@ OnEpoch = Callable[[EpochRecord], None]
 EVAL_BATCH = 8192  # rows per forward pass when predicting; large enough to be one pass for mpg
 
 
+@dataclass(frozen=True)
+class Stream:
+    """Endless training batches (inputs, targets) on the device; `steps` of them make an epoch."""
+
+    batches: Iterator[Batch]
+    steps: int
+
+
 def fit(
     model: nn.Module,
     loss_fn: nn.Module,
     optimizer: torch.optim.Optimizer,
-    train: Tensors,
+    train: Tensors | Stream,
     val: Tensors | None,
     *,
     epochs: int,
@@ -49,26 +59,20 @@ def fit(
 ) -> list[EpochRecord]:
     """Train for `epochs` and return one record per epoch (plain floats).
 
+    `train` is in-memory rows (each epoch one pass in a seeded random order) or a stream.
+
     Raises:
         DivergedError: the training loss became NaN or infinite.
     """
     generator = torch.Generator().manual_seed(seed)
-    n_rows = train.x.shape[0]
-    # Batch norm cannot take batch statistics of a single row: skip a last batch of one row
-    # (the rows are reshuffled each epoch, so every row still takes part).
-    n_used = n_rows - 1 if _has_batch_norm(model) and n_rows % batch_size == 1 else n_rows
     history: list[EpochRecord] = []
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
-        train_loss = _train_epoch(
-            model,
-            loss_fn,
-            optimizer,
-            train,
-            batch_size,
-            _order(n_rows, shuffle, generator, train.x.device),
-            n_used,
-        )
+        if isinstance(train, Stream):
+            batches: Iterator[Batch] = islice(train.batches, train.steps)
+        else:
+            batches = _slices(model, train, batch_size, shuffle, generator)
+        train_loss = _train_epoch(model, loss_fn, optimizer, batches)
         if not math.isfinite(train_loss):
             raise DivergedError(
                 Problem(
@@ -87,39 +91,42 @@ def fit(
     return history
 
 
-def _order(
-    n_rows: int, shuffle: bool, generator: torch.Generator, device: torch.device
-) -> torch.Tensor | None:
-    if not shuffle:
-        return None
-    return torch.randperm(n_rows, generator=generator).to(device)
+def _slices(
+    model: nn.Module, data: Tensors, batch_size: int, shuffle: bool, generator: torch.Generator
+) -> Iterator[Batch]:
+    """One epoch of batches: the rows gathered once in a random order, then sliced (views)."""
+    n_rows = data.x.shape[0]
+    if shuffle:
+        order = torch.randperm(n_rows, generator=generator).to(data.x.device)
+        x, y = data.x[order], data.y[order]
+    else:
+        x, y = data.x, data.y
+    # Batch norm cannot take batch statistics of a single row: skip a last batch of one row
+    # (with shuffling, a different row each epoch).
+    if _has_batch_norm(model) and n_rows % batch_size == 1:
+        n_rows -= 1
+    for start in range(0, n_rows, batch_size):
+        yield x[start : start + batch_size], y[start : start + batch_size]  # [b, f], [b, ...]
 
 
 def _train_epoch(
     model: nn.Module,
     loss_fn: nn.Module,
     optimizer: torch.optim.Optimizer,
-    data: Tensors,
-    batch_size: int,
-    order: torch.Tensor | None,
-    n_rows: int,
+    batches: Iterator[Batch],
 ) -> float:
-    """One pass over the first `n_rows` rows in `order`; the mean training loss per row."""
+    """One optimizer step per batch; the mean training loss per row."""
     model.train()
-    x, y = (data.x, data.y) if order is None else (data.x[order], data.y[order])
-    x, y = x[:n_rows], y[:n_rows]
-    losses = []  # per-batch mean losses, left on the device: no extra torch op or sync per step
-    for start in range(0, n_rows, batch_size):
-        # views, no copy: xb [b, features], yb [b, 1]
-        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+    losses, sizes = [], []  # losses stay on the device: no extra torch op or sync per step
+    for xb, yb in batches:
         loss = loss_fn(model(xb), yb)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         losses.append(loss.detach())
-    sizes = torch.full((len(losses),), float(batch_size), device=x.device)
-    sizes[-1] = n_rows - batch_size * (len(losses) - 1)  # the last batch may be short
-    return float(torch.stack(losses) @ sizes) / n_rows  # the one host sync of the epoch
+        sizes.append(xb.shape[0])
+    weights = torch.tensor(sizes, dtype=losses[0].dtype, device=losses[0].device)
+    return float(torch.stack(losses) @ weights) / sum(sizes)  # the one host sync of the epoch
 
 
 def _has_batch_norm(model: nn.Module) -> bool:

@@ -1,0 +1,86 @@
+"""Synthetic data sources: seeded generators of endless batches, for examples, tests, benchmarks.
+
+A source names its columns (x1..xN and the target y) and draws rows from a fixed distribution:
+the "world" (regression weights, class centres) comes from a generator seeded by the source's
+own settings, the rows from the run's seed. Training reads an endless IterableDataset through a
+DataLoader; validation and test rows are drawn once, from seeds derived from the run's seed, so
+`mlpkit eval` draws exactly the same ones again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from mlpkit.config import ClassificationSource, RegressionSource, Source, XorSource
+
+TARGET = "y"
+
+
+def columns(source: Source) -> list[str]:
+    """The feature columns a source generates (the target is always y)."""
+    width = 2 if isinstance(source, XorSource) else source.features
+    return [f"x{i}" for i in range(1, width + 1)]
+
+
+def classes(source: Source) -> list[str] | None:
+    """The labels of a classification source, None for a regression one."""
+    if isinstance(source, XorSource):
+        return ["0", "1"]
+    if isinstance(source, ClassificationSource):
+        return [str(i) for i in range(source.classes)]
+    return None
+
+
+def draw(source: Source, rows: int, generator: torch.Generator) -> tuple[torch.Tensor, np.ndarray]:
+    """`rows` rows: features [rows, width] as float32, and the target's values."""
+    if isinstance(source, XorSource):
+        x = torch.randint(0, 2, (rows, 2), generator=generator).float()
+        return x, (x[:, 0] != x[:, 1]).long().numpy().astype(str)
+    world = torch.Generator().manual_seed(source.features)  # the same world for every run
+    if isinstance(source, RegressionSource):
+        weights = torch.randn(source.features, generator=world)
+        x = torch.randn(rows, source.features, generator=generator)
+        noise = source.noise * torch.randn(rows, generator=generator)
+        return x, (x @ weights + noise).double().numpy()
+    centres = 2 * torch.randn(source.classes, source.features, generator=world)
+    labels = torch.randint(0, source.classes, (rows,), generator=generator)
+    x = centres[labels] + torch.randn(rows, source.features, generator=generator)
+    return x, labels.numpy().astype(str)
+
+
+def table(source: Source, rows: int, seed: int) -> pd.DataFrame:
+    """A finite table of `rows` rows, as read_table would give it (features, then y)."""
+    x, y = draw(source, rows, torch.Generator().manual_seed(seed))
+    frame = pd.DataFrame(x.double().numpy(), columns=columns(source))
+    frame[TARGET] = y
+    return frame
+
+
+class Stream(IterableDataset[tuple[torch.Tensor, np.ndarray]]):
+    """Endless batches of raw rows: (features [batch, width], target values [batch])."""
+
+    def __init__(self, source: Source, batch_size: int, seed: int) -> None:
+        super().__init__()
+        self.source, self.batch_size, self.seed = source, batch_size, seed
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+        generator = torch.Generator().manual_seed(self.seed)
+        while True:
+            yield draw(self.source, self.batch_size, generator)
+
+
+def loader(
+    source: Source, batch_size: int, seed: int
+) -> DataLoader[tuple[torch.Tensor, np.ndarray]]:
+    """The stream as a DataLoader; batch_size=None because the stream yields whole batches."""
+    return DataLoader(Stream(source, batch_size, seed), batch_size=None, collate_fn=_as_drawn)
+
+
+def _as_drawn(batch: Any) -> Any:
+    return batch  # the default would turn numeric targets into tensors; tasks expect arrays
