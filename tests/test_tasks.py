@@ -250,3 +250,107 @@ def test_shipped_classification_examples_learn(cli, tmp_path: Path, name: str) -
     metrics = json.loads((Path(result.last_line) / "metrics.json").read_text())
     assert metrics["test"]["accuracy"] >= 0.95
     assert metrics["test"]["accuracy"] > metrics["baselines"]["majority"]["accuracy"] + 0.3
+
+
+def test_review_fixes_two_class_multiclass_and_rare_classes(cli, classifier: Project) -> None:  # type: ignore[no-untyped-def]
+    # multiclass over two classes (top_k 2 = all classes) trains and scores
+    result = cli(
+        "train",
+        classifier.config,
+        "--runs-dir",
+        classifier.runs,
+        "-q",
+        "--set",
+        "data.target=sick",
+        "--set",
+        "model.layers.1.units=2",
+        "--set",
+        "training.metrics=[accuracy, top_k_accuracy]",
+    )
+    assert result.code == 0, result.err
+    # a class that gets no training rows is refused before any run exists
+    classifier.data.write_text(classifier.data.read_text() + "0.0,0.0,rare,0\n")
+    result = cli(
+        "train",
+        classifier.config,
+        "--runs-dir",
+        classifier.runs / "x",
+        "--set",
+        "model.layers.1.units=4",
+    )
+    assert result.code == 2 and "class rare has no rows in the training split" in result.err
+    assert not (classifier.runs / "x").exists()
+
+
+def test_review_fixes_roc_auc_undefined_on_one_split(cli, classifier: Project) -> None:  # type: ignore[no-untyped-def]
+    rows = classifier.data.read_text().splitlines()
+    # two positives only: stratified, one lands in train, one in test, none in val
+    body = [r.rsplit(",", 1)[0] + ",0" for r in rows[1:]]
+    body[0], body[1] = body[0][:-1] + "1", body[1][:-1] + "1"
+    classifier.data.write_text("\n".join([rows[0], *body]) + "\n")
+    result = cli(
+        "train",
+        classifier.config,
+        "--runs-dir",
+        classifier.runs,
+        "--set",
+        "data.target=sick",
+        "--set",
+        "data.task=binary",
+        "--set",
+        "model.layers.1={type: dense, units: 1, activation: sigmoid}",
+        "--set",
+        "training.loss=bce",
+        "--set",
+        "data.split={train: 0.5, val: 0.25, test: 0.25}",
+    )
+    assert result.code == 0, result.err
+    metrics = json.loads((Path(result.last_line) / "metrics.json").read_text())
+    assert "roc_auc" not in metrics["val"] and "roc_auc" in metrics["test"]
+    assert any(line.startswith("│ roc_auc") and " - " in line for line in result.out.splitlines())
+
+
+def test_review_fixes_config_checks(cli, classifier: Project) -> None:  # type: ignore[no-untyped-def]
+    result = cli("check", classifier.config, "--set", "training.class_weights={cat: 5}")
+    assert result.code == 2
+    assert (
+        "training.class_weights: cat is not a class; the classes are setosa, versicolor"
+        in result.err
+    )
+    two = "model.inputs={p: {columns: [a], layers: [{type: batch_norm}]}, q: {columns: [b]}}"
+    result = cli("check", classifier.config, "--set", two, "--set", "training.batch_size=1")
+    assert "batch_norm needs batches of at least 2 rows" in result.err
+    result = cli("check", classifier.config, "--set", "model.inputs={p: {colums: [a]}}")
+    assert "model.inputs.p.colums: unknown key; did you mean 'columns'?" in result.err
+    result = cli("check", classifier.config, "--set", "model.inputs={dense_0: {columns: [a, b]}}")
+    assert "'dense_0' cannot name an input" in result.err
+
+
+def test_numeric_labels_have_one_spelling(cli, classifier: Project) -> None:  # type: ignore[no-untyped-def]
+    assert sorted_labels(np.array(["1", "1.0", "01", "2"])) == ["1", "2"]
+    labels = ClassLabels(name="y", classes=["0", "1"])
+    assert labels.encode(np.array(["1.0", "0", "1"])).tolist() == [1, 0, 1]
+    run = Path(
+        cli(
+            "train",
+            classifier.config,
+            "--runs-dir",
+            classifier.runs,
+            "-q",
+            "--set",
+            "data.target=sick",
+            "--set",
+            "model.layers.1.units=2",
+        ).last_line
+    )
+    spelled = classifier.root / "spelled.csv"
+    spelled.write_text("a,b,sick\n1,1,1.0\n-1,-1,0.0\n")
+    assert cli("eval", run, "--data", spelled).code == 0
+
+
+def test_f1_averages_over_the_classes_present() -> None:
+    from mlpkit.tasks import multiclass_scores
+
+    perfect = np.array([[0.9, 0.1, 0.0], [0.1, 0.9, 0.0]])  # class 2 never occurs
+    scores = multiclass_scores(np.array([0, 1]), perfect, 2, None)
+    assert scores["f1_macro"] == 1.0 == sk.f1_score([0, 1], [0, 1], average="macro")

@@ -478,9 +478,9 @@ def cross_field_problems(loaded: LoadedConfig) -> list[Problem]:
     problems += _task_problems(loaded)
     problems += _input_problems(loaded)
     problems += _head_problems(loaded)
-    if cfg.training.batch_size == 1 and any(
-        isinstance(x, BatchNormLayer) for x in cfg.model.layers
-    ):
+    branches = [spec.layers for spec in (cfg.model.inputs or {}).values()]
+    every_layer = [layer for layers in (cfg.model.layers, *branches) for layer in layers]
+    if cfg.training.batch_size == 1 and any(isinstance(x, BatchNormLayer) for x in every_layer):
         problems.append(
             loaded.problem(
                 ("training", "batch_size"),
@@ -580,6 +580,12 @@ def _source_problems(loaded: LoadedConfig) -> list[Problem]:
 
 
 _INPUT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Names the summary gives its own rows (op_N), and Mermaid's keyword: an input cannot take them.
+_RESERVED = re.compile(
+    r"input|end|(?:dense|dropout|batch_norm|concatenate|"
+    + "|".join(components.ACTIVATIONS)
+    + r")_\d+"
+)
 
 
 def _input_problems(loaded: LoadedConfig) -> list[Problem]:
@@ -591,12 +597,12 @@ def _input_problems(loaded: LoadedConfig) -> list[Problem]:
     features = loaded.config.data.features
     owner: dict[str, str] = {}
     for name, spec in inputs.items():
-        if not _INPUT_NAME.fullmatch(name):
+        if not _INPUT_NAME.fullmatch(name) or _RESERVED.fullmatch(name):
             problems.append(
                 loaded.problem(
                     ("model", "inputs", name),
                     f"'{name}' cannot name an input",
-                    "use letters, digits and '_', e.g. x1",
+                    "use letters, digits and '_', not a layer name such as dense_0; e.g. x1",
                 )
             )
         for column in spec.columns:

@@ -120,8 +120,11 @@ class _Schema:
         annotation: Any = self.root
         node: Any = self.raw
         for part in path:
+            annotation = _without_none(annotation)
             if typing.get_origin(annotation) is list and isinstance(part, int):
                 annotation = typing.get_args(annotation)[0]
+            elif typing.get_origin(annotation) is dict:  # a mapping of names, e.g. model.inputs
+                annotation = typing.get_args(annotation)[1]
             else:
                 model = _resolve(annotation, node)
                 if model is None or part not in model.model_fields:
@@ -132,7 +135,8 @@ class _Schema:
 
     def model_at(self, path: Path_) -> type[BaseModel] | None:
         """The model class that validates the mapping at `path`."""
-        return _resolve(*self.annotation_at(path))
+        annotation, node = self.annotation_at(path)
+        return _resolve(_without_none(annotation), node)
 
     def tags_at(self, path: Path_) -> list[str]:
         """The tags (`type` or `name` values) a tagged union at `path` accepts."""
@@ -185,6 +189,15 @@ def _resolve(annotation: Any, node: Any) -> type[BaseModel] | None:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     return None
+
+
+def _without_none(annotation: Any) -> Any:
+    """X for Optional[X] (X | None); anything else as it is."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = [m for m in typing.get_args(annotation) if m is not type(None)]
+        if len(members) == 1:
+            return members[0]
+    return annotation
 
 
 def _members(annotation: Any) -> list[type[BaseModel]]:

@@ -44,6 +44,7 @@ from mlpkit.preprocessing import (
     NumericFeature,
     Preprocessor,
     TargetScale,
+    canonical_label,
     fit_preprocessor,
     sorted_labels,
 )
@@ -138,11 +139,12 @@ def prepare(loaded: LoadedConfig) -> Prepared:
         return _prepared(loaded, table, split, classes)
     table = read_table(loaded.data_path, cfg.data, loaded)
     target = table.frame[cfg.data.target].to_numpy()
-    classes = None
+    classes = labels = None
     if cfg.data.task != "regression":
-        classes = sorted_labels(target)
+        labels = np.asarray([canonical_label(v) for v in target])  # 1 and 1.0: one class
+        classes = sorted_labels(labels)
         _check_classes(loaded, table, classes)
-    split = split_rows(table.n_rows, cfg.data, cfg.seed, target if classes else None)
+    split = split_rows(table.n_rows, cfg.data, cfg.seed, labels)
     return _prepared(loaded, table, split, classes)
 
 
@@ -154,6 +156,8 @@ def _prepared(
     problems = check_split(split, loaded)
     if problems:
         raise DataError(problems)
+    if classes is not None:
+        _check_training_classes(loaded, table, classes, target[split.train])
     preprocessor = fit_preprocessor(table.frame.iloc[split.train], cfg.data, classes)
     task = make_task(cfg, preprocessor.target, target[split.train])
     prepared = Prepared(loaded, table, split, preprocessor, task)
@@ -236,6 +240,34 @@ def _stream(prepared: Prepared, device: torch.device) -> Stream:
             yield xb.to(device), prepared.task.targets(values).to(device)
 
     return Stream(batches(), cfg.training.iterations_per_epoch)
+
+
+def _check_training_classes(
+    loaded: LoadedConfig, table: Table, classes: list[str], train_labels: np.ndarray
+) -> None:
+    """Every class has training rows, and class_weights name only real classes."""
+    seen = {canonical_label(v) for v in train_labels}
+    absent = [label for label in classes if label not in seen]
+    if absent:
+        raise DataError(
+            Problem(
+                f"class {', '.join(absent)} has no rows in the training split",
+                file=str(table.path),
+                where=f"column '{loaded.config.data.target}'",
+                hint="add rows of it, raise data.split.train, or drop it",
+            )
+        )
+    weights = loaded.config.training.class_weights
+    keys = [] if weights is None or weights == "balanced" else list(weights)
+    unknown = [key for key in keys if canonical_label(key) not in classes]
+    if unknown:
+        raise DataError(
+            loaded.problem(
+                ("training", "class_weights"),
+                f"{', '.join(unknown)} is not a class",
+                "the classes are " + ", ".join(classes),
+            )
+        )
 
 
 def _check_classes(loaded: LoadedConfig, table: Table, classes: list[str]) -> None:
@@ -615,7 +647,11 @@ def evaluate_run(
                     hint="pass --data to score a new file",
                 )
             )
-        labels = None if isinstance(task, Regression) else target
+        labels = (
+            None
+            if isinstance(task, Regression)
+            else np.asarray([canonical_label(v) for v in target])
+        )
         rows = split_rows(table.n_rows, loaded.config.data, loaded.config.seed, labels).test
     else:
         table = read_table(data_path, loaded.config.data)

@@ -9,6 +9,7 @@ for training; predictions and metrics are always in its original units.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
 import numpy as np
@@ -63,12 +64,24 @@ class ClassLabels(_Frozen):
     def encode(self, values: np.ndarray) -> np.ndarray:
         """Class index per value; -1 for a label this run never saw."""
         index = {label: i for i, label in enumerate(self.classes)}
-        return np.asarray([index.get(str(v), -1) for v in values], dtype=np.int64)
+        return np.asarray([index.get(canonical_label(v), -1) for v in values], dtype=np.int64)
+
+
+def canonical_label(value: object) -> str:
+    """A label as text, one spelling per number: 1, 1.0 and 01 are all "1"; text stays as is."""
+    text = str(value).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    if not math.isfinite(number):
+        return text
+    return str(int(number)) if number.is_integer() and abs(number) < 2**53 else repr(number)
 
 
 def sorted_labels(values: np.ndarray) -> list[str]:
     """Distinct labels, in numeric order when they are all numbers (2 before 10), else text."""
-    labels = sorted({str(v) for v in values})
+    labels = sorted({canonical_label(v) for v in values})
     try:
         return sorted(labels, key=float)
     except ValueError:

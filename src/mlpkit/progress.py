@@ -83,10 +83,11 @@ def metrics_table(metrics: dict[str, Any]) -> Table:
     table = Table(
         "metric", *splits, *(f"{name} (test)" for name in baselines), title="network vs baselines"
     )
-    for name in metrics["test"]:
-        cells = [metrics[part][name] for part in splits]
-        cells += [scores[name] for scores in baselines.values()]
-        table.add_row(name, *(f"{value:.4f}" for value in cells))
+    names = dict.fromkeys(name for part in splits for name in metrics[part])
+    for name in names:  # a metric undefined on one split (roc_auc on one class) shows as -
+        cells = [metrics[part].get(name) for part in splits]
+        cells += [scores.get(name) for scores in baselines.values()]
+        table.add_row(name, *("-" if value is None else f"{value:.4f}" for value in cells))
     return table
 
 

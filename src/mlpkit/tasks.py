@@ -8,6 +8,7 @@ here, after a loss computed from logits (BCEWithLogits, cross-entropy) for numer
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,7 @@ from torch import nn
 from mlpkit import components
 from mlpkit.baselines import regression_baselines
 from mlpkit.config import Config
-from mlpkit.preprocessing import ClassLabels, TargetScale
+from mlpkit.preprocessing import ClassLabels, TargetScale, canonical_label
 
 Scores = dict[str, float]
 
@@ -196,7 +197,8 @@ def _class_weights(
         counts = np.bincount(labels.encode(train_values), minlength=len(labels.classes))
         return [len(train_values) / (len(labels.classes) * max(int(c), 1)) for c in counts]
     assert isinstance(setting, dict)
-    return [float(setting.get(label, 1.0)) for label in labels.classes]
+    weights = {canonical_label(key): weight for key, weight in setting.items()}
+    return [float(weights.get(label, 1.0)) for label in labels.classes]
 
 
 def binary_scores(
@@ -204,41 +206,42 @@ def binary_scores(
 ) -> Scores:
     """Binary metrics from 0/1 truth and P(positive); ROC AUC only when both classes occur."""
     predicted = (positive >= threshold).astype(int)
-    scores = {
-        "accuracy": sk.accuracy_score(truth, predicted),
-        "precision": sk.precision_score(truth, predicted, zero_division=0),
-        "recall": sk.recall_score(truth, predicted, zero_division=0),
-        "f1": sk.f1_score(truth, predicted, zero_division=0),
-        "log_loss": sk.log_loss(truth, np.clip(positive, 1e-15, 1 - 1e-15), labels=[0, 1]),
+    metrics: dict[str, Callable[[], float]] = {
+        "accuracy": lambda: sk.accuracy_score(truth, predicted),
+        "precision": lambda: sk.precision_score(truth, predicted, zero_division=0),
+        "recall": lambda: sk.recall_score(truth, predicted, zero_division=0),
+        "f1": lambda: sk.f1_score(truth, predicted, zero_division=0),
+        "log_loss": lambda: sk.log_loss(truth, np.clip(positive, 1e-15, 1 - 1e-15), labels=[0, 1]),
     }
-    if len(np.unique(truth)) == 2:
-        scores["roc_auc"] = sk.roc_auc_score(truth, positive)
-    return _select(scores, names)
+    if len(np.unique(truth)) == 2:  # undefined on one class: left out, not NaN
+        metrics["roc_auc"] = lambda: sk.roc_auc_score(truth, positive)
+    return _computed(metrics, names)
 
 
 def multiclass_scores(
     truth: np.ndarray, probabilities: np.ndarray, top_k: int, names: list[str] | None
 ) -> Scores:
-    """Multiclass metrics from class indices and per-class probabilities."""
+    """Multiclass metrics from class indices and per-class probabilities.
+
+    F1 averages over the classes present in truth or prediction, as sklearn does by default.
+    """
     labels = list(range(probabilities.shape[1]))
     predicted = probabilities.argmax(axis=1)
-    scores = {
-        "accuracy": sk.accuracy_score(truth, predicted),
-        "f1_macro": sk.f1_score(truth, predicted, average="macro", labels=labels, zero_division=0),
-        "f1_weighted": sk.f1_score(
-            truth, predicted, average="weighted", labels=labels, zero_division=0
-        ),
-        "top_k_accuracy": sk.top_k_accuracy_score(
-            truth, probabilities, k=min(top_k, len(labels)), labels=labels
-        ),
-        "log_loss": sk.log_loss(truth, np.clip(probabilities, 1e-15, 1), labels=labels),
+    top = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]  # [rows, k]
+    metrics: dict[str, Callable[[], float]] = {
+        "accuracy": lambda: sk.accuracy_score(truth, predicted),
+        "f1_macro": lambda: sk.f1_score(truth, predicted, average="macro", zero_division=0),
+        "f1_weighted": lambda: sk.f1_score(truth, predicted, average="weighted", zero_division=0),
+        "top_k_accuracy": lambda: (top == truth[:, None]).any(axis=1).mean(),
+        "log_loss": lambda: sk.log_loss(truth, np.clip(probabilities, 1e-15, 1), labels=labels),
     }
-    return _select(scores, names)
+    return _computed(metrics, names)
 
 
-def _select(scores: dict[str, Any], names: list[str] | None) -> Scores:
-    chosen = scores if names is None else {n: scores[n] for n in names if n in scores}
-    return {name: float(value) for name, value in chosen.items()}
+def _computed(metrics: dict[str, Callable[[], float]], names: list[str] | None) -> Scores:
+    """Compute only the metrics asked for (all when `names` is None), as plain floats."""
+    chosen = metrics if names is None else {n: metrics[n] for n in names if n in metrics}
+    return {name: float(compute()) for name, compute in chosen.items()}
 
 
 def _logistic(x: np.ndarray, y: np.ndarray) -> LogisticRegression:
