@@ -71,8 +71,9 @@ class Binary:
         return torch.from_numpy(self.labels.encode(values).astype(np.float32))[:, None]
 
     def loss(self, device: torch.device) -> nn.Module:
-        weight = None if self.positive_weight is None else torch.tensor([self.positive_weight])
-        return nn.BCEWithLogitsLoss(pos_weight=None if weight is None else weight.to(device))
+        if self.positive_weight is None:
+            return nn.BCEWithLogitsLoss()
+        return nn.BCEWithLogitsLoss(pos_weight=torch.tensor([self.positive_weight], device=device))
 
     def probabilities(self, outputs: torch.Tensor) -> np.ndarray:
         """P(positive class) per row."""
@@ -124,8 +125,9 @@ class Multiclass:
         return torch.from_numpy(self.labels.encode(values))
 
     def loss(self, device: torch.device) -> nn.Module:
-        weight = None if self.class_weights is None else torch.tensor(self.class_weights)
-        return nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device))
+        if self.class_weights is None:
+            return nn.CrossEntropyLoss()
+        return nn.CrossEntropyLoss(weight=torch.tensor(self.class_weights, device=device))
 
     def probabilities(self, outputs: torch.Tensor) -> np.ndarray:
         return torch.softmax(outputs.double(), dim=1).cpu().numpy()
