@@ -19,7 +19,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 
 from mlpkit.config import DenseLayer, load_config
-from mlpkit.experiment import prepare, train
+from mlpkit.experiment import train
+from mlpkit.prepare import prepare
 
 CONFIGS = [Path("configs/breast-cancer.yaml"), Path("configs/wine.yaml")]
 

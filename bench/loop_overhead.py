@@ -18,9 +18,10 @@ from pathlib import Path
 import torch
 
 from mlpkit.config import load_config
-from mlpkit.experiment import make_optimizer, prepare
+from mlpkit.experiment import make_optimizer
 from mlpkit.loop import Tensors, fit
 from mlpkit.model import build_model
+from mlpkit.prepare import prepare
 
 Trainer = Callable[[int], float]
 

@@ -22,6 +22,7 @@ from typer._click import exceptions as click_exceptions  # typer's vendored clic
 
 from mlpkit import experiment, progress, runs
 from mlpkit.errors import MlpkitError, Problem
+from mlpkit.prepare import Prepared
 from mlpkit.summary import Summary, render_mermaid, render_table
 
 app = typer.Typer(
@@ -77,7 +78,7 @@ def train(
     console = _stdout()
     printer = progress.EpochPrinter(console)
 
-    def on_start(prepared: experiment.Prepared, device: torch.device, summary: Summary) -> None:
+    def on_start(prepared: Prepared, device: torch.device, summary: Summary) -> None:
         split = prepared.split
         headline = (
             f"{prepared.config.name}: {prepared.table.n_rows} rows of {prepared.table.path.name}"

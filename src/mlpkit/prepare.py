@@ -1,0 +1,298 @@
+"""From a validated config to everything training needs, with every check that needs the data.
+
+`prepare` reads (or, for a synthetic source, draws) the table, checks its columns and classes
+against the config, splits the rows (stratified by class for classification), fits
+preprocessing on the training rows and makes the task. Nothing here writes anything: a problem
+found here leaves runs/ untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mlpkit import components, synthetic
+from mlpkit.config import Config, LoadedConfig, output_layer
+from mlpkit.data import Split, Table, check_split, read_table, split_rows
+from mlpkit.errors import DataError, Problem
+from mlpkit.loop import Stream, Tensors
+from mlpkit.model import InputSpec, build_model
+from mlpkit.preprocessing import (
+    NumericFeature,
+    Preprocessor,
+    TargetScale,
+    canonical_label,
+    fit_preprocessor,
+    sorted_labels,
+)
+from mlpkit.summary import Summary, summarize
+from mlpkit.tasks import Regression, Task, make_task
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A checked config with its table, split and fitted preprocessing: ready to train."""
+
+    loaded: LoadedConfig
+    table: Table
+    split: Split
+    preprocessor: Preprocessor
+    task: Task
+
+    @property
+    def config(self) -> Config:
+        return self.loaded.config
+
+    def tensors(self, rows: np.ndarray, device: torch.device) -> Tensors:
+        return make_tensors(self.table.frame.iloc[rows], self.preprocessor, self.task, device)
+
+    def summary(self) -> Summary:
+        return model_summary(self.config, self.preprocessor)
+
+
+def model_summary(config: Config, preprocessor: Preprocessor) -> Summary:
+    """The layer table of the configured model, with its named inputs if it has them."""
+    specs = input_specs(config, preprocessor)
+    inputs = None if specs is None else [(s.name, len(s.columns), s.layers) for s in specs]
+    return summarize(config.model.layers, len(preprocessor.input_names), inputs)
+
+
+def make_tensors(
+    frame: Any, preprocessor: Preprocessor, task: Task, device: torch.device
+) -> Tensors:
+    """Model inputs and the task's targets for `frame`'s rows, on `device`."""
+    x = torch.from_numpy(preprocessor.transform(frame))  # [rows, inputs]
+    y = task.targets(frame[preprocessor.target.name].to_numpy())
+    return Tensors(x.to(device), y.to(device))
+
+
+def prepare(loaded: LoadedConfig) -> Prepared:
+    """Read, check and split the data and fit preprocessing: every check short of training.
+
+    Raises:
+        DataError: the table, the split or the output layer does not fit the config.
+    """
+    cfg = loaded.config
+    if cfg.data.source is not None:
+        table, split, classes = synthetic_table(loaded)
+        return _prepared(loaded, table, split, classes)
+    table = read_table(loaded.data_path, cfg.data, loaded)
+    target = table.frame[cfg.data.target].to_numpy()
+    classes = labels = None
+    if cfg.data.task != "regression":
+        labels = np.asarray([canonical_label(v) for v in target])  # 1 and 1.0: one class
+        classes = sorted_labels(labels)
+        _check_classes(loaded, table, classes)
+    split = split_rows(table.n_rows, cfg.data, cfg.seed, labels)
+    return _prepared(loaded, table, split, classes)
+
+
+def _prepared(
+    loaded: LoadedConfig, table: Table, split: Split, classes: list[str] | None
+) -> Prepared:
+    cfg = loaded.config
+    target = table.frame[cfg.data.target].to_numpy()
+    problems = check_split(split, loaded)
+    if problems:
+        raise DataError(problems)
+    if classes is not None:
+        _check_training_classes(loaded, table, classes, target[split.train])
+    preprocessor = fit_preprocessor(table.frame.iloc[split.train], cfg.data, classes)
+    task = make_task(cfg, preprocessor.target, target[split.train])
+    prepared = Prepared(loaded, table, split, preprocessor, task)
+    problems = _head_reaches_target(prepared)
+    if problems:
+        raise DataError(problems)
+    return prepared
+
+
+SAMPLE_ROWS = 4096  # synthetic: rows drawn to fit preprocessing and the baselines
+
+
+def synthetic_table(loaded: LoadedConfig) -> tuple[Table, Split, list[str] | None]:
+    """A synthetic source's fixed rows: a sample to fit preprocessing and baselines on (the
+    split's train part; training itself reads the endless stream), then validation and test.
+
+    Raises:
+        DataError: the config names columns the source does not make, or a task it cannot serve.
+    """
+    cfg = loaded.config
+    source = cfg.data.source
+    assert source is not None
+    made = [*synthetic.columns(source), synthetic.TARGET]
+    missing = [c for c in [*cfg.data.features, cfg.data.target] if c not in made]
+    classes = synthetic.classes(source)
+    problems = []
+    if missing:
+        problems.append(
+            loaded.problem(
+                ("data", "features"),
+                f"the {source.name} source makes no column {', '.join(missing)}",
+                "it makes " + ", ".join(made),
+            )
+        )
+    if cfg.data.categorical:
+        problems.append(
+            loaded.problem(("data", "categorical"), "synthetic sources make numeric columns only")
+        )
+    if (classes is None) != (cfg.data.task == "regression"):
+        kind = "class labels" if classes else "numbers"
+        problems.append(
+            loaded.problem(
+                ("data", "task"),
+                f"the {source.name} source's target has {kind}, not a {cfg.data.task} target",
+                "choose the loss (and task) to match the source",
+            )
+        )
+    if problems:
+        raise DataError(problems)
+    n_eval = cfg.data.eval_rows
+    frame = synthetic.table(source, SAMPLE_ROWS + 2 * n_eval, cfg.seed + 1)
+    spec = json.dumps([source.model_dump(), n_eval, cfg.seed], sort_keys=True)
+    table = Table(
+        frame,
+        np.arange(1, len(frame) + 1),
+        Path(f"synthetic:{source.name}"),
+        hashlib.sha256(spec.encode()).hexdigest(),
+    )
+    rows = np.arange(len(frame))
+    split = Split(
+        rows[:SAMPLE_ROWS], rows[SAMPLE_ROWS : SAMPLE_ROWS + n_eval], rows[SAMPLE_ROWS + n_eval :]
+    )
+    return table, split, classes
+
+
+def training_stream(prepared: Prepared, device: torch.device) -> Stream:
+    """Training batches from the synthetic source, preprocessed on the fly."""
+    cfg = prepared.config
+    source = cfg.data.source
+    assert source is not None and cfg.training.iterations_per_epoch is not None
+    made = synthetic.columns(source)
+    features = [f for f in prepared.preprocessor.features if isinstance(f, NumericFeature)]
+    positions = torch.tensor([made.index(f.name) for f in features])
+    mean = torch.tensor([f.mean for f in features], dtype=torch.float32)
+    std = torch.tensor([f.std for f in features], dtype=torch.float32)
+
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, values in synthetic.loader(source, cfg.training.batch_size, cfg.seed + 2):
+            xb = (x.index_select(1, positions) - mean) / std  # [batch, inputs]
+            yield xb.to(device), prepared.task.targets(values).to(device)
+
+    return Stream(batches(), cfg.training.iterations_per_epoch)
+
+
+def _check_training_classes(
+    loaded: LoadedConfig, table: Table, classes: list[str], train_labels: np.ndarray
+) -> None:
+    """Every class has training rows, and class_weights name only real classes."""
+    seen = {canonical_label(v) for v in train_labels}
+    absent = [label for label in classes if label not in seen]
+    if absent:
+        raise DataError(
+            Problem(
+                f"class {', '.join(absent)} has no rows in the training split",
+                file=str(table.path),
+                where=f"column '{loaded.config.data.target}'",
+                hint="add rows of it, raise data.split.train, or drop it",
+            )
+        )
+    weights = loaded.config.training.class_weights
+    keys = [] if weights is None or weights == "balanced" else list(weights)
+    unknown = [key for key in keys if canonical_label(key) not in classes]
+    if unknown:
+        raise DataError(
+            loaded.problem(
+                ("training", "class_weights"),
+                f"{', '.join(unknown)} is not a class",
+                "the classes are " + ", ".join(classes),
+            )
+        )
+
+
+def _check_classes(loaded: LoadedConfig, table: Table, classes: list[str]) -> None:
+    """A classification target has the classes its task and output layer expect."""
+    task, target = loaded.config.data.task, loaded.config.data.target
+    shown = ", ".join(classes[:6]) + (", ..." if len(classes) > 6 else "")
+    where = f"column '{target}'"
+    if len(classes) < 2:
+        raise DataError(
+            Problem(
+                f"a single class ({shown}); classification needs two or more",
+                file=str(table.path),
+                where=where,
+            )
+        )
+    if task == "binary" and len(classes) != 2:
+        raise DataError(
+            Problem(
+                f"{len(classes)} classes ({shown}); a binary task needs 2",
+                file=str(table.path),
+                where=where,
+                hint="set data.task: multiclass",
+            )
+        )
+    found = output_layer(loaded.config.model.layers)
+    assert found is not None  # load_config refuses a model without a dense layer
+    index, head = found
+    if task == "multiclass" and head.units != len(classes):
+        raise DataError(
+            loaded.problem(
+                ("model", "layers", index, "units"),
+                f"the output layer has {head.units} units but '{target}' has {len(classes)} "
+                f"classes ({shown})",
+                f"set units: {len(classes)}",
+            )
+        )
+
+
+def _head_reaches_target(prepared: Prepared) -> list[Problem]:
+    """An output activation with a bounded range must be able to produce the training targets."""
+    found = output_layer(prepared.config.model.layers)
+    assert found is not None  # load_config refuses a model without a dense layer
+    index, head = found
+    scale = prepared.preprocessor.target
+    if head.activation not in components.ACTIVATION_RANGES or not isinstance(scale, TargetScale):
+        return []
+    low, high = components.ACTIVATION_RANGES[head.activation]
+    target = prepared.config.data.target
+    values = prepared.table.frame[target].to_numpy()[prepared.split.train]
+    scaled = scale.scale(values.astype(np.float64))
+    if low <= scaled.min() and scaled.max() <= high:
+        return []
+    kind = "scaled target" if prepared.config.data.scale_target else "target"
+    return [
+        prepared.loaded.problem(
+            ("model", "layers", index, "activation"),
+            f"'{head.activation}' outputs lie in [{low:g}, {high:g}] but the {kind} '{target}' "
+            f"ranges over [{scaled.min():.4g}, {scaled.max():.4g}]",
+            "use activation: linear on the output",
+        )
+    ]
+
+
+def network(
+    config: Config, preprocessor: Preprocessor, task: Task, device: torch.device
+) -> nn.Module:
+    """The configured network; classification keeps logits as its output (see tasks.py)."""
+    logits = not isinstance(task, Regression)
+    width = len(preprocessor.input_names)
+    inputs = input_specs(config, preprocessor)
+    return build_model(config.model.layers, width, config.seed, device, logits, inputs)
+
+
+def input_specs(config: Config, preprocessor: Preprocessor) -> list[InputSpec] | None:
+    """The named inputs with the positions of their encoded columns, or None for one input."""
+    if config.model.inputs is None:
+        return None
+    return [
+        InputSpec(name, preprocessor.positions(spec.columns), spec.layers)
+        for name, spec in config.model.inputs.items()
+    ]
