@@ -5,8 +5,9 @@ import pytest
 from conftest import REPO, Project
 
 from mlpkit import components
-from mlpkit.config import LOSS_TASKS, AdamConfig, Loss, Optimizer, load_config
+from mlpkit.config import load_config
 from mlpkit.errors import ConfigError
+from mlpkit.schema import LOSS_TASKS, AdamConfig, Loss, Optimizer
 
 
 def errors_of(path: Path, *overrides: str) -> list[str]:

@@ -8,9 +8,10 @@ import torch
 import yaml
 from conftest import Project
 
-from mlpkit.config import DenseLayer, load_config
+from mlpkit.config import load_config
 from mlpkit.errors import ConfigError
 from mlpkit.model import InputSpec, MultiInput, build_model
+from mlpkit.schema import DenseLayer
 from mlpkit.summary import render_mermaid, summarize
 
 TWO_INPUTS = """\

@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlpkit.config import DataConfig
 from mlpkit.preprocessing import Preprocessor, fit_preprocessor
+from mlpkit.schema import DataConfig
 
 DATA = DataConfig(
     path="x.csv",

@@ -1,7 +1,7 @@
 import pytest
 
-from mlpkit.config import BatchNormLayer, DenseLayer, DropoutLayer, Layer
 from mlpkit.model import build_model
+from mlpkit.schema import BatchNormLayer, DenseLayer, DropoutLayer, Layer
 from mlpkit.summary import render_text, summarize
 
 

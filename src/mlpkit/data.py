@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mlpkit.config import DataConfig, LoadedConfig
+from mlpkit.config import LoadedConfig
 from mlpkit.errors import DataError, Problem, did_you_mean
+from mlpkit.schema import DataConfig
 
 # Cells that mean "no value" in a numeric column. A categorical column only treats an empty cell
 # as missing: "NA" may well be a category (North America).

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from mlpkit import components
-from mlpkit.config import BatchNormLayer, DenseLayer, DropoutLayer, Layer
+from mlpkit.schema import BatchNormLayer, DenseLayer, DropoutLayer, Layer
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from mlpkit import components, synthetic
-from mlpkit.config import Config, LoadedConfig, output_layer
+from mlpkit.config import LoadedConfig, output_layer
 from mlpkit.data import Split, Table, check_split, read_table, split_rows
 from mlpkit.errors import DataError, Problem
 from mlpkit.loop import Stream, Tensors
@@ -33,6 +33,7 @@ from mlpkit.preprocessing import (
     fit_preprocessor,
     sorted_labels,
 )
+from mlpkit.schema import Config
 from mlpkit.summary import Summary, summarize
 from mlpkit.tasks import Regression, Task, make_task
 

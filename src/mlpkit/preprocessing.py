@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from mlpkit.config import DataConfig
+from mlpkit.schema import DataConfig
 
 
 class _Frozen(BaseModel):

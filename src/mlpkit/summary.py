@@ -14,7 +14,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from mlpkit.config import BatchNormLayer, DenseLayer, DropoutLayer, Layer
+from mlpkit.schema import BatchNormLayer, DenseLayer, DropoutLayer, Layer
 
 BYTES_PER_PARAMETER = 4  # float32
 

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from mlpkit.config import ClassificationSource, RegressionSource, Source, XorSource
+from mlpkit.schema import ClassificationSource, RegressionSource, Source, XorSource
 
 TARGET = "y"
 

@@ -20,8 +20,8 @@ from torch import nn
 
 from mlpkit import components
 from mlpkit.baselines import regression_baselines
-from mlpkit.config import Config
 from mlpkit.preprocessing import ClassLabels, TargetScale, canonical_label
+from mlpkit.schema import Config
 
 Scores = dict[str, float]
 

@@ -1,0 +1,277 @@
+"""The experiment config's schema: strict, typed pydantic models, one per section.
+
+Each field is the single source of its default, its range and its validation. Unknown keys are
+refused at every level; names of activations, losses, optimizers and metrics are checked
+against the registries in components.py. Loading, overrides and the rules that span several
+fields live in config.py.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
+
+from mlpkit import components
+from mlpkit.errors import did_you_mean
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+class _Strict(BaseModel):
+    # strict: `batch_size: "32"` or `true` is an error, not a silent cast; inf/nan are refused.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
+
+
+def _check_name(kind: str, value: str, registry: dict[str, Any]) -> str:
+    if value not in registry:
+        raise PydanticCustomError(
+            "unknown_name",
+            "unknown {kind} '{value}'",
+            {"kind": kind, "value": value, "hint": did_you_mean(value, registry)},
+        )
+    return value
+
+
+# --- data -----------------------------------------------------------------------------------
+
+
+class SplitConfig(_Strict):
+    """Fractions of the shuffled rows; the split is a function of the seed alone."""
+
+    train: float = Field(0.8, gt=0, lt=1)
+    val: float = Field(0.1, ge=0, lt=1)
+    test: float = Field(0.1, gt=0, lt=1)
+
+
+class XorSource(_Strict):
+    """x1, x2 drawn from {0, 1}; y = x1 xor x2 (the Axon write-up's stream)."""
+
+    name: Literal["xor"]
+
+
+class RegressionSource(_Strict):
+    """x1..xN standard normal; y a fixed linear function of them plus Gaussian noise."""
+
+    name: Literal["regression"]
+    features: int = Field(8, ge=1, le=1000)
+    noise: float = Field(0.1, ge=0)
+
+
+class ClassificationSource(_Strict):
+    """Gaussian clusters around fixed class centres; y the class index."""
+
+    name: Literal["classification"]
+    features: int = Field(8, ge=1, le=1000)
+    classes: int = Field(2, ge=2, le=1000)
+
+
+Source = Annotated[XorSource | RegressionSource | ClassificationSource, Field(discriminator="name")]
+
+
+class DataConfig(_Strict):
+    # a CSV file, relative to this config; or a synthetic `source` instead
+    path: str | None = Field(None, examples=["../data/mpg.csv"], min_length=1)
+    source: Source | None = None
+    eval_rows: int = Field(1000, ge=1)  # synthetic: validation and test rows drawn (each)
+    target: str = Field(examples=["mpg"], min_length=1)
+    features: list[str] = Field(examples=[["cylinders", "weight"]], min_length=1)
+    categorical: list[str] = Field(default_factory=list)
+    standardize: bool = True
+    scale_target: bool = False
+    split: SplitConfig = SplitConfig()
+    encoding: str = "utf-8"
+    # auto: from the loss (bce -> binary, cross_entropy -> multiclass, else regression)
+    task: Literal["auto", "regression", "binary", "multiclass"] = "auto"
+
+
+# --- model ----------------------------------------------------------------------------------
+
+
+class DenseLayer(_Strict):
+    type: Literal["dense"]
+    units: int = Field(gt=0, examples=[32])
+    activation: str = "linear"
+    bias: bool = True
+
+    @field_validator("activation")
+    @classmethod
+    def _known_activation(cls, value: str) -> str:
+        return _check_name("activation", value, components.ACTIVATIONS)
+
+
+class DropoutLayer(_Strict):
+    type: Literal["dropout"]
+    rate: float = Field(ge=0, lt=1, examples=[0.1])
+
+
+class BatchNormLayer(_Strict):
+    type: Literal["batch_norm"]
+    momentum: float = Field(0.1, gt=0, le=1)
+    eps: float = Field(1e-5, gt=0)
+
+
+Layer = Annotated[DenseLayer | DropoutLayer | BatchNormLayer, Field(discriminator="type")]
+
+
+class InputConfig(_Strict):
+    """A named input: table columns, and optionally its own layers before the concatenation."""
+
+    columns: list[str] = Field(min_length=1, examples=[["x1"]])
+    layers: list[Layer] = Field(default_factory=list)
+
+
+class ModelConfig(_Strict):
+    # Named inputs, concatenated in this order before `layers`; without it, one input of all
+    # data.features. With it, data.features may be left out: it is the inputs' columns in order.
+    inputs: dict[str, InputConfig] | None = None
+    layers: list[Layer] = Field(min_length=1, examples=[[{"type": "dense", "units": 1}]])
+
+
+# --- training -------------------------------------------------------------------------------
+
+
+class _OptimizerBase(_Strict):
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class SGDConfig(_OptimizerBase):
+    name: Literal["sgd"]
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.0, ge=0)
+    dampening: float = Field(0.0, ge=0)
+    nesterov: bool = False
+
+
+class AdamConfig(_OptimizerBase):
+    name: Literal["adam"]
+    betas: list[Annotated[float, Field(ge=0, lt=1)]] = Field(
+        [0.9, 0.999], min_length=2, max_length=2
+    )
+    eps: float = Field(1e-8, gt=0)
+    amsgrad: bool = False
+
+
+class AdamWConfig(AdamConfig):
+    name: Literal["adamw"]  # type: ignore[assignment]
+    weight_decay: float = Field(0.01, ge=0)
+
+
+class RMSpropConfig(_OptimizerBase):
+    name: Literal["rmsprop"]
+    lr: float = Field(0.01, gt=0)
+    alpha: float = Field(0.99, gt=0, lt=1)
+    eps: float = Field(1e-8, gt=0)
+    momentum: float = Field(0.0, ge=0)
+    centered: bool = False
+
+
+class AdagradConfig(_OptimizerBase):
+    name: Literal["adagrad"]
+    lr: float = Field(0.01, gt=0)
+    lr_decay: float = Field(0.0, ge=0)
+    eps: float = Field(1e-10, gt=0)
+    initial_accumulator_value: float = Field(0.0, ge=0)
+
+
+Optimizer = Annotated[
+    SGDConfig | AdamConfig | AdamWConfig | RMSpropConfig | AdagradConfig,
+    Field(discriminator="name"),
+]
+
+
+class MSELoss(_Strict):
+    name: Literal["mse"]
+
+
+class MAELoss(_Strict):
+    name: Literal["mae"]
+
+
+class HuberLoss(_Strict):
+    name: Literal["huber"]
+    delta: float = Field(1.0, gt=0)
+
+
+class BCELoss(_Strict):
+    """Binary cross-entropy, computed from logits."""
+
+    name: Literal["bce"]
+
+
+class CrossEntropyLoss(_Strict):
+    """Multiclass cross-entropy, computed from logits."""
+
+    name: Literal["cross_entropy"]
+
+
+Loss = Annotated[
+    MSELoss | MAELoss | HuberLoss | BCELoss | CrossEntropyLoss, Field(discriminator="name")
+]
+Task = Literal["regression", "binary", "multiclass"]
+LOSS_TASKS: dict[str, Task] = {
+    "mse": "regression",
+    "mae": "regression",
+    "huber": "regression",
+    "bce": "binary",
+    "cross_entropy": "multiclass",
+}
+DEFAULT_LOSSES: dict[Task, str] = {
+    "regression": "mse",
+    "binary": "bce",
+    "multiclass": "cross_entropy",
+}
+DEFAULT_METRICS: dict[Task, list[str]] = {
+    "regression": ["mae", "r2"],
+    "binary": ["accuracy", "roc_auc"],
+    "multiclass": ["accuracy", "f1_macro"],
+}
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class TrainingConfig(_Strict):
+    epochs: int = Field(gt=0, examples=[40])
+    iterations_per_epoch: int | None = Field(None, gt=0)  # synthetic streams: batches per epoch
+    batch_size: int = Field(32, gt=0)
+    shuffle: bool = True
+    optimizer: Optimizer = AdamConfig(name="adam")
+    loss: Loss | None = None  # the task's own by default: mse, bce or cross_entropy
+    metrics: list[str] | None = None  # per epoch on the validation rows; the task's defaults
+    # classification only: weigh classes by inverse frequency, or {label: weight}
+    class_weights: Literal["balanced"] | dict[str, Annotated[float, Field(gt=0)]] | None = None
+    threshold: float = Field(0.5, gt=0, lt=1)  # binary: P(positive) from which a row is positive
+    top_k: int = Field(2, ge=1)  # multiclass: k of top_k_accuracy
+    device: Device = "auto"
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, names: list[str] | None) -> list[str] | None:
+        for name in names or []:
+            _check_name("metric", name, components.ALL_METRICS)
+        return names
+
+
+class Config(_Strict):
+    """One experiment: everything needed to rebuild its data, model and training."""
+
+    name: str = Field(examples=["mpg"], max_length=100)
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    data: DataConfig
+    model: ModelConfig
+    training: TrainingConfig
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, value: str) -> str:
+        # The name becomes a folder under runs/, so it cannot hold '/' or start with '.'.
+        if not _NAME.fullmatch(value):
+            raise PydanticCustomError(
+                "bad_name",
+                "'{value}' cannot name a run folder",
+                {"value": value, "hint": "use letters, digits, '.', '_' and '-', e.g. mpg-small"},
+            )
+        return value
