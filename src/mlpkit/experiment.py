@@ -1,4 +1,4 @@
-"""The flows behind the commands (check, summary, train, eval), composed from the modules.
+"""The flows behind the commands (check, summary, train, eval, predict), from the modules.
 
 `train` reads top to bottom: load_config -> resolve device -> read and split the table -> fit
 preprocessing on train -> build model -> summarize -> create the run -> fit -> evaluate ->
@@ -25,7 +25,7 @@ from torch import nn
 import mlpkit
 from mlpkit import components, runs
 from mlpkit.config import LoadedConfig, load_config
-from mlpkit.data import Table, read_table, split_rows
+from mlpkit.data import Table, read_table
 from mlpkit.errors import (
     ConfigError,
     DataError,
@@ -43,11 +43,9 @@ from mlpkit.prepare import (
     model_summary,
     network,
     prepare,
+    split_table,
     synthetic_table,
     training_stream,
-)
-from mlpkit.preprocessing import (
-    canonical_label,
 )
 from mlpkit.summary import Summary, render_text
 from mlpkit.tasks import Regression, Task, make_task
@@ -273,10 +271,11 @@ def final_metrics(
 
 
 def _baselines(prepared: Prepared, data: dict[str, Tensors]) -> dict[str, dict[str, float]]:
-    frame = prepared.table.frame
-    x_train = prepared.preprocessor.transform(frame.iloc[prepared.split.train])
-    x_test = prepared.preprocessor.transform(frame.iloc[prepared.split.test])
-    return prepared.task.baselines(x_train, data["train"].y.cpu(), x_test, data["test"].y.cpu())
+    """The task's baselines on the very inputs the network saw."""
+    train, test = data["train"], data["test"]
+    return prepared.task.baselines(
+        train.x.cpu().numpy(), train.y.cpu(), test.x.cpu().numpy(), test.y.cpu()
+    )
 
 
 def best_epoch(history: list[EpochRecord]) -> int:
@@ -380,7 +379,6 @@ def evaluate_run(
         rows = split.test
     elif data_path is None:
         table = read_table(loaded.data_path, loaded.config.data, loaded)
-        target = table.frame[loaded.config.data.target].to_numpy()
         if table.sha256 != run.info.data.sha256:
             raise DataError(
                 Problem(
@@ -389,12 +387,7 @@ def evaluate_run(
                     hint="pass --data to score a new file",
                 )
             )
-        labels = (
-            None
-            if isinstance(task, Regression)
-            else np.asarray([canonical_label(v) for v in target])
-        )
-        rows = split_rows(table.n_rows, loaded.config.data, loaded.config.seed, labels).test
+        rows = split_table(loaded, table)[0].test
     else:
         table = read_table(data_path, loaded.config.data)
         _check_known_labels(task, table.frame[loaded.config.data.target].to_numpy(), table)

@@ -86,14 +86,25 @@ def prepare(loaded: LoadedConfig) -> Prepared:
         table, split, classes = synthetic_table(loaded)
         return _prepared(loaded, table, split, classes)
     table = read_table(loaded.data_path, cfg.data, loaded)
-    target = table.frame[cfg.data.target].to_numpy()
-    classes = labels = None
-    if cfg.data.task != "regression":
-        labels = np.asarray([canonical_label(v) for v in target])  # 1 and 1.0: one class
-        classes = sorted_labels(labels)
-        _check_classes(loaded, table, classes)
-    split = split_rows(table.n_rows, cfg.data, cfg.seed, labels)
+    split, classes = split_table(loaded, table)
     return _prepared(loaded, table, split, classes)
+
+
+def split_table(loaded: LoadedConfig, table: Table) -> tuple[Split, list[str] | None]:
+    """The seeded split of a file's rows (stratified by class for classification) and the
+    classes, checked against the task and the output layer; eval derives the same split again.
+
+    Raises:
+        DataError: the target's classes do not fit the task or the output layer.
+    """
+    cfg = loaded.config
+    if cfg.data.task == "regression":
+        return split_rows(table.n_rows, cfg.data, cfg.seed), None
+    target = table.frame[cfg.data.target].to_numpy()
+    labels = np.asarray([canonical_label(v) for v in target])  # 1 and 1.0: one class
+    classes = sorted_labels(labels)
+    _check_classes(loaded, table, classes)
+    return split_rows(table.n_rows, cfg.data, cfg.seed, labels), classes
 
 
 def _prepared(
