@@ -116,7 +116,8 @@ def test_labels_sort_numerically_and_unknown_labels_are_flagged() -> None:
 def test_balanced_class_weights_match_sklearn(classifier: Project) -> None:
     cfg = load_config(classifier.config, ["training.class_weights=balanced"]).config
     train = np.array(["a"] * 6 + ["b"] * 3 + ["c"])
-    task = make_task(cfg, ClassLabels(name="species", classes=["a", "b", "c"]), train)
+    labels = ClassLabels(name="species", classes=["a", "b", "c"])
+    task = make_task(cfg, labels, np.bincount(labels.encode(train)))
     assert isinstance(task, Multiclass) and task.class_weights is not None
     expected = compute_class_weight("balanced", classes=np.array(["a", "b", "c"]), y=train)
     np.testing.assert_allclose(task.class_weights, expected)

@@ -70,26 +70,67 @@ def read_table(
     Raises:
         DataError: the file is missing, unreadable, malformed, or a column or cell is unusable.
     """
-    raw = _read_bytes(path, origin)
-    parsed = _parse(path, _decode(path, raw, data.encoding, origin))
+    raw = read_bytes(path, origin)
+    frame, lines = parse_text(path, raw, data, with_target, origin)
+    return Table(frame=frame, lines=lines, path=path, sha256=hashlib.sha256(raw).hexdigest())
+
+
+def parse_text(
+    path: Path,
+    raw: bytes,
+    data: DataConfig,
+    with_target: bool = True,
+    origin: LoadedConfig | None = None,
+    line_offset: int = 0,
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """CSV bytes (header first) -> the checked, converted columns and each row's line.
+
+    `line_offset` is added to every line reported: a streamed block is parsed as its own small
+    file (the header, then the block) and still names the lines of the whole file.
+    """
+    text = _decode(path, raw, data.encoding, origin, line_offset)
+    parsed = _parse(path, text, line_offset)
     numeric, categorical = numeric_and_categorical(data, with_target)
-    positions, problems = _locate_columns(path, parsed.header, numeric + categorical)
+    positions, problems = locate_columns(path, parsed.header, numeric + categorical)
     if problems:
         raise DataError(problems)
     lines = np.asarray(parsed.lines)
-    frame = pd.DataFrame(index=pd.RangeIndex(len(parsed.records)))
+    cells = {
+        column: pd.Series([record[index].strip() for record in parsed.records], dtype=object)
+        for column, index in positions.items()
+    }
+    return convert_columns(path, cells, lines, data, with_target), lines
+
+
+def convert_columns(
+    path: Path,
+    cells: dict[str, pd.Series],
+    lines: np.ndarray,
+    data: DataConfig,
+    with_target: bool = True,
+    unit: str = "line",
+) -> pd.DataFrame:
+    """Numeric columns as float64 and categorical ones as text, every unusable cell reported.
+
+    Cells are text (a CSV) or already typed (Parquet, or a CSV block parsed by pyarrow).
+    `lines` locate the rows in problems, as `unit` N (a CSV's line, a Parquet file's row).
+
+    Raises:
+        DataError: one problem per column and kind of bad cell (first row and count).
+    """
+    numeric, categorical = numeric_and_categorical(data, with_target)
+    frame = pd.DataFrame(index=pd.RangeIndex(len(lines)))
+    problems: list[Problem] = []
     for column in numeric + categorical:
-        index = positions[column]
-        cells = pd.Series([record[index].strip() for record in parsed.records], dtype=object)
-        if column not in numeric:
-            converted, found = _check_categories(path, column, cells, lines)
+        where = _Where(path, column, lines, unit)
+        if column in numeric:
+            frame[column], found = _convert_numbers(where, cells[column], _hint(data, column))
         else:
-            converted, found = _convert_numbers(path, column, cells, lines, _hint(data, column))
-        frame[column] = converted
+            frame[column], found = _check_categories(where, cells[column])
         problems += found
     if problems:
         raise DataError(problems)
-    return Table(frame=frame, lines=lines, path=path, sha256=hashlib.sha256(raw).hexdigest())
+    return frame
 
 
 def numeric_and_categorical(
@@ -111,26 +152,40 @@ def _hint(data: DataConfig, column: str) -> str:
     return f"expected a number, or list '{column}' in data.categorical to one-hot encode it"
 
 
-def _read_bytes(path: Path, origin: LoadedConfig | None) -> bytes:
-    def fail(problem: str) -> DataError:
-        if origin is None:
-            return DataError(Problem(problem, file=str(path)))
-        written = str(origin.config.data.path)
-        relative = f"data.path '{written}' is relative to {origin.source.parent}/"
-        hint = None if Path(written).is_absolute() else relative
-        return DataError(origin.problem(("data", "path"), f"{problem}: {path}", hint))
+def read_bytes(path: Path, origin: LoadedConfig | None) -> bytes:
+    """The whole file's bytes.
 
-    if not path.exists():
-        raise fail("data file not found")
-    if path.is_dir():
-        raise fail("is a directory, not a data file")
+    Raises:
+        DataError: it is missing, a folder or unreadable, located at data.path when known.
+    """
+    check_data_file(path, origin)
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise fail(f"cannot read the data file ({exc.strerror})") from None
+        raise file_error(path, origin, f"cannot read the data file ({exc.strerror})") from None
 
 
-def _decode(path: Path, raw: bytes, encoding: str, origin: LoadedConfig | None) -> str:
+def check_data_file(path: Path, origin: LoadedConfig | None) -> None:
+    """Raises DataError when `path` is missing or a folder."""
+    if not path.exists():
+        raise file_error(path, origin, "data file not found")
+    if path.is_dir():
+        raise file_error(path, origin, "is a directory, not a data file")
+
+
+def file_error(path: Path, origin: LoadedConfig | None, problem: str) -> DataError:
+    """A problem with the data file itself, at the config key that named it when there is one."""
+    if origin is None:
+        return DataError(Problem(problem, file=str(path)))
+    written = str(origin.config.data.path)
+    relative = f"data.path '{written}' is relative to {origin.source.parent}/"
+    hint = None if Path(written).is_absolute() else relative
+    return DataError(origin.problem(("data", "path"), f"{problem}: {path}", hint))
+
+
+def _decode(
+    path: Path, raw: bytes, encoding: str, origin: LoadedConfig | None, line_offset: int = 0
+) -> str:
     try:
         text = raw.decode(encoding)
     except LookupError:
@@ -141,7 +196,7 @@ def _decode(path: Path, raw: bytes, encoding: str, origin: LoadedConfig | None) 
         raise DataError(Problem(problem, file=str(path), hint=hint)) from None
     except UnicodeError as exc:
         start = exc.start if isinstance(exc, UnicodeDecodeError) else 0
-        line = raw[:start].count(b"\n") + 1
+        line = raw[:start].count(b"\n") + 1 + line_offset
         raise DataError(
             Problem(
                 f"the file is not valid {encoding} text",
@@ -153,7 +208,7 @@ def _decode(path: Path, raw: bytes, encoding: str, origin: LoadedConfig | None) 
     return text.removeprefix("\ufeff")  # a byte-order mark is not part of the first column name
 
 
-def _parse(path: Path, text: str) -> _Parsed:
+def _parse(path: Path, text: str, line_offset: int = 0) -> _Parsed:
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         header = [name.strip() for name in next(reader, [])]
@@ -166,7 +221,7 @@ def _parse(path: Path, text: str) -> _Parsed:
         records, lines, ragged = [], [], []
         previous_end = reader.line_num
         for record in reader:
-            start, previous_end = previous_end + 1, reader.line_num
+            start, previous_end = previous_end + 1 + line_offset, reader.line_num
             if not record:
                 continue  # a blank line
             if len(record) != len(header):
@@ -175,7 +230,11 @@ def _parse(path: Path, text: str) -> _Parsed:
             lines.append(start)
     except csv.Error as exc:
         raise DataError(
-            Problem(f"malformed CSV: {exc}", file=str(path), where=f"line {reader.line_num}")
+            Problem(
+                f"malformed CSV: {exc}",
+                file=str(path),
+                where=f"line {reader.line_num + line_offset}",
+            )
         ) from None
     if ragged:
         raise DataError(_ragged_problem(path, header, ragged, records))
@@ -202,7 +261,7 @@ def _ragged_problem(
     )
 
 
-def _locate_columns(
+def locate_columns(
     path: Path, header: list[str], wanted: list[str]
 ) -> tuple[dict[str, int], list[Problem]]:
     """Each wanted column's field position; every missing column named in one problem."""
@@ -248,73 +307,63 @@ def _with_suggestion(name: str, header: list[str]) -> str:
     return f"'{name}' (did you mean '{close[0]}'?)" if close else f"'{name}'"
 
 
-def _check_categories(
-    path: Path, column: str, cells: pd.Series, lines: np.ndarray
-) -> tuple[pd.Series, list[Problem]]:
+@dataclass(frozen=True)
+class _Where:
+    """Where a column's cells come from, to name the first bad one."""
+
+    path: Path
+    column: str
+    lines: np.ndarray
+    unit: str  # "line" (CSV) or "row" (Parquet)
+
+    def problem(self, mask: np.ndarray, what: str, hint: str) -> Problem:
+        rows = mask.nonzero()[0]
+        count = f" ({len(rows)} cells)" if len(rows) > 1 else ""
+        return Problem(
+            f"{what}{count}",
+            file=str(self.path),
+            where=f"column '{self.column}', {self.unit} {int(self.lines[rows[0]])}",
+            hint=hint,
+        )
+
+
+NO_IMPUTING = "mlpkit does not impute: drop or fill those rows"
+
+
+def _check_categories(where: _Where, cells: pd.Series) -> tuple[pd.Series, list[Problem]]:
+    if not isinstance(cells.dtype, np.dtypes.ObjectDType) or cells.isna().any():
+        cells = cells.astype(object).where(cells.notna(), "").astype(str).str.strip()
     empty = (cells == "").to_numpy()
     if not empty.any():
         return cells, []
-    hint = "mlpkit does not impute: drop or fill those rows"
-    return cells, [_cell_problem(path, column, empty, lines, "missing value", hint)]
+    return cells, [where.problem(empty, "missing value", NO_IMPUTING)]
 
 
-def _convert_numbers(
-    path: Path, column: str, cells: pd.Series, lines: np.ndarray, hint: str
-) -> tuple[pd.Series, list[Problem]]:
+def _convert_numbers(where: _Where, cells: pd.Series, hint: str) -> tuple[pd.Series, list[Problem]]:
     """float64 values of a numeric column, and a problem for each kind of unusable cell."""
-    missing = cells.str.lower().isin(MISSING_NUMBERS).to_numpy()
-    values = pd.to_numeric(cells.where(~missing), errors="coerce").to_numpy(dtype=np.float64)
-    bad = np.isnan(values) & ~missing
+    if pd.api.types.is_numeric_dtype(cells.dtype) and not pd.api.types.is_bool_dtype(cells.dtype):
+        values = cells.to_numpy(dtype=np.float64, na_value=np.nan)  # typed: null -> NaN
+        missing = np.isnan(values)
+        bad = np.zeros(len(values), dtype=bool)
+    else:
+        text = cells.astype(object).where(cells.notna(), "").astype(str).str.strip()
+        missing = text.str.lower().isin(MISSING_NUMBERS).to_numpy()
+        values = pd.to_numeric(text.where(~missing), errors="coerce").to_numpy(dtype=np.float64)
+        bad = np.isnan(values) & ~missing
+        cells = text
     problems = []
     if missing.any():
-        problems.append(
-            _cell_problem(
-                path,
-                column,
-                missing,
-                lines,
-                "missing value",
-                "mlpkit does not impute: drop or fill those rows",
-            )
-        )
+        problems.append(where.problem(missing, "missing value", NO_IMPUTING))
     if bad.any():
         first = str(cells.iloc[int(bad.nonzero()[0][0])])
-        problems.append(
-            _cell_problem(path, column, bad, lines, f"non-numeric value '{first}'", hint)
-        )
+        problems.append(where.problem(bad, f"non-numeric value '{first}'", hint))
     infinite = np.isinf(values)
     if infinite.any():
-        problems.append(
-            _cell_problem(
-                path, column, infinite, lines, "infinite value", "expected a finite number"
-            )
-        )
-    huge = np.abs(values) > FLOAT32_MAX
-    if (huge & ~infinite).any():
-        problems.append(
-            _cell_problem(
-                path,
-                column,
-                huge & ~infinite,
-                lines,
-                "value beyond float32's range",
-                "rescale the column",
-            )
-        )
+        problems.append(where.problem(infinite, "infinite value", "expected a finite number"))
+    huge = (np.abs(values) > FLOAT32_MAX) & ~infinite
+    if huge.any():
+        problems.append(where.problem(huge, "value beyond float32's range", "rescale the column"))
     return pd.Series(values), problems
-
-
-def _cell_problem(
-    path: Path, column: str, mask: np.ndarray, lines: np.ndarray, what: str, hint: str
-) -> Problem:
-    rows = mask.nonzero()[0]
-    count = f" ({len(rows)} cells)" if len(rows) > 1 else ""
-    return Problem(
-        f"{what}{count}",
-        file=str(path),
-        where=f"column '{column}', line {int(lines[rows[0]])}",
-        hint=hint,
-    )
 
 
 def split_rows(n_rows: int, data: DataConfig, seed: int, labels: np.ndarray | None = None) -> Split:

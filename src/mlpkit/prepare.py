@@ -29,8 +29,8 @@ from mlpkit.preprocessing import (
     NumericFeature,
     Preprocessor,
     TargetScale,
+    TrainingRows,
     canonical_label,
-    fit_preprocessor,
     sorted_labels,
 )
 from mlpkit.schema import Config
@@ -110,17 +110,34 @@ def split_table(loaded: LoadedConfig, table: Table) -> tuple[Split, list[str] | 
 def _prepared(
     loaded: LoadedConfig, table: Table, split: Split, classes: list[str] | None
 ) -> Prepared:
-    cfg = loaded.config
-    target = table.frame[cfg.data.target].to_numpy()
     problems = check_split(split, loaded)
     if problems:
         raise DataError(problems)
+    training_rows = TrainingRows(loaded.config.data, classification=classes is not None)
+    training_rows.add(table.frame.iloc[split.train])
+    return prepared_from(loaded, table, split, classes, training_rows)
+
+
+def prepared_from(
+    loaded: LoadedConfig,
+    table: Table,
+    split: Split,
+    classes: list[str] | None,
+    training_rows: TrainingRows,
+) -> Prepared:
+    """Fit preprocessing and the task from what the training rows showed, and check the head.
+
+    `table` holds the rows to validate, test and fit baselines on; for a streamed file the
+    training rows themselves were seen chunk by chunk and are not all in it.
+    """
+    counts = None
     if classes is not None:
-        _check_training_classes(loaded, table, classes, target[split.train])
-    preprocessor = fit_preprocessor(table.frame.iloc[split.train], cfg.data, classes)
-    task = make_task(cfg, preprocessor.target, target[split.train])
+        _check_training_classes(loaded, table, classes, set(training_rows.label_counts))
+        counts = training_rows.class_counts(classes)
+    preprocessor = training_rows.preprocessor(classes)
+    task = make_task(loaded.config, preprocessor.target, counts)
     prepared = Prepared(loaded, table, split, preprocessor, task)
-    problems = _head_reaches_target(prepared)
+    problems = _head_reaches_target(prepared, training_rows.target_range)
     if problems:
         raise DataError(problems)
     return prepared
@@ -202,10 +219,9 @@ def training_stream(prepared: Prepared, device: torch.device) -> Stream:
 
 
 def _check_training_classes(
-    loaded: LoadedConfig, table: Table, classes: list[str], train_labels: np.ndarray
+    loaded: LoadedConfig, table: Table, classes: list[str], seen: set[str]
 ) -> None:
     """Every class has training rows, and class_weights name only real classes."""
-    seen = {canonical_label(v) for v in train_labels}
     absent = [label for label in classes if label not in seen]
     if absent:
         raise DataError(
@@ -265,8 +281,9 @@ def _check_classes(loaded: LoadedConfig, table: Table, classes: list[str]) -> No
         )
 
 
-def _head_reaches_target(prepared: Prepared) -> list[Problem]:
-    """An output activation with a bounded range must be able to produce the training targets."""
+def _head_reaches_target(prepared: Prepared, target_range: tuple[float, float]) -> list[Problem]:
+    """An output activation with a bounded range must be able to produce the training targets
+    (`target_range`: their lowest and highest value)."""
     found = output_layer(prepared.config.model.layers)
     assert found is not None  # load_config refuses a model without a dense layer
     index, head = found
@@ -275,8 +292,7 @@ def _head_reaches_target(prepared: Prepared) -> list[Problem]:
         return []
     low, high = components.ACTIVATION_RANGES[head.activation]
     target = prepared.config.data.target
-    values = prepared.table.frame[target].to_numpy()[prepared.split.train]
-    scaled = scale.scale(values.astype(np.float64))
+    scaled = scale.scale(np.asarray(target_range, dtype=np.float64))  # monotonic: min, max
     if low <= scaled.min() and scaled.max() <= high:
         return []
     kind = "scaled target" if prepared.config.data.scale_target else "target"

@@ -10,6 +10,8 @@ for training; predictions and metrics are always in its original units.
 from __future__ import annotations
 
 import math
+from collections import Counter
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import numpy as np
@@ -136,31 +138,94 @@ class Preprocessor(_Frozen):
 def fit_preprocessor(
     train: pd.DataFrame, data: DataConfig, classes: list[str] | None = None
 ) -> Preprocessor:
-    """Learn scaling and categories from the training rows only.
+    """Learn scaling and categories from the training rows only (all of them at once).
 
     `classes` are a classification target's labels, taken from every row by the caller so a
     label seen only outside training still has its place among the model's outputs.
     """
-    features: list[Feature] = []
-    for name in data.features:
-        if name in data.categorical:
-            categories = sorted(set(train[name].astype(str)))
-            features.append(CategoricalFeature(name=name, categories=categories))
-        elif data.standardize:
-            mean, std = _mean_std(train[name])
-            features.append(NumericFeature(name=name, mean=mean, std=std))
-        else:
-            features.append(NumericFeature(name=name, mean=0.0, std=1.0))
-    target: TargetScale | ClassLabels = TargetScale(name=data.target)
-    if classes is not None:
-        target = ClassLabels(name=data.target, classes=classes)
-    elif data.scale_target:
-        mean, std = _mean_std(train[data.target])
-        target = TargetScale(name=data.target, mean=mean, std=std)
-    return Preprocessor(features=features, target=target)
+    fit = TrainingRows(data, classification=classes is not None)
+    fit.add(train)
+    return fit.preprocessor(classes)
 
 
-def _mean_std(column: pd.Series) -> tuple[float, float]:
-    values = column.to_numpy(dtype=np.float64)
-    std = float(values.std())
-    return float(values.mean()), std if std > 0 else 1.0
+@dataclass
+class _Moments:
+    """Count, mean and sum of squared deviations, merged chunk by chunk (Chan et al.), so a
+    column streamed in pieces gets the mean and std that one pass over all of it would give."""
+
+    n: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+
+    def add(self, values: np.ndarray) -> None:
+        if len(values) == 0:
+            return
+        mean = float(values.mean())
+        m2 = float(((values - mean) ** 2).sum())
+        if self.n == 0:  # the first chunk as numpy computes it: one chunk == numpy's std
+            self.n, self.mean, self.m2 = len(values), mean, m2
+            return
+        n = self.n + len(values)
+        delta = mean - self.mean
+        self.mean += delta * len(values) / n
+        self.m2 += m2 + delta * delta * self.n * len(values) / n
+        self.n = n
+
+    def mean_std(self) -> tuple[float, float]:
+        std = math.sqrt(self.m2 / self.n) if self.n else 0.0
+        return self.mean, std if std > 0 else 1.0
+
+
+class TrainingRows:
+    """What preprocessing and the task learn from the training rows, added in any number of
+    chunks: feature moments and categories, the target's moments and range, class counts."""
+
+    def __init__(self, data: DataConfig, classification: bool) -> None:
+        self.data, self.classification = data, classification
+        self.rows = 0
+        self.moments = {name: _Moments() for name in [*data.features, data.target]}
+        self.categories: dict[str, set[str]] = {name: set() for name in data.categorical}
+        self.label_counts: Counter[str] = Counter()  # classification: canonical label -> rows
+        self.target_range = (math.inf, -math.inf)  # regression: the target's min and max
+
+    def add(self, train: pd.DataFrame) -> None:
+        self.rows += len(train)
+        for name in self.data.features:
+            if name in self.data.categorical:
+                self.categories[name].update(train[name].astype(str).unique().tolist())
+            elif self.data.standardize:
+                self.moments[name].add(train[name].to_numpy(dtype=np.float64))
+        target = train[self.data.target]
+        if self.classification:
+            for label, count in target.value_counts(sort=False).items():
+                self.label_counts[canonical_label(label)] += int(count)
+        elif len(target):
+            values = target.to_numpy(dtype=np.float64)
+            low, high = self.target_range
+            self.target_range = (min(low, float(values.min())), max(high, float(values.max())))
+            if self.data.scale_target:
+                self.moments[self.data.target].add(values)
+
+    def preprocessor(self, classes: list[str] | None = None) -> Preprocessor:
+        data = self.data
+        features: list[Feature] = []
+        for name in data.features:
+            if name in data.categorical:
+                categories = sorted(self.categories[name])
+                features.append(CategoricalFeature(name=name, categories=categories))
+            elif data.standardize:
+                mean, std = self.moments[name].mean_std()
+                features.append(NumericFeature(name=name, mean=mean, std=std))
+            else:
+                features.append(NumericFeature(name=name, mean=0.0, std=1.0))
+        target: TargetScale | ClassLabels = TargetScale(name=data.target)
+        if classes is not None:
+            target = ClassLabels(name=data.target, classes=classes)
+        elif data.scale_target:
+            mean, std = self.moments[data.target].mean_std()
+            target = TargetScale(name=data.target, mean=mean, std=std)
+        return Preprocessor(features=features, target=target)
+
+    def class_counts(self, classes: list[str]) -> np.ndarray:
+        """Training rows per class, in the order of `classes`."""
+        return np.asarray([self.label_counts[label] for label in classes], dtype=np.int64)

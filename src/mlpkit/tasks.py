@@ -171,18 +171,18 @@ Task = Regression | Binary | Multiclass
 
 
 def make_task(
-    config: Config, target: TargetScale | ClassLabels, train_values: np.ndarray | None
+    config: Config, target: TargetScale | ClassLabels, class_counts: np.ndarray | None
 ) -> Task:
-    """The task for a config and its fitted target; class weights come from the training rows
-    (None when the task will not train: eval and predict need no loss)."""
+    """The task for a config and its fitted target; class weights come from the training rows'
+    count of each class (None when the task will not train: eval and predict need no loss)."""
     training = config.training
     if isinstance(target, TargetScale):
         assert training.loss is not None  # load_config fills in the task's default loss
         options = training.loss.model_dump(exclude={"name"})
         return Regression(target, training.loss.name, options)
     weights = None
-    if train_values is not None:
-        weights = _class_weights(training.class_weights, target, train_values)
+    if class_counts is not None:
+        weights = _class_weights(training.class_weights, target, class_counts)
     if config.data.task == "binary":
         positive = None if weights is None else weights[1] / weights[0]
         return Binary(target, training.threshold, positive)
@@ -190,14 +190,14 @@ def make_task(
 
 
 def _class_weights(
-    setting: str | dict[str, float] | None, labels: ClassLabels, train_values: np.ndarray
+    setting: str | dict[str, float] | None, labels: ClassLabels, class_counts: np.ndarray
 ) -> list[float] | None:
     """balanced: n_rows / (n_classes * rows of the class), as scikit-learn computes it."""
     if setting is None:
         return None
     if setting == "balanced":
-        counts = np.bincount(labels.encode(train_values), minlength=len(labels.classes))
-        return [len(train_values) / (len(labels.classes) * max(int(c), 1)) for c in counts]
+        rows = int(class_counts.sum())
+        return [rows / (len(labels.classes) * max(int(c), 1)) for c in class_counts]
     assert isinstance(setting, dict)
     weights = {canonical_label(key): weight for key, weight in setting.items()}
     return [float(weights.get(label, 1.0)) for label in labels.classes]
