@@ -307,7 +307,31 @@ def _source_problems(loaded: LoadedConfig) -> list[Problem]:
             loaded.problem(
                 ("data",),
                 f"has {what} of path and source",
-                "give a CSV path, or a synthetic source such as {name: xor}",
+                "give a CSV or Parquet path, or a synthetic source such as {name: xor}",
+            )
+        ]
+    if data.stream and data.source is not None:
+        return [
+            loaded.problem(
+                ("data", "stream"),
+                "only applies to a data.path file",
+                "a synthetic source always streams",
+            )
+        ]
+    # Compared with the defaults, not with the keys given: a run's config.yaml lists them all.
+    stream_only = [
+        key
+        for key in ("chunk_rows", "workers", "eval_rows")
+        if getattr(data, key) != type(data).model_fields[key].default
+        and not (key == "eval_rows" and data.source is not None)
+    ]
+    if stream_only and not data.stream:
+        return [
+            loaded.problem(
+                ("data", stream_only[0]),
+                "only applies to a streamed file"
+                + (" or a synthetic source" if stream_only[0] == "eval_rows" else ""),
+                "set data.stream: true, or remove it",
             )
         ]
     if data.source is not None and training.iterations_per_epoch is None:

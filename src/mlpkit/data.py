@@ -51,6 +51,9 @@ class Split:
     val: np.ndarray
     test: np.ndarray
 
+    def counts(self) -> dict[str, int]:
+        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
 
 @dataclass(frozen=True)
 class _Parsed:
@@ -181,6 +184,25 @@ def file_error(path: Path, origin: LoadedConfig | None, problem: str) -> DataErr
     relative = f"data.path '{written}' is relative to {origin.source.parent}/"
     hint = None if Path(written).is_absolute() else relative
     return DataError(origin.problem(("data", "path"), f"{problem}: {path}", hint))
+
+
+def parse_header(path: Path, raw: bytes, encoding: str, origin: LoadedConfig | None) -> list[str]:
+    """The column names in a CSV's first line (`raw`).
+
+    Raises:
+        DataError: the line is not valid text in `encoding`, malformed, or empty.
+    """
+    text = _decode(path, raw, encoding, origin)
+    try:
+        header = next(csv.reader(io.StringIO(text, newline=""), strict=True), [])
+    except csv.Error as exc:
+        raise DataError(Problem(f"malformed CSV: {exc}", file=str(path), where="line 1")) from None
+    names = [name.strip() for name in header]
+    if not any(names):
+        raise DataError(
+            Problem("the file is empty", file=str(path), hint="expected a CSV with a header line")
+        )
+    return names
 
 
 def _decode(
@@ -393,13 +415,15 @@ def _cut(order: np.ndarray, data: DataConfig) -> Split:
     return Split(order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :])
 
 
-def check_split(split: Split, loaded: LoadedConfig) -> list[Problem]:
-    """Every part the config asks for has rows, and a batch fits in the training rows."""
+def check_split(counts: dict[str, int], loaded: LoadedConfig) -> list[Problem]:
+    """Every part the config asks for has rows, and a batch fits in the training rows.
+
+    `counts` are the rows of each part (train, val, test)."""
     cfg = loaded.config
     problems = []
-    n_rows = len(split.train) + len(split.val) + len(split.test)
+    n_rows = sum(counts.values())
     for part in ("train", "val", "test"):
-        if getattr(cfg.data.split, part) > 0 and len(getattr(split, part)) == 0:
+        if getattr(cfg.data.split, part) > 0 and counts[part] == 0:
             problems.append(
                 loaded.problem(
                     ("data", "split", part),
@@ -408,11 +432,11 @@ def check_split(split: Split, loaded: LoadedConfig) -> list[Problem]:
                 )
             )
     batch_size = cfg.training.batch_size
-    if 0 < len(split.train) < batch_size:
+    if 0 < counts["train"] < batch_size:
         problems.append(
             loaded.problem(
                 ("training", "batch_size"),
-                f"{batch_size} is larger than the {len(split.train)} training rows",
+                f"{batch_size} is larger than the {counts['train']} training rows",
                 "lower it or add rows",
             )
         )

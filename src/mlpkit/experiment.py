@@ -221,9 +221,7 @@ def _fit_and_write(
 ) -> TrainResult:
     cfg = prepared.config
     data = {part: prepared.tensors(getattr(prepared.split, part), device) for part in SPLITS}
-    train = (
-        data["train"] if prepared.config.data.source is None else training_stream(prepared, device)
-    )
+    train = training_stream(prepared, device) if prepared.streams else data["train"]
     model = trainer.model
     # Dropout draws from torch's global generator; fork_rng seeds it here and restores it after.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -319,7 +317,7 @@ def _run_info(prepared: Prepared, device: torch.device) -> runs.RunInfo:
         seed=prepared.config.seed,
         device=str(device),
         data=runs.DataInfo(
-            path=str(prepared.table.path), sha256=prepared.table.sha256, rows=prepared.table.n_rows
+            path=str(prepared.table.path), sha256=prepared.table.sha256, rows=prepared.data_rows
         ),
         versions={
             "mlpkit": mlpkit.__version__,

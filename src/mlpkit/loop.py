@@ -11,7 +11,6 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from itertools import islice
 
 import torch
 from torch import nn
@@ -37,10 +36,10 @@ EVAL_BATCH = 8192  # rows per forward pass when predicting; large enough to be o
 
 @dataclass(frozen=True)
 class Stream:
-    """Endless training batches (inputs, targets) on the device; `steps` of them make an epoch."""
+    """Training batches (inputs, targets) on the device from a source other than tensors:
+    `epoch_batches(epoch)` yields the batches of that epoch (1-based)."""
 
-    batches: Iterator[Batch]
-    steps: int
+    epoch_batches: Callable[[int], Iterator[Batch]]
 
 
 def fit(
@@ -69,7 +68,7 @@ def fit(
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
         if isinstance(train, Stream):
-            batches: Iterator[Batch] = islice(train.batches, train.steps)
+            batches = train.epoch_batches(epoch)
         else:
             batches = _slices(model, train, batch_size, shuffle, generator)
         train_loss = _train_epoch(model, loss_fn, optimizer, batches)
@@ -125,6 +124,8 @@ def _train_epoch(
         optimizer.step()
         losses.append(loss.detach())
         sizes.append(xb.shape[0])
+    if not sizes:
+        raise RuntimeError("an epoch yielded no training batches")
     weights = torch.tensor(sizes, dtype=losses[0].dtype, device=losses[0].device)
     return float(torch.stack(losses) @ weights) / sum(sizes)  # the one host sync of the epoch
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from mlpkit import components, synthetic
+from mlpkit import components, filestream, synthetic
 from mlpkit.config import LoadedConfig, output_layer
 from mlpkit.data import Split, Table, check_split, read_table, split_rows
 from mlpkit.errors import DataError, Problem
+from mlpkit.filestream import FileScan
 from mlpkit.loop import Stream, Tensors
 from mlpkit.model import InputSpec, build_model
 from mlpkit.preprocessing import (
@@ -47,10 +49,20 @@ class Prepared:
     split: Split
     preprocessor: Preprocessor
     task: Task
+    scan: FileScan | None = None  # a streamed file: its blocks; `table` holds samples of it
 
     @property
     def config(self) -> Config:
         return self.loaded.config
+
+    @property
+    def streams(self) -> bool:
+        """Training reads batches from a stream (a synthetic source or a streamed file)."""
+        return self.config.data.source is not None or self.scan is not None
+
+    @property
+    def data_rows(self) -> int:
+        return self.table.n_rows if self.scan is None else self.scan.rows
 
     def tensors(self, rows: np.ndarray, device: torch.device) -> Tensors:
         return make_tensors(self.table.frame.iloc[rows], self.preprocessor, self.task, device)
@@ -85,6 +97,8 @@ def prepare(loaded: LoadedConfig) -> Prepared:
     if cfg.data.source is not None:
         table, split, classes = synthetic_table(loaded)
         return _prepared(loaded, table, split, classes)
+    if cfg.data.stream:
+        return _streamed(loaded)
     table = read_table(loaded.data_path, cfg.data, loaded)
     split, classes = split_table(loaded, table)
     return _prepared(loaded, table, split, classes)
@@ -110,12 +124,24 @@ def split_table(loaded: LoadedConfig, table: Table) -> tuple[Split, list[str] | 
 def _prepared(
     loaded: LoadedConfig, table: Table, split: Split, classes: list[str] | None
 ) -> Prepared:
-    problems = check_split(split, loaded)
+    problems = check_split(split.counts(), loaded)
     if problems:
         raise DataError(problems)
     training_rows = TrainingRows(loaded.config.data, classification=classes is not None)
     training_rows.add(table.frame.iloc[split.train])
     return prepared_from(loaded, table, split, classes, training_rows)
+
+
+def _streamed(loaded: LoadedConfig) -> Prepared:
+    """A streamed file: one scan fits preprocessing and keeps the evaluation samples."""
+    found = filestream.scan(loaded)
+    if found.classes is not None:
+        _check_classes(loaded, found.table, found.classes)
+    problems = check_split(found.counts, loaded)
+    if problems:
+        raise DataError(problems)
+    prepared = prepared_from(loaded, found.table, found.split, found.classes, found.training_rows)
+    return replace(prepared, scan=found)
 
 
 def prepared_from(
@@ -200,8 +226,20 @@ def synthetic_table(loaded: LoadedConfig) -> tuple[Table, Split, list[str] | Non
 
 
 def training_stream(prepared: Prepared, device: torch.device) -> Stream:
-    """Training batches from the synthetic source, preprocessed on the fly."""
+    """Training batches from the synthetic source or the streamed file, preprocessed on the fly."""
     cfg = prepared.config
+    if prepared.scan is not None:
+        dataset = filestream.TrainingBlocks(
+            prepared.scan,
+            prepared.preprocessor,
+            prepared.task,
+            cfg.data.split,
+            cfg.seed,
+            cfg.training.batch_size,
+            cfg.training.shuffle,
+            skip_single_row=_has_batch_norm(cfg),
+        )
+        return Stream(filestream.epoch_batches(dataset, cfg.data.workers, device))
     source = cfg.data.source
     assert source is not None and cfg.training.iterations_per_epoch is not None
     made = synthetic.columns(source)
@@ -215,7 +253,14 @@ def training_stream(prepared: Prepared, device: torch.device) -> Stream:
             xb = (x.index_select(1, positions) - mean) / std  # [batch, inputs]
             yield xb.to(device), prepared.task.targets(values).to(device)
 
-    return Stream(batches(), cfg.training.iterations_per_epoch)
+    endless, steps = batches(), cfg.training.iterations_per_epoch
+    return Stream(lambda epoch: islice(endless, steps))  # one stream, `steps` batches an epoch
+
+
+def _has_batch_norm(config: Config) -> bool:
+    branches = [spec.layers for spec in (config.model.inputs or {}).values()]
+    layers = [layer for group in [config.model.layers, *branches] for layer in group]
+    return any(layer.type == "batch_norm" for layer in layers)
 
 
 def _check_training_classes(

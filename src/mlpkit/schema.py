@@ -72,10 +72,15 @@ Source = Annotated[XorSource | RegressionSource | ClassificationSource, Field(di
 
 
 class DataConfig(_Strict):
-    # a CSV file, relative to this config; or a synthetic `source` instead
+    # a CSV or Parquet file, relative to this config; or a synthetic `source` instead
     path: str | None = Field(None, examples=["../data/mpg.csv"], min_length=1)
     source: Source | None = None
-    eval_rows: int = Field(1000, ge=1)  # synthetic: validation and test rows drawn (each)
+    # read the file block by block, never whole (files larger than memory); see filestream.py
+    stream: bool = False
+    chunk_rows: int = Field(65536, ge=1)  # stream: CSV lines per block (Parquet: row groups)
+    workers: int = Field(1, ge=0, le=64)  # stream: DataLoader processes reading blocks
+    # synthetic source or stream: validation and test rows kept in memory (each)
+    eval_rows: int = Field(10000, ge=1)
     target: str = Field(examples=["mpg"], min_length=1)
     features: list[str] = Field(examples=[["cylinders", "weight"]], min_length=1)
     categorical: list[str] = Field(default_factory=list)
