@@ -23,6 +23,7 @@ import pandas as pd
 
 from mlpkit.config import LoadedConfig
 from mlpkit.data import (
+    Table,
     check_data_file,
     convert_columns,
     file_error,
@@ -30,8 +31,9 @@ from mlpkit.data import (
     numeric_and_categorical,
     parse_header,
     parse_text,
+    read_table,
 )
-from mlpkit.errors import DataError
+from mlpkit.errors import DataError, Problem
 from mlpkit.schema import DataConfig
 
 # What the in-memory reader treats as a missing number; other spellings fall back to it.
@@ -240,3 +242,22 @@ def _file_sha256(path: Path) -> str:
         while chunk := file.read(HASH_BLOCK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def load_table(
+    path: Path, data: DataConfig, origin: LoadedConfig | None = None, with_target: bool = True
+) -> Table:
+    """A whole CSV (read_table) or Parquet file in memory; for Parquet, `lines` are row numbers.
+
+    Raises:
+        DataError: as read_table.
+    """
+    if not is_parquet(path):
+        return read_table(path, data, origin, with_target)
+    reader = open_blocks(path, data, origin, with_target)
+    blocks = list(reader.scan())
+    if not blocks or sum(len(b.lines) for b in blocks) == 0:
+        raise DataError(Problem("the file has no rows", file=str(path)))
+    frame = pd.concat([b.frame for b in blocks], ignore_index=True)
+    lines = np.concatenate([b.lines for b in blocks])
+    return Table(frame, lines, path, reader.sha256, unit="row")

@@ -79,14 +79,14 @@ def train(
     printer = progress.EpochPrinter(console)
 
     def on_start(prepared: Prepared, device: torch.device, summary: Summary) -> None:
-        split = prepared.split
         headline = (
-            f"{prepared.config.name}: {prepared.table.n_rows} rows of {prepared.table.path.name}"
-            f" -> {len(split.train)} train / {len(split.val)} val / {len(split.test)} test; "
+            f"{prepared.config.name}: {prepared.data_rows} rows of {prepared.table.path.name}"
+            f" -> {prepared.describe_split()}; "
             f"{len(prepared.preprocessor.input_names)} inputs; "
             f"{summary.total_parameters:,} parameters; device {device}"
         )
-        printer.start(headline, prepared.config.training.epochs, has_val=len(split.val) > 0)
+        has_val = len(prepared.split.val) > 0
+        printer.start(headline, prepared.config.training.epochs, has_val=has_val)
 
     try:
         result = experiment.train(
@@ -111,10 +111,10 @@ def check(config: ConfigArg, set_: SetOpt = None) -> None:
     Example: mlpkit check configs/mpg.yaml
     """
     prepared = experiment.check(config, set_ or [])
-    split = prepared.split
+    counts = prepared.split_counts
     print(
-        f"ok: {config}: {prepared.table.n_rows} rows, split {len(split.train)}/{len(split.val)}/"
-        f"{len(split.test)}, {len(prepared.preprocessor.input_names)} inputs, "
+        f"ok: {config}: {prepared.data_rows} rows, split {counts['train']}/{counts['val']}/"
+        f"{counts['test']}, {len(prepared.preprocessor.input_names)} inputs, "
         f"{prepared.summary().total_parameters:,} parameters"
     )
 

@@ -37,6 +37,7 @@ class Table:
     lines: np.ndarray  # the line of the file each row starts on (the header is line 1)
     path: Path
     sha256: str
+    unit: str = "line"  # what `lines` count: a CSV's lines, or a Parquet file's rows
 
     @property
     def n_rows(self) -> int:

@@ -23,9 +23,10 @@ import torch
 from torch import nn
 
 import mlpkit
-from mlpkit import components, runs
+from mlpkit import components, filestream, runs
+from mlpkit.blocks import load_table
 from mlpkit.config import LoadedConfig, load_config
-from mlpkit.data import Table, read_table
+from mlpkit.data import Table
 from mlpkit.errors import (
     ConfigError,
     DataError,
@@ -286,7 +287,7 @@ def _predictions(model: nn.Module, prepared: Prepared, test: Tensors) -> list[di
     """The test rows: their line, the true target, and the task's prediction columns."""
     target = prepared.config.data.target
     columns = {
-        "line": prepared.table.lines[prepared.split.test],
+        prepared.table.unit: prepared.table.lines[prepared.split.test],
         target: prepared.task.truth(test.y),
         **prepared.task.columns(predict(model, test.x)),
     }
@@ -376,7 +377,12 @@ def evaluate_run(
         table, split, _ = synthetic_table(loaded)  # drawn again from the same seed
         rows = split.test
     elif data_path is None:
-        table = read_table(loaded.data_path, loaded.config.data, loaded)
+        if loaded.config.data.stream:  # the scan finds the same test sample again
+            found = filestream.scan(loaded)
+            table, rows = found.table, found.split.test
+        else:
+            table = load_table(loaded.data_path, loaded.config.data, loaded)
+            rows = split_table(loaded, table)[0].test
         if table.sha256 != run.info.data.sha256:
             raise DataError(
                 Problem(
@@ -385,9 +391,8 @@ def evaluate_run(
                     hint="pass --data to score a new file",
                 )
             )
-        rows = split_table(loaded, table)[0].test
     else:
-        table = read_table(data_path, loaded.config.data)
+        table = load_table(data_path, loaded.config.data)
         _check_known_labels(task, table.frame[loaded.config.data.target].to_numpy(), table)
         rows = np.arange(table.n_rows)
     device = next(model.parameters()).device
@@ -416,7 +421,7 @@ def _check_known_labels(task: Task, target: np.ndarray, table: Table) -> None:
             Problem(
                 f"label '{target[first]}' was not a class in training ({unknown.sum()} rows)",
                 file=str(table.path),
-                where=f"column '{task.labels.name}', line {table.lines[first]}",
+                where=f"column '{task.labels.name}', {table.unit} {table.lines[first]}",
                 hint="expected one of: " + ", ".join(task.labels.classes),
             )
         )
@@ -450,7 +455,7 @@ def predict_run(run_dir: Path, data_path: Path, device_name: str | None = None) 
     """
     run = runs.open_run(run_dir)
     loaded, task, model = _rebuild(run, device_name or "cpu")
-    table = read_table(data_path, loaded.config.data, with_target=False)
+    table = load_table(data_path, loaded.config.data, with_target=False)
     device = next(model.parameters()).device
     x = torch.from_numpy(run.preprocessor.transform(table.frame)).to(device)  # [rows, inputs]
-    return Predictions({"line": table.lines, **task.columns(predict(model, x))})
+    return Predictions({table.unit: table.lines, **task.columns(predict(model, x))})

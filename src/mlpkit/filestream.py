@@ -149,7 +149,11 @@ def _sample_table(
         positions.append(np.arange(start, start + len(frame)))
         start += len(frame)
     table = Table(
-        pd.concat(frames, ignore_index=True), np.concatenate(lines), reader.path, reader.sha256
+        pd.concat(frames, ignore_index=True),
+        np.concatenate(lines),
+        reader.path,
+        reader.sha256,
+        reader.unit,
     )
     return table, Split(*positions)
 

@@ -21,8 +21,9 @@ import torch
 from torch import nn
 
 from mlpkit import components, filestream, synthetic
+from mlpkit.blocks import load_table
 from mlpkit.config import LoadedConfig, output_layer
-from mlpkit.data import Split, Table, check_split, read_table, split_rows
+from mlpkit.data import Split, Table, check_split, split_rows
 from mlpkit.errors import DataError, Problem
 from mlpkit.filestream import FileScan
 from mlpkit.loop import Stream, Tensors
@@ -64,6 +65,18 @@ class Prepared:
     def data_rows(self) -> int:
         return self.table.n_rows if self.scan is None else self.scan.rows
 
+    @property
+    def split_counts(self) -> dict[str, int]:
+        """Rows of train, val and test (a streamed file's whole parts, not its samples)."""
+        return self.split.counts() if self.scan is None else self.scan.counts
+
+    def describe_split(self) -> str:
+        counts = self.split_counts
+        text = f"{counts['train']} train / {counts['val']} val / {counts['test']} test"
+        if self.scan is not None:
+            text += f" (streamed; val and test scored on up to {self.config.data.eval_rows} rows)"
+        return text
+
     def tensors(self, rows: np.ndarray, device: torch.device) -> Tensors:
         return make_tensors(self.table.frame.iloc[rows], self.preprocessor, self.task, device)
 
@@ -99,7 +112,7 @@ def prepare(loaded: LoadedConfig) -> Prepared:
         return _prepared(loaded, table, split, classes)
     if cfg.data.stream:
         return _streamed(loaded)
-    table = read_table(loaded.data_path, cfg.data, loaded)
+    table = load_table(loaded.data_path, cfg.data, loaded)
     split, classes = split_table(loaded, table)
     return _prepared(loaded, table, split, classes)
 
