@@ -197,3 +197,48 @@ def test_synthetic_sources_are_checked(cli, project: Project) -> None:  # type: 
     from mlpkit import experiment
 
     assert experiment.evaluate_run(run).scores == stored  # the test rows are drawn again
+
+
+SHAPES = """\
+name: shapes
+data:
+  source: {name: regression, features: 5}
+  target: y
+model:
+  inputs:
+    a: {shape: 2, layers: [{type: dense, units: 3, activation: tanh}]}
+    b: {shape: 3}
+  layers:
+    - {type: dense, units: 1}
+training:
+  epochs: 1
+  iterations_per_epoch: 20
+"""
+
+
+def test_inputs_of_a_source_take_shapes_in_order(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
+    project.write_config(SHAPES)
+    cfg = load_config(project.config).config
+    assert cfg.model.inputs is not None
+    assert [spec.columns for spec in cfg.model.inputs.values()] == [
+        ["x1", "x2"],
+        ["x3", "x4", "x5"],
+    ]
+    assert cfg.data.features == ["x1", "x2", "x3", "x4", "x5"]
+    summary = cli("summary", project.config).out
+    # a: 2 -> dense 3 = 2*3 + 3 = 9; concatenate 3 + 3 = 6 -> dense 1 = 6 + 1 = 7
+    assert "concatenate_0" in summary and "(None, 3), (None, 3)" in summary
+    assert "Total parameters: 16" in summary
+    too_wide = cli("check", project.config, "--set", "model.inputs.b.shape=4")
+    assert too_wide.code == 2
+    assert too_wide.err == (
+        "Error: --set: model.inputs.b.shape: 4 columns, but the input has 3; "
+        "shapes take the regression source's columns x1, x2, ... in order\n"
+    )
+
+
+def test_a_shape_needs_a_synthetic_source(two: Project) -> None:
+    with pytest.raises(
+        ConfigError, match=r"model\.inputs\.color\.shape: a shape applies to a synthetic"
+    ):
+        load_config(two.config, ["model.inputs.color={shape: 1}"])

@@ -355,3 +355,11 @@ def test_f1_averages_over_the_classes_present() -> None:
     perfect = np.array([[0.9, 0.1, 0.0], [0.1, 0.9, 0.0]])  # class 2 never occurs
     scores = multiclass_scores(np.array([0, 1]), perfect, 2, None)
     assert scores["f1_macro"] == 1.0 == sk.f1_score([0, 1], [0, 1], average="macro")
+
+
+def test_threshold_and_top_k_belong_to_their_task(classifier: Project) -> None:
+    assert load_config(classifier.config, ["training.top_k=3"]).config.training.top_k == 3
+    assert config_errors(classifier, "training.threshold=0.3") == [
+        "Error: --set: training.threshold: only applies to a binary task, and data.task is "
+        "multiclass; remove training.threshold"
+    ]

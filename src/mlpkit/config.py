@@ -23,10 +23,12 @@ from mlpkit.schema import (
     BatchNormLayer,
     Config,
     DenseLayer,
+    InputConfig,
     Layer,
     Loss,
     SGDConfig,
     Task,
+    TrainingConfig,
 )
 from mlpkit.yamlfile import Path_, parse_yaml
 
@@ -181,11 +183,30 @@ def _features_from_inputs(raw: dict[str, Any]) -> None:
     """With model.inputs and no data.features, the features are the inputs' columns in order."""
     model, data = raw.get("model"), raw.get("data")
     inputs = model.get("inputs") if isinstance(model, dict) else None
-    if not isinstance(inputs, dict) or not isinstance(data, dict) or "features" in data:
+    if not isinstance(inputs, dict) or not isinstance(data, dict):
         return
-    columns = [spec.get("columns") for spec in inputs.values() if isinstance(spec, dict)]
+    _columns_from_shapes(inputs, data.get("source"))
+    if "features" in data:
+        return
+    columns = [  # an input with a shape and no source has no columns: its own error follows
+        spec.get("columns", [] if "shape" in spec else None)
+        for spec in inputs.values()
+        if isinstance(spec, dict)
+    ]
     if columns and all(isinstance(c, list) for c in columns):
         data["features"] = [name for names in columns if isinstance(names, list) for name in names]
+
+
+def _columns_from_shapes(inputs: dict[str, Any], source: Any) -> None:
+    """`{shape: N}` inputs of a synthetic source take its next N columns (x1, x2, ...) in the
+    declared order, as Axon's inputs take shapes; a file's inputs name their columns."""
+    if not isinstance(source, dict) or not isinstance(source.get("name"), str):
+        return
+    width = source.get("features", 8) if source["name"] != "xor" else 2
+    made = [f"x{i}" for i in range(1, width + 1)] if isinstance(width, int) else []
+    for spec in inputs.values():
+        if isinstance(spec, dict) and "columns" not in spec and isinstance(spec.get("shape"), int):
+            spec["columns"], made = made[: spec["shape"]], made[spec["shape"] :]
 
 
 # --- rules that span several fields ---------------------------------------------------------
@@ -295,6 +316,16 @@ def _task_problems(loaded: LoadedConfig) -> list[Problem]:
                 "set data.task: binary or multiclass",
             )
         )
+    # Compared with the defaults, not with the keys given: a run's config.yaml lists them all.
+    for key, needs in (("threshold", "binary"), ("top_k", "multiclass")):
+        if task != needs and getattr(cfg.training, key) != TrainingConfig.model_fields[key].default:
+            problems.append(
+                loaded.problem(
+                    ("training", key),
+                    f"only applies to a {needs} task, and data.task is {task}",
+                    f"remove training.{key}",
+                )
+            )
     return problems
 
 
@@ -362,6 +393,29 @@ _RESERVED = re.compile(
 )
 
 
+def _shape_problem(loaded: LoadedConfig, name: str, spec: InputConfig) -> Problem | None:
+    """An input names columns, or (a synthetic source's) a shape its columns then match."""
+    key = ("model", "inputs", name)
+    source = loaded.config.data.source
+    if spec.shape is None:
+        if spec.columns:
+            return None
+        return loaded.problem(key, "has no columns", "e.g. columns: [x1], or shape: 1 for a source")
+    if source is None:
+        return loaded.problem(
+            (*key, "shape"),
+            "a shape applies to a synthetic data.source's columns",
+            "for a file, list the input's columns",
+        )
+    if len(spec.columns) != spec.shape:
+        return loaded.problem(
+            (*key, "shape"),
+            f"{spec.shape} columns, but the input has {len(spec.columns)}",
+            f"shapes take the {source.name} source's columns x1, x2, ... in order",
+        )
+    return None
+
+
 def _input_problems(loaded: LoadedConfig) -> list[Problem]:
     """Named inputs split data.features: each feature feeds exactly one input."""
     inputs = loaded.config.model.inputs
@@ -379,6 +433,9 @@ def _input_problems(loaded: LoadedConfig) -> list[Problem]:
                     "use letters, digits and '_', not a layer name such as dense_0; e.g. x1",
                 )
             )
+        shape_problem = _shape_problem(loaded, name, spec)
+        if shape_problem is not None:
+            problems.append(shape_problem)
         for column in spec.columns:
             if column in owner:
                 problems.append(

@@ -124,7 +124,9 @@ Layer = Annotated[DenseLayer | DropoutLayer | BatchNormLayer, Field(discriminato
 class InputConfig(_Strict):
     """A named input: table columns, and optionally its own layers before the concatenation."""
 
-    columns: list[str] = Field(min_length=1, examples=[["x1"]])
+    columns: list[str] = Field(default_factory=list, examples=[["x1"]])
+    # a synthetic source's input: its next `shape` columns (filled into `columns` on loading)
+    shape: int | None = Field(None, ge=1, le=1000)
     layers: list[Layer] = Field(default_factory=list)
 
 
