@@ -16,6 +16,8 @@ samples and the model; it does not grow with the number of rows.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -105,12 +107,26 @@ class FileScan:
         return sum(self.counts.values())
 
 
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def fixed_mmap_threshold() -> None:
+    """Pin glibc's mmap threshold at its default, so block-sized buffers (pandas, pyarrow,
+    torch) always come from mmap and go back to the system when freed. glibc otherwise raises
+    the threshold after the first such free and serves later blocks from a heap that fragments
+    and grows with the number of blocks read (measured: +30% peak memory over 10M rows).
+    A process-wide allocator setting; elsewhere (no glibc) it does nothing."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
+
+
 def scan(loaded: LoadedConfig) -> FileScan:
     """Read the whole file once, block by block.
 
     Raises:
         DataError: the file, a column or a cell is unusable, or it has no rows.
     """
+    fixed_mmap_threshold()
     cfg = loaded.config
     classification = cfg.data.task in ("binary", "multiclass")
     reader = open_blocks(loaded.data_path, cfg.data, loaded)
@@ -178,6 +194,7 @@ class TrainingBlocks(IterableDataset[Batch]):
 
     def __iter__(self) -> Iterator[Batch]:
         self.epoch += 1
+        fixed_mmap_threshold()  # also in a worker started by spawn rather than fork
         return self._blocks(self.epoch)
 
     def _blocks(self, epoch: int) -> Iterator[Batch]:
