@@ -202,3 +202,12 @@ def test_a_file_that_is_not_parquet_is_one_line(cli, project: Project) -> None: 
 def test_stream_settings_need_a_stream(cli, project: Project, override: str, expected: str) -> None:  # type: ignore[no-untyped-def]
     result = cli("check", project.config, "--set", override)
     assert result.code == 2 and expected in result.err, result.err
+
+
+def test_padded_categories_read_the_same_streamed_or_whole(streamed: Project) -> None:
+    lines = streamed.data.read_text().split("\n")
+    lines[1:] = [line.replace(",red,", ", red ,") for line in lines[1:]]
+    streamed.data.write_text("\n".join(lines))
+    found = scan(load_config(streamed.config))
+    whole = read_table(streamed.data, load_config(streamed.config).config.data)
+    assert set(found.table.frame["color"]) == set(whole.frame["color"]) == {"red", "green", "blue"}

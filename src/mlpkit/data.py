@@ -355,7 +355,8 @@ NO_IMPUTING = "mlpkit does not impute: drop or fill those rows"
 
 def _check_categories(where: _Where, cells: pd.Series) -> tuple[pd.Series, list[Problem]]:
     if not isinstance(cells.dtype, np.dtypes.ObjectDType) or cells.isna().any():
-        cells = cells.astype(object).where(cells.notna(), "").astype(str).str.strip()
+        cells = cells.astype(object).where(cells.notna(), "").astype(str)
+    cells = cells.str.strip()  # " red" is "red", whichever reader parsed the cell
     empty = (cells == "").to_numpy()
     if not empty.any():
         return cells, []
