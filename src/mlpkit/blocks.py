@@ -68,7 +68,6 @@ def open_blocks(
     data: DataConfig,
     origin: LoadedConfig | None = None,
     with_target: bool = True,
-    chunk_rows: int | None = None,
 ) -> CsvBlocks | ParquetBlocks:
     """A block reader for `path`, its header already checked against the configured columns.
 
@@ -76,10 +75,9 @@ def open_blocks(
         DataError: the file is missing, unreadable, not CSV/Parquet, or lacks a column.
     """
     check_data_file(path, origin)
-    rows = chunk_rows or data.chunk_rows
     if is_parquet(path):
         return ParquetBlocks(path, data, with_target, origin)
-    return CsvBlocks(path, data, with_target, rows, origin)
+    return CsvBlocks(path, data, with_target, data.chunk_rows, origin)
 
 
 class CsvBlocks:

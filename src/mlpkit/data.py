@@ -353,10 +353,16 @@ class _Where:
 NO_IMPUTING = "mlpkit does not impute: drop or fill those rows"
 
 
-def _check_categories(where: _Where, cells: pd.Series) -> tuple[pd.Series, list[Problem]]:
+def _as_text(cells: pd.Series) -> pd.Series:
+    """Cells as stripped text, a null (Parquet, pyarrow) as "": " red" is "red" whichever reader
+    parsed it."""
     if not isinstance(cells.dtype, np.dtypes.ObjectDType) or cells.isna().any():
         cells = cells.astype(object).where(cells.notna(), "").astype(str)
-    cells = cells.str.strip()  # " red" is "red", whichever reader parsed the cell
+    return cells.str.strip()
+
+
+def _check_categories(where: _Where, cells: pd.Series) -> tuple[pd.Series, list[Problem]]:
+    cells = _as_text(cells)
     empty = (cells == "").to_numpy()
     if not empty.any():
         return cells, []
@@ -370,7 +376,7 @@ def _convert_numbers(where: _Where, cells: pd.Series, hint: str) -> tuple[pd.Ser
         missing = np.isnan(values)
         bad = np.zeros(len(values), dtype=bool)
     else:
-        text = cells.astype(object).where(cells.notna(), "").astype(str).str.strip()
+        text = _as_text(cells)
         missing = text.str.lower().isin(MISSING_NUMBERS).to_numpy()
         values = pd.to_numeric(text.where(~missing), errors="coerce").to_numpy(dtype=np.float64)
         bad = np.isnan(values) & ~missing

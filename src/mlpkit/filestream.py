@@ -67,12 +67,13 @@ class _Sample:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.frames: list[pd.DataFrame] = []
+        self.frame: pd.DataFrame | None = None
         self.lines = np.empty(0, dtype=np.int64)
         self.priority = np.empty(0, dtype=np.uint64)
 
     def add(self, frame: pd.DataFrame, lines: np.ndarray, priority: np.ndarray) -> None:
-        frame = pd.concat([*self.frames, frame], ignore_index=True)
+        if self.frame is not None:
+            frame = pd.concat([self.frame, frame], ignore_index=True)
         lines = np.concatenate([self.lines, lines])
         priority = np.concatenate([self.priority, priority])
         if len(priority) > self.size:
@@ -82,10 +83,10 @@ class _Sample:
                 lines[keep],
                 priority[keep],
             )
-        self.frames, self.lines, self.priority = [frame], lines, priority
+        self.frame, self.lines, self.priority = frame, lines, priority
 
     def in_file_order(self) -> tuple[pd.DataFrame, np.ndarray]:
-        frame = self.frames[0] if self.frames else pd.DataFrame()
+        frame = self.frame if self.frame is not None else pd.DataFrame()
         order = np.argsort(self.lines, kind="stable")
         return frame.iloc[order].reset_index(drop=True), self.lines[order]
 
@@ -232,6 +233,7 @@ def epoch_batches(
     size = dataset.batch_size
 
     def batches(epoch: int) -> Iterator[Batch]:
+        # `epoch` is not passed on: the dataset counts its own (each iter() is the next epoch)
         pending_x, pending_y = torch.empty(0), torch.empty(0)
         for x, y in loader:
             if len(pending_x):
