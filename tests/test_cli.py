@@ -23,6 +23,8 @@ RUN_FILES = {
     "metrics.json",
     "predictions.csv",
     "model.safetensors",
+    "checkpoints",  # the last two, kept so the run could be trained on
+    ".lock",  # kept: deleting a lock file races with a process about to take it
 }
 REGRESSION_METRICS = {"mae", "mse", "rmse", "r2", "median_ae", "max_error"}
 
@@ -39,6 +41,10 @@ def test_train_writes_a_complete_run(cli, project: Project) -> None:  # type: ig
     run = Path(result.last_line)
     assert run.parent == project.runs / "tiny"
     assert {p.name for p in run.iterdir()} == RUN_FILES  # no temporary files left behind
+    assert [p.name for p in (run / "checkpoints").iterdir()] == [  # epochs 2 and 3 (steps 4, 8, 12)
+        "ckpt-000000000008-000003",
+        "ckpt-000000000012-000004",
+    ]
     lines = result.out.splitlines()
     assert lines[1].split() == ["epoch", "train_loss", "val_loss", "val_mae", "val_r2", "time"]
     assert [line.split()[0] for line in lines[2:5]] == ["1/3", "2/3", "3/3"]
@@ -352,7 +358,10 @@ def test_ctrl_c_marks_the_run_interrupted_exit_130(cli, project: Project, monkey
     result = cli("train", project.config, "--runs-dir", project.runs, "-q")
     (run,) = project.run_dirs()
     assert result.code == 130
-    assert result.err == f"Error: {run}: training interrupted; the run is marked interrupted\n"
+    assert result.err == (
+        f"Error: {run}: training stopped by SIGINT, at once; the last checkpoint was kept, "
+        f"and the run marked interrupted; resume with: mlpkit train --resume {run}\n"
+    )
     assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
     assert cli("eval", run).code == 2  # never treated as complete
 
@@ -381,7 +390,7 @@ def test_usage_mistakes_get_one_line_and_a_suggestion(cli) -> None:  # type: ign
     ]
     assert (
         cli("train").err
-        == "Error: mlpkit train: Missing argument 'config'; see mlpkit train --help\n"
+        == "Error: mlpkit train: needs a CONFIG file, or --resume RUN; see mlpkit train --help\n"
     )
     result = cli("train", "x.yaml", "--quite")
     assert result.code == 2 and "No such option: --quite" in result.err and "--quiet" in result.err

@@ -34,7 +34,7 @@ def run_fit(epochs: int = 3, batch_size: int = 4, shuffle: bool = True, sgd_lr: 
         seed=0,
         score=lambda y, outputs: {"mae": float((outputs - y).abs().mean())},
     )
-    return model, history
+    return model, history.history
 
 
 def test_same_seed_gives_bit_identical_weights() -> None:
@@ -96,7 +96,7 @@ def test_batch_norm_skips_a_last_batch_of_one_row() -> None:
         batch_size=4,
         shuffle=False,
         seed=0,
-    )
+    ).history
     # Without shuffling, the first 40 rows train in 10 batches; row 41 is left out.
     reference = build_model(layers, 3, seed=0).train()
     with torch.no_grad():

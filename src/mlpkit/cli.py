@@ -22,6 +22,7 @@ from typer._click import exceptions as click_exceptions  # typer's vendored clic
 
 from mlpkit import experiment, progress, runs
 from mlpkit.errors import MlpkitError, Problem
+from mlpkit.loop import Progress
 from mlpkit.prepare import Prepared
 from mlpkit.summary import Summary, render_mermaid, render_table
 
@@ -63,40 +64,60 @@ def _options(
 
 @app.command()
 def train(
-    config: ConfigArg,
+    config: Annotated[
+        Path | None, typer.Argument(help="Experiment config (YAML).", show_default=False)
+    ] = None,
     set_: SetOpt = None,
     runs_dir: Annotated[Path, typer.Option(help="Where run directories go.")] = Path("runs"),
     device: DeviceOpt = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Print only the run directory.")
     ] = False,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue this interrupted run in place (CONFIG, if given, must match)."),
+    ] = None,
 ) -> None:
     """Train CONFIG into a new run directory and print its path as the last line.
 
+    Ctrl-C or SIGTERM stops at the next step with a checkpoint; --resume RUN carries on.
+
     Example: mlpkit train configs/mpg.yaml --set training.epochs=5
     """
+    if config is None and resume is None:
+        raise MlpkitError(
+            Problem(
+                "needs a CONFIG file, or --resume RUN",
+                where="mlpkit train",
+                hint="see mlpkit train --help",
+            )
+        )
     console = _stdout()
     printer = progress.EpochPrinter(console)
 
-    def on_start(prepared: Prepared, device: torch.device, summary: Summary) -> None:
+    def on_start(
+        prepared: Prepared, device: torch.device, summary: Summary, position: Progress | None
+    ) -> None:
         headline = (
             f"{prepared.config.name}: {prepared.data_rows} rows of {prepared.table.path.name}"
             f" -> {prepared.describe_split()}; "
             f"{len(prepared.preprocessor.input_names)} inputs; "
             f"{summary.total_parameters:,} parameters; device {device}"
         )
+        done = 0
+        if position is not None:  # a resumed run: say where it carries on
+            done = position.epoch - 1
+            headline += f"; resuming at epoch {position.epoch}, batch {position.batches_done + 1}"
         has_val = len(prepared.split.val) > 0
-        printer.start(headline, prepared.config.training.epochs, has_val=has_val)
+        printer.start(headline, prepared.config.training.epochs, has_val=has_val, epochs_done=done)
 
+    starting, each_epoch = (None, None) if quiet else (on_start, printer)
     try:
-        result = experiment.train(
-            config,
-            set_ or [],
-            runs_dir,
-            device,
-            on_start=None if quiet else on_start,
-            on_epoch=None if quiet else printer,
-        )
+        if resume is not None:
+            result = experiment.resume(resume, config, set_ or [], device, starting, each_epoch)
+        else:
+            assert config is not None
+            result = experiment.train(config, set_ or [], runs_dir, device, starting, each_epoch)
     finally:
         printer.close()
     if not quiet:
@@ -207,8 +228,12 @@ def run_cli(argv: list[str]) -> int:
         message = exc.format_message().rstrip(".")
         sys.stderr.write(f"Error: {where}: {message}; see {where} --help\n")
         return 2
-    except typer.Abort:
+    except (typer.Abort, KeyboardInterrupt):
+        sys.stderr.write("Error: interrupted\n")
         return 130
+    except MemoryError:
+        sys.stderr.write("Error: out of memory; try a smaller data.chunk_rows or batch_size\n")
+        return 4
     except Exception:  # a bug: keep the report, show one line
         report = _write_report(traceback.format_exc())
         if debug:

@@ -88,6 +88,8 @@ METRICS_BY_TASK: dict[str, list[str]] = {
     "multiclass": ["accuracy", "f1_macro", "f1_weighted", "top_k_accuracy", "log_loss"],
 }
 ALL_METRICS = {name: None for names in METRICS_BY_TASK.values() for name in names}
+# Metrics where lower is better (with every loss); early stopping's mode `auto` reads this.
+LOWER_IS_BETTER = {"loss", "mae", "mse", "rmse", "median_ae", "max_error", "log_loss"}
 
 # Regression metrics, all in the target's original units; inputs are 1-D tensors.
 REGRESSION_METRICS: dict[str, Metric] = {

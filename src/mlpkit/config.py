@@ -15,7 +15,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from mlpkit import components
 from mlpkit.config_errors import ConfigSource, child, located_problems
-from mlpkit.errors import ConfigError, Problem
+from mlpkit.errors import ConfigError, Problem, did_you_mean
 from mlpkit.schema import (
     DEFAULT_LOSSES,
     DEFAULT_METRICS,
@@ -249,6 +249,7 @@ def cross_field_problems(loaded: LoadedConfig) -> list[Problem]:
     problems += _task_problems(loaded)
     problems += _input_problems(loaded)
     problems += _head_problems(loaded)
+    problems += _early_stopping_problems(loaded)
     branches = [spec.layers for spec in (cfg.model.inputs or {}).values()]
     every_layer = [layer for layers in (cfg.model.layers, *branches) for layer in layers]
     if cfg.training.batch_size == 1 and any(isinstance(x, BatchNormLayer) for x in every_layer):
@@ -327,6 +328,27 @@ def _task_problems(loaded: LoadedConfig) -> list[Problem]:
                 )
             )
     return problems
+
+
+def _early_stopping_problems(loaded: LoadedConfig) -> list[Problem]:
+    """Early stopping watches a metric computed on validation rows each epoch."""
+    cfg = loaded.config
+    stopping = cfg.training.early_stopping
+    if stopping is None:
+        return []
+    where = ("training", "early_stopping")
+    if cfg.data.split.val == 0:
+        hint = "give data.split.val a fraction, e.g. 0.1"
+        return [loaded.problem(where, "needs validation rows but data.split.val is 0", hint)]
+    task = task_of(cfg)
+    watched = ["loss", *(cfg.training.metrics or components.METRICS_BY_TASK[task])]
+    choices = [f"val_{name}" for name in watched]
+    if stopping.monitor not in choices:
+        message = f"monitor '{stopping.monitor}' is not computed each epoch"
+        return [
+            loaded.problem((*where, "monitor"), message, did_you_mean(stopping.monitor, choices))
+        ]
+    return []
 
 
 def _source_problems(loaded: LoadedConfig) -> list[Problem]:

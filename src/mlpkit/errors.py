@@ -8,7 +8,8 @@ Hierarchy (the CLI catches only the base class; anything else is a bug, exit 1):
     ├── RunDirError        exit 2  a run directory that is missing, foreign or incomplete
     ├── DeviceError        exit 2  a device that is not available
     ├── DivergedError      exit 3  a non-finite loss
-    ├── Interrupted        exit 130  Ctrl-C during training (the run is marked interrupted)
+    ├── Interrupted        exit 130 / 143  SIGINT / SIGTERM (a checkpoint saved, the run
+    │                                       marked interrupted)
     └── EnvironmentFault   exit 4  disk full, permission denied, out of memory
 
 A line reads `Error: <file>[:<line>]: <where>: <problem>[; <hint>]`, where <where> is a dotted
@@ -82,9 +83,11 @@ class DivergedError(MlpkitError):
 
 
 class Interrupted(MlpkitError):
-    """The user stopped training with Ctrl-C."""
+    """Training was stopped by a signal: exit 128 + its number (130 for SIGINT, 143 SIGTERM)."""
 
-    exit_code = 130
+    def __init__(self, problems: Problem | Sequence[Problem], signal_number: int = 2) -> None:
+        super().__init__(problems)
+        self.exit_code = 128 + signal_number
 
 
 class EnvironmentFault(MlpkitError):

@@ -8,9 +8,12 @@ the run directory exists, so rejected input leaves runs/ as it was.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import platform
+import signal
+import sys
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +26,7 @@ import torch
 from torch import nn
 
 import mlpkit
-from mlpkit import components, filestream, runs
+from mlpkit import checkpoints, components, filestream, interrupts, lock, runs
 from mlpkit.blocks import load_table
 from mlpkit.config import LoadedConfig, load_config
 from mlpkit.data import Table
@@ -37,7 +40,17 @@ from mlpkit.errors import (
     Problem,
     RunDirError,
 )
-from mlpkit.loop import EpochRecord, OnEpoch, Tensors, fit, predict
+from mlpkit.loop import (
+    EarlyStopping,
+    EpochRecord,
+    Hooks,
+    OnEpoch,
+    Progress,
+    StopRequested,
+    Tensors,
+    fit,
+    predict,
+)
 from mlpkit.prepare import (
     Prepared,
     make_tensors,
@@ -48,10 +61,13 @@ from mlpkit.prepare import (
     synthetic_table,
     training_stream,
 )
+from mlpkit.schema import Config
 from mlpkit.summary import Summary, render_text
 from mlpkit.tasks import Regression, Task, make_task
 
 SPLITS = ("train", "val", "test")
+# (what will train, on which device, its layer table, and where a resumed run carries on)
+OnStart = Callable[[Prepared, torch.device, Summary, Progress | None], None]
 
 
 @dataclass(frozen=True)
@@ -170,86 +186,253 @@ def train(
     overrides: list[str],
     runs_dir: Path,
     device_name: str | None = None,
-    on_start: Callable[[Prepared, torch.device, Summary], None] | None = None,
+    on_start: OnStart | None = None,
     on_epoch: OnEpoch | None = None,
 ) -> TrainResult:
     """Check everything, then train into a new run directory and write every file of it.
 
     Raises:
         MlpkitError: any problem with the config, data or device (before the run exists), or
-            divergence and environment failures during training (the run is marked as such).
+            divergence, interruption and environment failures during training (the run is
+            marked as such, with a checkpoint to resume from).
     """
     loaded = load_config(config_path, overrides)
     device = resolve_device(loaded, device_name)
     prepared = prepare(loaded)
     trainer = build_trainer(prepared, device)
-    cfg = prepared.config
     summary = prepared.summary()
     if on_start is not None:
-        on_start(prepared, device, summary)
-
-    run_dir = runs.create_run_dir(runs_dir, cfg.name)
-    info = _run_info(prepared, device)
-    runs.write_yaml(run_dir / "config.yaml", resolved_config(loaded))
-    runs.write_bytes(run_dir / "summary.txt", render_text(summary).encode())
-    runs.write_json(run_dir / "preprocessing.json", prepared.preprocessor.model_dump(mode="json"))
-    runs.write_info(run_dir, info)
-    try:
-        result = _fit_and_write(prepared, trainer, device, run_dir, on_epoch)
-    except BaseException as exc:
-        status = _status_for(exc)
-        runs.write_info(
-            run_dir,
-            info.model_copy(update={"status": status, "finished": _now(), "error": _one_line(exc)}),
-        )
-        if isinstance(exc, KeyboardInterrupt):
-            raise Interrupted(
-                Problem(
-                    "training interrupted", file=str(run_dir), hint="the run is marked interrupted"
-                )
-            ) from None
-        raise
-    runs.write_info(run_dir, info.model_copy(update={"status": "complete", "finished": _now()}))
-    return result
+        on_start(prepared, device, summary, None)
+    run_dir = runs.create_run_dir(runs_dir, prepared.config.name)
+    with lock.hold(run_dir):
+        runs.write_yaml(run_dir / "config.yaml", resolved_config(loaded))
+        runs.write_bytes(run_dir / "summary.txt", render_text(summary).encode())
+        preprocessing = prepared.preprocessor.model_dump(mode="json")
+        runs.write_json(run_dir / "preprocessing.json", preprocessing)
+        session = _Session(run_dir, prepared, trainer, device, _run_info(prepared, device))
+        return session.run(on_epoch)
 
 
-def _fit_and_write(
-    prepared: Prepared,
-    trainer: Trainer,
-    device: torch.device,
+def resume(
     run_dir: Path,
-    on_epoch: OnEpoch | None,
+    config_path: Path | None,
+    overrides: list[str],
+    device_name: str | None = None,
+    on_start: OnStart | None = None,
+    on_epoch: OnEpoch | None = None,
 ) -> TrainResult:
-    cfg = prepared.config
-    data = {part: prepared.tensors(getattr(prepared.split, part), device) for part in SPLITS}
-    train = training_stream(prepared, device) if prepared.streams else data["train"]
-    model = trainer.model
-    # Dropout draws from torch's global generator; fork_rng seeds it here and restores it after.
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(cfg.seed)
-        history = fit(
-            model,
-            trainer.loss_fn,
-            trainer.optimizer,
-            train,
-            data["val"] if len(prepared.split.val) else None,
-            epochs=cfg.training.epochs,
-            batch_size=cfg.training.batch_size,
-            shuffle=cfg.training.shuffle,
-            seed=cfg.seed,
-            score=lambda y, outputs: prepared.task.score(y, outputs, cfg.training.metrics),
-            on_epoch=on_epoch,
+    """Continue an interrupted run in place from its newest intact checkpoint.
+
+    The config (the run's own, or `config_path` with `overrides`, which must resolve to the
+    same) and the data file must be those the run was trained on.
+
+    Raises:
+        RunDirError: not a resumable run, locked by another process, or no usable checkpoint.
+        ConfigError: the config differs from the run's (the fields are named).
+        DataError: the data file changed since the run began.
+    """
+    run = runs.open_run(run_dir, require_complete=False)
+    if run.info.status in ("complete", "diverged"):
+        hint = "nothing to resume" if run.info.status == "complete" else None
+        hint = hint or runs.next_step(run_dir, run.info.status)
+        raise RunDirError(Problem(f"the run is {run.info.status}", file=str(run_dir), hint=hint))
+    with lock.hold(run_dir):
+        checkpoint, skipped = checkpoints.latest(run_dir)
+        loaded = _same_config(run, checkpoint, config_path, overrides)
+        device = resolve_device(loaded, device_name)
+        prepared = prepare(loaded)
+        _same_data(run, prepared)
+        trainer = build_trainer(prepared, device)
+        trainer.model.load_state_dict(checkpoint.model)
+        trainer.optimizer.load_state_dict(checkpoint.optimizer)
+        if on_start is not None:
+            on_start(prepared, device, prepared.summary(), checkpoint.progress)
+        for problem in skipped:  # a damaged newer checkpoint: say so, resume from the one before
+            sys.stderr.write(f"Warning: skipped {problem.render().removeprefix('Error: ')}\n")
+        checkpoints.clean_partials(run_dir)
+        resumed = [*run.info.resumed, _now()]
+        update = {"status": "running", "finished": None, "error": None, "resumed": resumed}
+        info = run.info.model_copy(update=update | {"device": str(device)})
+        session = _Session(run_dir, prepared, trainer, device, info, checkpoint)
+        return session.run(on_epoch)
+
+
+def _same_config(
+    run: runs.Run,
+    checkpoint: checkpoints.Checkpoint,
+    config_path: Path | None,
+    overrides: list[str],
+) -> LoadedConfig:
+    """The config to resume with: the run's own, or the one given (with --set) if it resolves
+    to the same; either way refused when it differs from the checkpoint's, fields named."""
+    own = load_config(run.config_path, [] if config_path else overrides)
+    _refuse_changes(own, checkpoint, run.config_path)
+    if config_path is None:
+        return own
+    given = load_config(config_path, overrides)
+    _refuse_changes(given, checkpoint, config_path)
+    return given
+
+
+def _refuse_changes(loaded: LoadedConfig, checkpoint: checkpoints.Checkpoint, path: Path) -> None:
+    changed = _differences(resolved_config(loaded), checkpoint.config)
+    if changed:
+        more = f" and {len(changed) - 8} more" if len(changed) > 8 else ""
+        raise ConfigError(
+            Problem(
+                "differs from the config the run was trained with in "
+                + ", ".join(changed[:8])
+                + more,
+                file=str(path),
+                hint="resume with the run's own config, or train a new run",
+            )
         )
-    metrics = final_metrics(model, prepared, data, history)
-    runs.write_csv(run_dir / "history.csv", history)
-    runs.write_json(run_dir / "metrics.json", metrics)
-    runs.write_csv(run_dir / "predictions.csv", _predictions(model, prepared, data["test"]))
-    runs.write_weights(run_dir / "model.safetensors", model)
-    return TrainResult(run_dir, history, metrics)
+
+
+def _differences(new: Any, old: Any, prefix: str = "") -> list[str]:
+    """The dotted paths where two resolved configs differ."""
+    if isinstance(new, dict) and isinstance(old, dict):
+        keys = list(new) + [k for k in old if k not in new]
+        found: list[str] = []
+        for key in keys:
+            found += _differences(new.get(key), old.get(key), f"{prefix}{key}.")
+        return found
+    return [] if new == old else [prefix.rstrip(".")]
+
+
+def _same_data(run: runs.Run, prepared: Prepared) -> None:
+    if prepared.table.sha256 != run.info.data.sha256:
+        raise DataError(
+            Problem(
+                "the data file changed since the run began; resuming on other data would not "
+                "continue the same training",
+                file=str(prepared.table.path),
+                hint="restore the original file, or train a new run on this one",
+            )
+        )
+    if prepared.preprocessor != run.preprocessor:
+        raise RunDirError(
+            Problem(
+                "preprocessing.json does not match the preprocessing fitted on the data",
+                file=str(run.path / "preprocessing.json"),
+                hint="the run was edited after it began; train a new run",
+            )
+        )
+
+
+@dataclass
+class _Session:
+    """One process training one run directory: fit with checkpoints and signals, then write."""
+
+    run_dir: Path
+    prepared: Prepared
+    trainer: Trainer
+    device: torch.device
+    info: runs.RunInfo
+    checkpoint: checkpoints.Checkpoint | None = None
+
+    def run(self, on_epoch: OnEpoch | None) -> TrainResult:
+        runs.write_info(self.run_dir, self.info)
+        stop = interrupts.StopSignals()
+        try:
+            with stop:
+                result = self._fit_and_write(on_epoch, stop)
+        except BaseException as exc:
+            self._mark(_status_for(exc), exc)
+            if isinstance(exc, StopRequested | KeyboardInterrupt):
+                number = stop.received or signal.SIGINT
+                how = (
+                    "a checkpoint was saved"
+                    if isinstance(exc, StopRequested)
+                    else "at once; the last checkpoint was kept"
+                )
+                raise Interrupted(
+                    Problem(
+                        f"training stopped by {signal.Signals(number).name}, {how}, "
+                        "and the run marked interrupted",
+                        file=str(self.run_dir),
+                        hint=f"resume with: mlpkit train --resume {self.run_dir}",
+                    ),
+                    signal_number=number,
+                ) from None
+            raise
+        runs.write_info(
+            self.run_dir, self.info.model_copy(update={"status": "complete", "finished": _now()})
+        )
+        return result
+
+    def _mark(self, status: runs.Status, exc: BaseException) -> None:
+        """Record how the run ended; on a full disk even that may fail, and the first error is
+        the one to report (the run then shows as interrupted: no process holds its lock)."""
+        update = {"status": status, "finished": _now(), "error": _one_line(exc)}
+        with contextlib.suppress(MlpkitError):
+            runs.write_info(self.run_dir, self.info.model_copy(update=update))
+
+    def _fit_and_write(self, on_epoch: OnEpoch | None, stop: interrupts.StopSignals) -> TrainResult:
+        prepared, trainer, device = self.prepared, self.trainer, self.device
+        cfg = prepared.config
+        data = {part: prepared.tensors(getattr(prepared.split, part), device) for part in SPLITS}
+        progress = self.checkpoint.progress if self.checkpoint is not None else None
+        first_epoch = progress.epoch if progress is not None else 1
+        train = (
+            training_stream(prepared, device, first_epoch) if prepared.streams else data["train"]
+        )
+        config = resolved_config(prepared.loaded)
+
+        def save(position: Progress) -> None:
+            checkpoints.save(
+                self.run_dir, trainer.model, trainer.optimizer, position, config, device
+            )
+
+        hooks = Hooks(on_epoch, save, cfg.training.checkpoint_every_steps, stop.requested)
+        # Dropout draws from torch's global generator; fork_rng seeds it here and restores it after.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(cfg.seed)
+            if self.checkpoint is not None:
+                checkpoints.restore_rng(self.checkpoint.rng, device)
+            progress = fit(
+                trainer.model,
+                trainer.loss_fn,
+                trainer.optimizer,
+                train,
+                data["val"] if len(prepared.split.val) else None,
+                epochs=cfg.training.epochs,
+                batch_size=cfg.training.batch_size,
+                shuffle=cfg.training.shuffle,
+                seed=cfg.seed,
+                score=lambda y, outputs: prepared.task.score(y, outputs, cfg.training.metrics),
+                early_stopping=early_stopping(prepared.config),
+                hooks=hooks,
+                progress=progress,
+            )
+        return self._write(data, progress)
+
+    def _write(self, data: dict[str, Tensors], progress: Progress) -> TrainResult:
+        model, prepared, run_dir = self.trainer.model, self.prepared, self.run_dir
+        metrics = final_metrics(model, prepared, data, progress)
+        runs.write_csv(run_dir / "history.csv", progress.history)
+        runs.write_json(run_dir / "metrics.json", metrics)
+        runs.write_csv(run_dir / "predictions.csv", _predictions(model, prepared, data["test"]))
+        runs.write_weights(run_dir / "model.safetensors", model)
+        return TrainResult(run_dir, progress.history, metrics)
+
+
+def early_stopping(config: Config) -> EarlyStopping | None:
+    """The loop's early stopping from the config; mode auto reads the metric's direction."""
+    settings = config.training.early_stopping
+    if settings is None:
+        return None
+    metric = settings.monitor.removeprefix("val_")
+    lower = settings.mode == "min" or (
+        settings.mode == "auto" and metric in components.LOWER_IS_BETTER
+    )
+    return EarlyStopping(
+        settings.monitor, lower, settings.patience, settings.min_delta, settings.restore_best
+    )
 
 
 def final_metrics(
-    model: nn.Module, prepared: Prepared, data: dict[str, Tensors], history: list[EpochRecord]
+    model: nn.Module, prepared: Prepared, data: dict[str, Tensors], progress: Progress
 ) -> dict[str, Any]:
     """Every metric of the task per split, the baselines' test metrics beside them, and for
     classification the confusion matrices (rows: true class, columns: predicted)."""
@@ -263,7 +446,17 @@ def final_metrics(
             if not isinstance(task, Regression):
                 confusion[part] = task.confusion(data[part].y, outputs)
     metrics["baselines"] = _baselines(prepared, data)
-    metrics["best_epoch"] = best_epoch(history)
+    metrics["best_epoch"] = best_epoch(progress.history)
+    stopping = early_stopping(prepared.config)
+    if stopping is not None and progress.best_value is not None:
+        metrics["best_epoch"] = progress.best_epoch
+        metrics["early_stopping"] = {
+            "monitor": stopping.monitor,
+            "best_value": progress.best_value,
+            "best_epoch": progress.best_epoch,
+            "stopped_epoch": progress.history[-1]["epoch"] if progress.stopped_early else None,
+            "restored_best": progress.best_weights is not None,
+        }
     if confusion and not isinstance(task, Regression):
         metrics["confusion_matrix"] = {"labels": task.labels.classes, **confusion}
     return metrics
@@ -332,7 +525,7 @@ def _run_info(prepared: Prepared, device: torch.device) -> runs.RunInfo:
 def _status_for(exc: BaseException) -> runs.Status:
     if isinstance(exc, DivergedError):
         return "diverged"
-    if isinstance(exc, KeyboardInterrupt):
+    if isinstance(exc, StopRequested | KeyboardInterrupt):
         return "interrupted"
     return "failed"
 

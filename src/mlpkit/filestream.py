@@ -228,7 +228,11 @@ def epoch_batches(
     live as long as training; the batches are cut here, a remainder carried to the next block.
     """
     loader = DataLoader(
-        dataset, batch_size=None, num_workers=workers, persistent_workers=workers > 0
+        dataset,
+        batch_size=None,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(dataset.seed),  # not the global one (dropout's)
     )
     size = dataset.batch_size
 

@@ -1,16 +1,22 @@
-"""Fit, evaluate and predict on in-memory tensors. Returns history; never prints.
+"""Fit, evaluate and predict on in-memory tensors or streams. Returns history; never prints.
 
 Batches come from the tensors by index: each epoch draws one permutation, gathers the rows once
 in that order, then takes contiguous slices (views, no copy). That is the whole "batch sampler",
 with no per-row __getitem__ or collate, and nothing leaves the device until the epoch ends.
+
+Training keeps its position in a Progress: the epoch, the batches of it already trained, the
+history, the shuffle generator's state at the epoch's start, the partial epoch's losses and
+early stopping's state. A checkpoint saves a Progress, and `fit` given one carries on from it:
+an epoch's batches are a pure function of the seed and the epoch, so the batches already
+trained are skipped and the rest are the very batches the uninterrupted run would have seen.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import islice
 
 import torch
 from torch import nn
@@ -37,9 +43,66 @@ EVAL_BATCH = 8192  # rows per forward pass when predicting; large enough to be o
 @dataclass(frozen=True)
 class Stream:
     """Training batches (inputs, targets) on the device from a source other than tensors:
-    `epoch_batches(epoch)` yields the batches of that epoch (1-based)."""
+    `epoch_batches(epoch)` yields the batches of that epoch (1-based), the same ones each call."""
 
     epoch_batches: Callable[[int], Iterator[Batch]]
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    """Stop when `monitor` (a key of the epoch records) has not improved for `patience` epochs."""
+
+    monitor: str
+    lower_is_better: bool
+    patience: int
+    min_delta: float = 0.0
+    restore_best: bool = True
+
+    def improves(self, value: float, best: float | None) -> bool:
+        if best is None:
+            return value == value  # a NaN never becomes the best
+        if self.lower_is_better:
+            return value < best - self.min_delta
+        return value > best + self.min_delta
+
+
+@dataclass
+class Progress:
+    """Where training stands; with the model's and optimizer's state, all a checkpoint holds."""
+
+    epoch: int = 1  # the epoch in progress, or the next to begin
+    batches_done: int = 0  # batches of `epoch` already trained
+    steps: int = 0  # optimizer steps in all epochs
+    history: list[EpochRecord] = field(default_factory=list)
+    order_state: torch.Tensor | None = None  # the shuffle generator at the start of `epoch`
+    losses: list[torch.Tensor] = field(default_factory=list)  # each batch of `epoch`, on device
+    sizes: list[int] = field(default_factory=list)  # rows of each of those batches
+    best_value: float | None = None  # early stopping: the best monitored value so far
+    best_epoch: int = 0
+    stale_epochs: int = 0  # epochs since the best one
+    best_weights: dict[str, torch.Tensor] | None = None  # kept when restore_best is on
+    stopped_early: bool = False
+
+    def epoch_loss(self) -> float:
+        """The mean training loss per row of the epoch so far."""
+        if not self.sizes:
+            raise RuntimeError("an epoch yielded no training batches")
+        weights = torch.tensor(self.sizes, dtype=self.losses[0].dtype, device=self.losses[0].device)
+        return float(torch.stack(self.losses) @ weights) / sum(self.sizes)  # one sync an epoch
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """What the caller does between steps: report epochs, save checkpoints, stop when asked."""
+
+    on_epoch: OnEpoch | None = None
+    save: Callable[[Progress], None] | None = None
+    save_every_steps: int | None = None
+    stop_requested: Callable[[], bool] | None = None
+
+
+class StopRequested(Exception):
+    """Training stopped at a step boundary because the caller asked; a checkpoint was saved."""
 
 
 def fit(
@@ -54,40 +117,73 @@ def fit(
     shuffle: bool,
     seed: int,
     score: Scorer | None = None,
-    on_epoch: OnEpoch | None = None,
-) -> list[EpochRecord]:
-    """Train for `epochs` and return one record per epoch (plain floats).
+    early_stopping: EarlyStopping | None = None,
+    hooks: Hooks | None = None,
+    progress: Progress | None = None,
+) -> Progress:
+    """Train up to `epochs` (from `progress` if given) and return where training ended.
 
     `train` is in-memory rows (each epoch one pass in a seeded random order) or a stream.
+    With early stopping that restores the best, the model ends with the best epoch's weights.
 
     Raises:
-        DivergedError: the training loss became NaN or infinite.
+        DivergedError: a batch's loss was NaN or infinite; it was not applied.
+        StopRequested: hooks.stop_requested said so; hooks.save has saved the position.
     """
+    hooks = hooks or Hooks()
+    progress = progress or Progress()
     generator = torch.Generator().manual_seed(seed)
-    history: list[EpochRecord] = []
-    for epoch in range(1, epochs + 1):
+    if progress.order_state is not None:
+        generator.set_state(progress.order_state)
+    while progress.epoch <= epochs and not progress.stopped_early:
         started = time.perf_counter()
+        progress.order_state = generator.get_state()
         if isinstance(train, Stream):
-            batches = train.epoch_batches(epoch)
+            batches = train.epoch_batches(progress.epoch)
         else:
             batches = _slices(model, train, batch_size, shuffle, generator)
-        train_loss = _train_epoch(model, loss_fn, optimizer, batches)
-        if not math.isfinite(train_loss):
-            raise DivergedError(
-                Problem(
-                    f"the training loss became {train_loss} in epoch {epoch}",
-                    where="training",
-                    hint="lower training.optimizer.lr or scale the target",
-                )
-            )
-        record: EpochRecord = {"epoch": epoch, "train_loss": train_loss}
+        _train_epoch(
+            model, loss_fn, optimizer, islice(batches, progress.batches_done, None), progress, hooks
+        )
+        record: EpochRecord = {"epoch": progress.epoch, "train_loss": progress.epoch_loss()}
         if val is not None:
             record |= evaluate(model, loss_fn, val, score, prefix="val_")
         record["seconds"] = time.perf_counter() - started
-        history.append(record)
-        if on_epoch is not None:
-            on_epoch(record)
-    return history
+        _end_epoch(progress, record, model, early_stopping)
+        if hooks.save is not None:
+            hooks.save(progress)
+        if hooks.on_epoch is not None:
+            hooks.on_epoch(record)
+        if _asked_to_stop(hooks):
+            raise StopRequested()
+    if early_stopping is not None and progress.best_weights is not None:
+        model.load_state_dict(progress.best_weights)
+    return progress
+
+
+def _end_epoch(
+    progress: Progress, record: EpochRecord, model: nn.Module, stopping: EarlyStopping | None
+) -> None:
+    """Record the epoch, move to the next, and update early stopping's state."""
+    progress.history.append(record)
+    if stopping is not None:
+        value = record[stopping.monitor]
+        if stopping.improves(value, progress.best_value):
+            progress.best_value, progress.best_epoch, progress.stale_epochs = (
+                value,
+                progress.epoch,
+                0,
+            )
+            if stopping.restore_best:
+                progress.best_weights = {
+                    k: v.detach().clone() for k, v in model.state_dict().items()
+                }
+        else:
+            progress.stale_epochs += 1
+            progress.stopped_early = progress.stale_epochs >= stopping.patience
+    progress.epoch += 1
+    progress.batches_done = 0
+    progress.losses, progress.sizes = [], []
 
 
 def _slices(
@@ -113,21 +209,39 @@ def _train_epoch(
     loss_fn: nn.Module,
     optimizer: torch.optim.Optimizer,
     batches: Iterator[Batch],
-) -> float:
-    """One optimizer step per batch; the mean training loss per row."""
+    progress: Progress,
+    hooks: Hooks,
+) -> None:
+    """One optimizer step per batch, each loss kept (on the device) in `progress`."""
     model.train()
-    losses, sizes = [], []  # losses stay on the device: no extra torch op or sync per step
+    every = hooks.save_every_steps
     for xb, yb in batches:
         loss = loss_fn(model(xb), yb)
+        if not torch.isfinite(loss):  # a host sync, so the bad batch never reaches the optimizer
+            raise DivergedError(
+                Problem(
+                    f"the training loss became {loss.item()} in epoch {progress.epoch}, "
+                    f"batch {progress.batches_done + 1}; that batch was not applied",
+                    where="training",
+                    hint="lower training.optimizer.lr or scale the target",
+                )
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        losses.append(loss.detach())
-        sizes.append(xb.shape[0])
-    if not sizes:
-        raise RuntimeError("an epoch yielded no training batches")
-    weights = torch.tensor(sizes, dtype=losses[0].dtype, device=losses[0].device)
-    return float(torch.stack(losses) @ weights) / sum(sizes)  # the one host sync of the epoch
+        progress.losses.append(loss.detach())
+        progress.sizes.append(xb.shape[0])
+        progress.batches_done += 1
+        progress.steps += 1
+        due = every is not None and progress.steps % every == 0
+        if hooks.save is not None and (due or _asked_to_stop(hooks)):
+            hooks.save(progress)
+        if _asked_to_stop(hooks):
+            raise StopRequested()
+
+
+def _asked_to_stop(hooks: Hooks) -> bool:
+    return hooks.stop_requested is not None and hooks.stop_requested()
 
 
 def _has_batch_norm(model: nn.Module) -> bool:

@@ -238,8 +238,10 @@ def synthetic_table(loaded: LoadedConfig) -> tuple[Table, Split, list[str] | Non
     return table, split, classes
 
 
-def training_stream(prepared: Prepared, device: torch.device) -> Stream:
-    """Training batches from the synthetic source or the streamed file, preprocessed on the fly."""
+def training_stream(prepared: Prepared, device: torch.device, first_epoch: int = 1) -> Stream:
+    """Training batches from the synthetic source or the streamed file, preprocessed on the
+    fly; each epoch's batches depend on the seed and the epoch only, so a resumed run can begin
+    at `first_epoch`."""
     cfg = prepared.config
     if prepared.scan is not None:
         dataset = filestream.TrainingBlocks(
@@ -251,6 +253,7 @@ def training_stream(prepared: Prepared, device: torch.device) -> Stream:
             cfg.training.batch_size,
             cfg.training.shuffle,
             skip_single_row=_has_batch_norm(cfg),
+            epoch=first_epoch - 1,  # the dataset counts the epochs it has begun
         )
         return Stream(filestream.epoch_batches(dataset, cfg.data.workers, device))
     source = cfg.data.source
@@ -260,14 +263,15 @@ def training_stream(prepared: Prepared, device: torch.device) -> Stream:
     positions = torch.tensor([made.index(f.name) for f in features])
     mean = torch.tensor([f.mean for f in features], dtype=torch.float32)
     std = torch.tensor([f.std for f in features], dtype=torch.float32)
+    steps = cfg.training.iterations_per_epoch
 
-    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for x, values in synthetic.loader(source, cfg.training.batch_size, cfg.seed + 2):
+    def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        seed = synthetic.epoch_seed(cfg.seed, epoch)
+        for x, values in islice(synthetic.loader(source, cfg.training.batch_size, seed), steps):
             xb = (x.index_select(1, positions) - mean) / std  # [batch, inputs]
             yield xb.to(device), prepared.task.targets(values).to(device)
 
-    endless, steps = batches(), cfg.training.iterations_per_epoch
-    return Stream(lambda epoch: islice(endless, steps))  # one stream, `steps` batches an epoch
+    return Stream(batches)
 
 
 def _has_batch_norm(config: Config) -> bool:

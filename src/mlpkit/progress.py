@@ -35,8 +35,11 @@ class EpochPrinter:
         self.best = float("inf")
         self.progress: Progress | None = None
         self.task: TaskID | None = None
+        self.header_shown = False
 
-    def start(self, headline: str, epochs: int, has_val: bool) -> None:
+    def start(self, headline: str, epochs: int, has_val: bool, epochs_done: int = 0) -> None:
+        """Print the headline; on a terminal show a bar of `epochs`, `epochs_done` of them
+        already trained (a resumed run)."""
         self.console.print(headline)
         self.epochs = epochs
         self.best_key = "val_loss" if has_val else "train_loss"
@@ -50,7 +53,7 @@ class EpochPrinter:
                 transient=True,
             )
             self.progress.start()
-            self.task = self.progress.add_task("train", total=epochs)
+            self.task = self.progress.add_task("train", total=epochs, completed=epochs_done)
 
     def close(self) -> None:
         if self.progress is not None:
@@ -61,7 +64,8 @@ class EpochPrinter:
         columns = [key for key in record if key not in ("epoch", "seconds")]
         width = len(str(self.epochs))
         counter = max(2 * width + 1, len("epoch"))
-        if int(record["epoch"]) == 1:  # a header once, then aligned values: fits 80 columns
+        if not self.header_shown:  # a header once, then aligned values: fits 80 columns
+            self.header_shown = True
             header = f"{'epoch':>{counter}}" + "".join(f"  {k:>10}" for k in columns)
             self.console.print(Text(header + "    time", style="bold"))
         improved = record[self.best_key] < self.best

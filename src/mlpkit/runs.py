@@ -1,8 +1,9 @@
 """The run-directory format: create one exclusively, write its files atomically, open it safely.
 
 A run directory holds config.yaml, run.json, summary.txt, preprocessing.json, history.csv,
-metrics.json, predictions.csv and model.safetensors. run.json carries the status; `complete` is
-written last, so a directory whose run.json does not say complete is never treated as finished.
+metrics.json, predictions.csv and model.safetensors, with checkpoints/ (checkpoints.py) and a
+.lock (lock.py) while it trains. run.json carries the status; `complete` is written last, so a
+directory whose run.json does not say complete is never treated as finished.
 Loading never executes code: JSON, a safe YAML loader, and safetensors for the weights.
 """
 
@@ -37,6 +38,16 @@ Status = Literal["running", "interrupted", "failed", "diverged", "complete"]
 Scores = dict[str, float]
 
 
+class EarlyStoppingResult(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    monitor: str
+    best_value: float
+    best_epoch: int
+    stopped_epoch: int | None  # the last epoch trained when it stopped early, else None
+    restored_best: bool  # the weights are the best epoch's, not the last epoch's
+
+
 class MetricsFile(BaseModel):
     """metrics.json: every metric per split in target units, the baselines' test metrics."""
 
@@ -47,6 +58,7 @@ class MetricsFile(BaseModel):
     test: Scores
     baselines: dict[str, Scores]
     best_epoch: int
+    early_stopping: EarlyStoppingResult | None = None
     confusion_matrix: dict[str, list[str] | list[list[int]]] | None = None  # classification
 
 
@@ -71,6 +83,7 @@ class RunInfo(BaseModel):
     started: str
     finished: str | None = None
     error: str | None = None
+    resumed: list[str] = []  # when each `train --resume` started
 
 
 def create_run_dir(runs_dir: Path, name: str, now: datetime | None = None) -> Path:
@@ -91,7 +104,7 @@ def create_run_dir(runs_dir: Path, name: str, now: datetime | None = None) -> Pa
             except FileExistsError:
                 continue
     except OSError as exc:
-        raise _environment_fault(exc, parent) from None
+        raise write_fault(exc, parent) from None
 
 
 def write_bytes(path: Path, data: bytes) -> None:
@@ -109,7 +122,7 @@ def write_bytes(path: Path, data: bytes) -> None:
         os.replace(temporary, path)
     except OSError as exc:
         temporary.unlink(missing_ok=True)
-        raise _environment_fault(exc, path) from None
+        raise write_fault(exc, path) from None
 
 
 def write_json(path: Path, value: Any) -> None:
@@ -138,7 +151,7 @@ def write_info(run_dir: Path, info: RunInfo) -> None:
     write_json(run_dir / "run.json", info.model_dump(mode="json"))
 
 
-def _environment_fault(exc: OSError, path: Path) -> Exception:
+def write_fault(exc: OSError, path: Path) -> Exception:
     """Any failed write is an error to report, never a traceback: the machine's (exit 4) or,
     for a path whose folders are missing or are files, the user's (exit 2)."""
     if exc.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR, errno.ENOENT):
@@ -198,17 +211,22 @@ def open_run(path: Path, require_complete: bool = True) -> Run:
         )
     info = _validated(RunInfo, info_path)
     if require_complete and info.status != "complete":
-        raise RunDirError(
-            Problem(
-                f"the run is {info.status}, not complete",
-                file=str(path),
-                hint="train it again; only complete runs can be evaluated",
-            )
-        )
+        problem = f"the run is {info.status}, not complete"
+        raise RunDirError(Problem(problem, file=str(path), hint=next_step(path, info.status)))
     preprocessor = _validated(Preprocessor, path / "preprocessing.json")
     complete = info.status == "complete"
     metrics = _validated(MetricsFile, path / "metrics.json") if complete else None
     return Run(path=path, info=info, preprocessor=preprocessor, metrics=metrics)
+
+
+def next_step(path: Path, status: Status) -> str:
+    """What to do with a run that is not complete."""
+    if status == "diverged":
+        return "it cannot be resumed: lower training.optimizer.lr and train again"
+    resume = f"mlpkit train --resume {path}"
+    if status == "running":
+        return f"it is still training, or its process died (mlpkit runs tells); then: {resume}"
+    return f"resume it: {resume}"
 
 
 def _validated(model: type[Any], path: Path) -> Any:

@@ -240,6 +240,16 @@ DEFAULT_METRICS: dict[Task, list[str]] = {
 Device = Literal["auto", "cpu", "cuda"]
 
 
+class EarlyStoppingConfig(_Strict):
+    """Stop when a validation metric has not improved for `patience` epochs."""
+
+    monitor: str = Field("val_loss", examples=["val_loss", "val_r2"])  # val_loss or val_<metric>
+    patience: int = Field(5, gt=0, examples=[5])
+    min_delta: float = Field(0.0, ge=0)  # a change smaller than this is no improvement
+    mode: Literal["auto", "min", "max"] = "auto"  # auto: min for losses and errors, else max
+    restore_best: bool = True  # end with the best epoch's weights, not the last epoch's
+
+
 class TrainingConfig(_Strict):
     epochs: int = Field(gt=0, examples=[40])
     iterations_per_epoch: int | None = Field(None, gt=0)  # synthetic streams: batches per epoch
@@ -253,6 +263,9 @@ class TrainingConfig(_Strict):
     threshold: float = Field(0.5, gt=0, lt=1)  # binary: P(positive) from which a row is positive
     top_k: int = Field(2, ge=1)  # multiclass: k of top_k_accuracy
     device: Device = "auto"
+    early_stopping: EarlyStoppingConfig | None = None
+    # A checkpoint is written after every epoch; also after every N optimizer steps if set.
+    checkpoint_every_steps: int | None = Field(None, gt=0)
 
     @field_validator("metrics")
     @classmethod

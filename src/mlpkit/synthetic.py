@@ -2,9 +2,9 @@
 
 A source names its columns (x1..xN and the target y) and draws rows from a fixed distribution:
 the "world" (regression weights, class centres) comes from a generator seeded by the source's
-own settings, the rows from the run's seed. Training reads an endless IterableDataset through a
-DataLoader; validation and test rows are drawn once, from seeds derived from the run's seed, so
-`mlpkit eval` draws exactly the same ones again.
+own settings, the rows from the run's seed. Training reads an IterableDataset through a
+DataLoader, drawn afresh each epoch from (seed, epoch); validation and test rows are drawn once,
+from seeds derived from the run's seed, so `mlpkit eval` draws exactly the same ones again.
 """
 
 from __future__ import annotations
@@ -75,11 +75,23 @@ class Stream(IterableDataset[tuple[torch.Tensor, np.ndarray]]):
             yield draw(self.source, self.batch_size, generator)
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch's training rows: each epoch is drawn afresh from (seed, epoch), so
+    a resumed run draws the same rows without replaying the epochs before."""
+    return int(np.random.SeedSequence([seed, 2, epoch]).generate_state(1, np.uint64)[0])
+
+
 def loader(
     source: Source, batch_size: int, seed: int
 ) -> DataLoader[tuple[torch.Tensor, np.ndarray]]:
-    """The stream as a DataLoader; batch_size=None because the stream yields whole batches."""
-    return DataLoader(Stream(source, batch_size, seed), batch_size=None, collate_fn=_as_drawn)
+    """The stream as a DataLoader; batch_size=None because the stream yields whole batches.
+    Its own generator, so creating it leaves torch's global one (dropout's) untouched."""
+    return DataLoader(
+        Stream(source, batch_size, seed),
+        batch_size=None,
+        collate_fn=_as_drawn,
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 def _as_drawn(batch: Any) -> Any:
