@@ -18,9 +18,10 @@ from typing import Annotated
 import torch
 import typer
 from rich.console import Console
+from rich.table import Table
 from typer._click import exceptions as click_exceptions  # typer's vendored click
 
-from mlpkit import experiment, progress, runs
+from mlpkit import catalog, experiment, progress, runs
 from mlpkit.errors import MlpkitError, Problem
 from mlpkit.loop import Progress
 from mlpkit.prepare import Prepared
@@ -209,6 +210,27 @@ def predict_command(
         sys.stdout.write(predictions.to_csv())
     else:
         runs.write_bytes(out, predictions.to_csv().encode())
+
+
+@app.command("runs")
+def runs_command(
+    folder: Annotated[Path, typer.Argument(help="A folder of runs (or one run).")] = Path("runs"),
+) -> None:
+    """List runs with their status, epochs and key test metrics; dead processes show as
+    interrupted.
+
+    Example: mlpkit runs runs/
+    """
+    rows = catalog.list_runs(folder)
+    if not rows:
+        print(f"no runs under {folder}")
+        return
+    table = Table("run", "name", "status", "epochs", "test metrics", "note", box=None)
+    for row in rows:
+        shown = row.path.relative_to(folder) if row.path != folder else row.path
+        metrics = ", ".join(f"{name} {value:.4g}" for name, value in row.metrics.items())
+        table.add_row(str(shown), row.name, row.status, row.epochs, metrics or "-", row.note)
+    _stdout().print(table)
 
 
 def run_cli(argv: list[str]) -> int:

@@ -338,28 +338,30 @@ class _Session:
             with stop:
                 result = self._fit_and_write(on_epoch, stop)
         except BaseException as exc:
-            self._mark(_status_for(exc), exc)
-            if isinstance(exc, StopRequested | KeyboardInterrupt):
-                number = stop.received or signal.SIGINT
-                how = (
-                    "a checkpoint was saved"
-                    if isinstance(exc, StopRequested)
-                    else "at once; the last checkpoint was kept"
-                )
-                raise Interrupted(
-                    Problem(
-                        f"training stopped by {signal.Signals(number).name}, {how}, "
-                        "and the run marked interrupted",
-                        file=str(self.run_dir),
-                        hint=f"resume with: mlpkit train --resume {self.run_dir}",
-                    ),
-                    signal_number=number,
-                ) from None
-            raise
+            if not isinstance(exc, StopRequested | KeyboardInterrupt):
+                self._mark(_status_for(exc), exc)
+                raise
+            stopped = self._interrupted(
+                stop.received or signal.SIGINT, saved=isinstance(exc, StopRequested)
+            )
+            self._mark("interrupted", stopped)
+            raise stopped from None
         runs.write_info(
             self.run_dir, self.info.model_copy(update={"status": "complete", "finished": _now()})
         )
         return result
+
+    def _interrupted(self, number: int, saved: bool) -> Interrupted:
+        how = "a checkpoint was saved" if saved else "at once; the last checkpoint was kept"
+        return Interrupted(
+            Problem(
+                f"training stopped by {signal.Signals(number).name}, {how}, "
+                "and the run marked interrupted",
+                file=str(self.run_dir),
+                hint=f"resume with: mlpkit train --resume {self.run_dir}",
+            ),
+            signal_number=number,
+        )
 
     def _mark(self, status: runs.Status, exc: BaseException) -> None:
         """Record how the run ended; on a full disk even that may fail, and the first error is
@@ -525,8 +527,6 @@ def _run_info(prepared: Prepared, device: torch.device) -> runs.RunInfo:
 def _status_for(exc: BaseException) -> runs.Status:
     if isinstance(exc, DivergedError):
         return "diverged"
-    if isinstance(exc, StopRequested | KeyboardInterrupt):
-        return "interrupted"
     return "failed"
 
 

@@ -150,6 +150,7 @@ def fit(
             record |= evaluate(model, loss_fn, val, score, prefix="val_")
         record["seconds"] = time.perf_counter() - started
         _end_epoch(progress, record, model, early_stopping)
+        progress.order_state = generator.get_state()  # where the next epoch's shuffle begins
         if hooks.save is not None:
             hooks.save(progress)
         if hooks.on_epoch is not None:
@@ -233,10 +234,11 @@ def _train_epoch(
         progress.sizes.append(xb.shape[0])
         progress.batches_done += 1
         progress.steps += 1
+        stop = _asked_to_stop(hooks)  # read once: a signal between two reads would skip the save
         due = every is not None and progress.steps % every == 0
-        if hooks.save is not None and (due or _asked_to_stop(hooks)):
+        if hooks.save is not None and (due or stop):
             hooks.save(progress)
-        if _asked_to_stop(hooks):
+        if stop:
             raise StopRequested()
 
 
