@@ -62,6 +62,7 @@ class Trial:
     resumed: int  # exit code of `mlpkit train --resume`
     identical: bool  # final weights byte-identical to the uninterrupted run
     history_ok: bool  # history.csv has epochs 1..N once each
+    stderr: str  # what the signalled process said
 
 
 def write_project(root: Path) -> Path:
@@ -94,7 +95,7 @@ def start(config: Path, runs: Path) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
         mlpkit("train", config, "--runs-dir", runs, "-q"),
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + WAIT_SECONDS
     while not list(runs.glob("*/*/checkpoints/ckpt-*")):
@@ -123,7 +124,8 @@ def trial(config: Path, runs: Path, name: str, delay: float, expected: Path) -> 
     process = start(config, runs)
     time.sleep(delay)
     process.send_signal(getattr(signal, f"SIG{name}"))
-    code = process.wait(WAIT_SECONDS)
+    _, err = process.communicate(timeout=WAIT_SECONDS)
+    code = process.returncode
     (run,) = runs.glob("*/*")
     row = catalog.read_row(run)
     partial = any((run / "checkpoints").glob(".partial-*"))
@@ -143,6 +145,7 @@ def trial(config: Path, runs: Path, name: str, delay: float, expected: Path) -> 
         resumed=resumed,
         identical=done and weights(run) == weights(expected),
         history_ok=done and history_epochs(run) == history_epochs(expected),
+        stderr=err.decode(),
     )
 
 

@@ -100,14 +100,11 @@ def save(
     }
     files["manifest.json"] = (json.dumps(manifest, indent=2, allow_nan=False) + "\n").encode()
     partial = root / f".partial-{secrets.token_hex(4)}"
-    target = root
     try:
         root.mkdir(exist_ok=True)
         partial.mkdir()
         for name, data in files.items():  # manifest.json last
-            target = partial / name
-            _write_synced(target, data)
-        target = final
+            _write_synced(partial / name, data)
         if final.exists():  # the same position saved again (a resume that stops at once)
             shutil.rmtree(partial)
         else:
@@ -115,7 +112,7 @@ def save(
         _sync_folder(root)
     except OSError as exc:
         shutil.rmtree(partial, ignore_errors=True)
-        raise write_fault(exc, target) from None
+        raise write_fault(exc, final) from None  # the checkpoint that could not be written
     for old in sorted(root.glob("ckpt-*"))[:-KEEP]:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -7,6 +7,7 @@ to a report file (shown with --debug or MLPKIT_DEBUG=1), exit 1.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import tempfile
@@ -26,6 +27,16 @@ from mlpkit.errors import MlpkitError, Problem
 from mlpkit.loop import Progress
 from mlpkit.prepare import Prepared
 from mlpkit.summary import Summary, render_mermaid, render_table
+
+# Failures of the machine rather than of mlpkit or the input: exit 4.
+_ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.EIO,
+}
 
 app = typer.Typer(
     name="mlpkit",
@@ -69,7 +80,7 @@ def train(
         Path | None, typer.Argument(help="Experiment config (YAML).", show_default=False)
     ] = None,
     set_: SetOpt = None,
-    runs_dir: Annotated[Path, typer.Option(help="Where run directories go.")] = Path("runs"),
+    runs_dir: Annotated[str, typer.Option(help="Where run directories go.")] = "runs",
     device: DeviceOpt = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Print only the run directory.")
@@ -93,6 +104,8 @@ def train(
                 hint="see mlpkit train --help",
             )
         )
+    if not runs_dir:  # Path("") would silently mean the working directory
+        raise MlpkitError(Problem("is empty", where="--runs-dir", hint="give a folder, e.g. runs"))
     console = _stdout()
     printer = progress.EpochPrinter(console)
 
@@ -118,7 +131,9 @@ def train(
             result = experiment.resume(resume, config, set_ or [], device, starting, each_epoch)
         else:
             assert config is not None
-            result = experiment.train(config, set_ or [], runs_dir, device, starting, each_epoch)
+            result = experiment.train(
+                config, set_ or [], Path(runs_dir), device, starting, each_epoch
+            )
     finally:
         printer.close()
     if not quiet:
@@ -253,19 +268,30 @@ def run_cli(argv: list[str]) -> int:
     except (typer.Abort, KeyboardInterrupt):
         sys.stderr.write("Error: interrupted\n")
         return 130
+    except OSError as exc:  # whatever write escaped runs.write_bytes: still the machine's fault
+        if exc.errno not in _ENVIRONMENT_ERRNOS:
+            return _bug(debug)
+        where = f"{exc.filename}: " if exc.filename else ""
+        sys.stderr.write(f"Error: {where}{exc.strerror}\n")
+        return 4
     except MemoryError:
         sys.stderr.write("Error: out of memory; try a smaller data.chunk_rows or batch_size\n")
         return 4
     except Exception:  # a bug: keep the report, show one line
-        report = _write_report(traceback.format_exc())
-        if debug:
-            sys.stderr.write(traceback.format_exc())
-        kind = sys.exc_info()[0]
-        sys.stderr.write(
-            f"Error: internal error ({kind.__name__ if kind else 'unknown'}); "
-            f"this is a bug; the full report is in {report}\n"
-        )
-        return 1
+        return _bug(debug)
+
+
+def _bug(debug: bool) -> int:
+    """Report the exception being handled as a bug: one line, the traceback in a file."""
+    report = _write_report(traceback.format_exc())
+    if debug:
+        sys.stderr.write(traceback.format_exc())
+    kind = sys.exc_info()[0]
+    sys.stderr.write(
+        f"Error: internal error ({kind.__name__ if kind else 'unknown'}); "
+        f"this is a bug; the full report is in {report}\n"
+    )
+    return 1
 
 
 def _write_report(text: str) -> str:

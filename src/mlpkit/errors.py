@@ -97,9 +97,11 @@ class EnvironmentFault(MlpkitError):
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """A hint naming the closest valid choice, or listing them all when none is close."""
+    """A hint naming the closest valid choice (case aside) and listing them all."""
     options = sorted(choices)
-    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    listed = "expected one of: " + ", ".join(options)
+    by_case = {option.lower(): option for option in options}
+    close = difflib.get_close_matches(word.lower(), list(by_case), n=1, cutoff=0.6)
     if close:
-        return f"did you mean '{close[0]}'?"
-    return "expected one of: " + ", ".join(options)
+        return f"did you mean '{by_case[close[0]]}'? {listed}"
+    return listed

@@ -12,6 +12,7 @@ import contextlib
 import csv
 import io
 import platform
+import shutil
 import signal
 import sys
 import traceback
@@ -83,7 +84,7 @@ def resolve_device(loaded: LoadedConfig, override: str | None = None) -> torch.d
     Raises:
         DeviceError: CUDA was asked for and is not available.
     """
-    wanted = override or loaded.config.training.device
+    wanted = override if override is not None else loaded.config.training.device
     if wanted == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if wanted == "cuda" and not torch.cuda.is_available():
@@ -204,11 +205,16 @@ def train(
     if on_start is not None:
         on_start(prepared, device, summary, None)
     run_dir = runs.create_run_dir(runs_dir, prepared.config.name)
+    try:
+        with lock.hold(run_dir):
+            runs.write_yaml(run_dir / "config.yaml", resolved_config(loaded))
+            runs.write_bytes(run_dir / "summary.txt", render_text(summary).encode())
+            preprocessing = prepared.preprocessor.model_dump(mode="json")
+            runs.write_json(run_dir / "preprocessing.json", preprocessing)
+    except MlpkitError:
+        shutil.rmtree(run_dir, ignore_errors=True)  # not a run yet: leave nothing behind
+        raise
     with lock.hold(run_dir):
-        runs.write_yaml(run_dir / "config.yaml", resolved_config(loaded))
-        runs.write_bytes(run_dir / "summary.txt", render_text(summary).encode())
-        preprocessing = prepared.preprocessor.model_dump(mode="json")
-        runs.write_json(run_dir / "preprocessing.json", preprocessing)
         session = _Session(run_dir, prepared, trainer, device, _run_info(prepared, device))
         return session.run(on_epoch)
 

@@ -46,8 +46,11 @@ def hold(run_dir: Path) -> Iterator[None]:
                 )
             ) from None
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder).encode(), 0)
+        except OSError as exc:
+            raise write_fault(exc, path) from None
         yield
     finally:
         os.close(fd)  # releases the flock
