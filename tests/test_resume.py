@@ -426,3 +426,63 @@ def test_runs_lists_statuses_and_survives_junk(  # type: ignore[no-untyped-def]
     assert "interrupted" in lines["tiny/dead"] and "process died" in lines["tiny/dead"]
     assert "unreadable" in lines["junk/a"]
     assert cli("runs", long_project.root / "missing").code == 2
+
+
+def _rehash(folder: Path, name: str) -> None:
+    """Make manifest.json agree with a file an attacker replaced."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    data = (folder / name).read_bytes()
+    manifest["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _files_not_a_mapping(folder: Path) -> None:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps(manifest | {"files": []}))
+
+
+def _files_outside(folder: Path) -> None:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"]["../../run.json"] = {"sha256": "0", "bytes": 1}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _progress_of_wrong_types(folder: Path) -> None:
+    state = torch.load(folder / "state.pt", weights_only=True)
+    state["progress"]["epoch"] = "3"
+    torch.save(state, folder / "state.pt")
+    _rehash(folder, "state.pt")
+
+
+def _losses_not_a_tensor(folder: Path) -> None:
+    state = torch.load(folder / "state.pt", weights_only=True)
+    state["progress"]["losses"] = [1.0]
+    torch.save(state, folder / "state.pt")
+    _rehash(folder, "state.pt")
+
+
+def _deeply_nested_manifest(folder: Path) -> None:
+    (folder / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        _files_not_a_mapping,
+        _files_outside,
+        _progress_of_wrong_types,
+        _losses_not_a_tensor,
+        _deeply_nested_manifest,
+    ],
+)
+def test_hostile_newest_checkpoint_is_skipped_in_one_line(  # type: ignore[no-untyped-def]
+    cli, long_project: Project, monkeypatch: pytest.MonkeyPatch, damage
+) -> None:
+    reference = reference_run(cli, long_project)
+    run = interrupted_run(cli, long_project, monkeypatch)
+    damage(sorted((run / "checkpoints").glob("ckpt-*"))[-1])
+    resumed = cli("train", "--resume", run, "-q")
+    assert resumed.code == 0, resumed.err
+    (warning,) = resumed.err.splitlines()
+    assert warning.startswith("Warning: skipped ")
+    assert weights_of(run) == weights_of(reference)

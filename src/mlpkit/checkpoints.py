@@ -39,6 +39,7 @@ from mlpkit.runs import write_fault
 
 FORMAT = "mlpkit.checkpoint/1"
 FOLDER = "checkpoints"
+PARTS = {"model.safetensors", "best.safetensors", "state.pt"}
 KEEP = 2  # the newest and the one before it, so a damaged newest still leaves one to resume
 _PLAIN = (  # the Progress fields that are plain values
     "epoch",
@@ -105,10 +106,9 @@ def save(
         partial.mkdir()
         for name, data in files.items():  # manifest.json last
             _write_synced(partial / name, data)
-        if final.exists():  # the same position saved again (a resume that stops at once)
-            shutil.rmtree(partial)
-        else:
-            os.rename(partial, final)
+        if final.exists():  # the same position saved again, or a damaged one passed over
+            shutil.rmtree(final)
+        os.rename(partial, final)
         _sync_folder(root)
     except OSError as exc:
         shutil.rmtree(partial, ignore_errors=True)
@@ -149,10 +149,16 @@ def read(path: Path) -> Checkpoint:
         RunDirError: a file is missing, damaged, altered, or not of this format.
     """
     manifest = _manifest(path / "manifest.json")
-    data = {name: _verified(path / name, expected) for name, expected in manifest["files"].items()}
-    for name in ("model.safetensors", "state.pt"):
-        if name not in data:
-            raise RunDirError(Problem("missing from the manifest", file=str(path / name)))
+    listed = manifest["files"]
+    if not isinstance(listed, dict) or not {"model.safetensors", "state.pt"} <= set(listed):
+        raise RunDirError(
+            Problem("lists no model and state files", file=str(path / "manifest.json"))
+        )
+    unknown = set(listed) - PARTS
+    if unknown:  # never read a path the manifest makes up
+        problem = f"lists unknown files: {', '.join(sorted(unknown))}"
+        raise RunDirError(Problem(problem, file=str(path / "manifest.json")))
+    data = {name: _verified(path / name, expected) for name, expected in listed.items()}
     state = _torch_state(path / "state.pt", data["state.pt"])
     try:
         progress = _progress(state["progress"])
@@ -166,9 +172,40 @@ def read(path: Path) -> Checkpoint:
             rng=state["rng"],
             config=manifest["config"],
         )
-    except (KeyError, TypeError) as exc:
+    except Exception as exc:  # any shape a damaged or hostile state.pt may take
         problem = f"not a {FORMAT} state: {type(exc).__name__} {exc}"
         raise RunDirError(Problem(problem, file=str(path / "state.pt"))) from None
+
+
+def load_into(
+    checkpoint: Checkpoint, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> None:
+    """Put the checkpoint's weights and optimizer state into freshly built ones.
+
+    Raises:
+        RunDirError: the state does not fit the model the config builds.
+    """
+    try:
+        model.load_state_dict(checkpoint.model)
+        optimizer.load_state_dict(checkpoint.optimizer)
+        _check_optimizer_shapes(optimizer)
+    except Exception as exc:  # torch raises RuntimeError, ValueError, KeyError... on a misfit
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        problem = f"does not fit the model of the config: {first}"
+        raise RunDirError(Problem(problem, file=str(checkpoint.path))) from None
+
+
+def _check_optimizer_shapes(optimizer: torch.optim.Optimizer) -> None:
+    """load_state_dict accepts moments of the wrong shape; the first step() would fail."""
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            for name, value in optimizer.state.get(parameter, {}).items():
+                if (
+                    isinstance(value, torch.Tensor)
+                    and value.dim()
+                    and value.shape != parameter.shape
+                ):
+                    raise ValueError(f"optimizer state '{name}' has shape {tuple(value.shape)}")
 
 
 def restore_rng(rng: dict[str, Any], device: torch.device) -> None:
@@ -214,6 +251,13 @@ def _progress_state(progress: Progress) -> dict[str, Any]:
 
 def _progress(state: dict[str, Any]) -> Progress:
     progress = Progress(**{name: state[name] for name in _PLAIN})
+    counts = (progress.epoch, progress.batches_done, progress.steps, progress.best_epoch)
+    if not all(isinstance(n, int) and n >= 0 for n in counts) or progress.epoch < 1:
+        raise ValueError("epoch, batches_done, steps and best_epoch must be counts")
+    if not isinstance(progress.history, list) or not isinstance(progress.sizes, list):
+        raise ValueError("history and sizes must be lists")
+    if len(progress.sizes) != (0 if state["losses"] is None else len(state["losses"])):
+        raise ValueError("one loss per batch size")
     progress.order_state = state["order_state"]
     if state["losses"] is not None:
         progress.losses = list(state["losses"].unbind())
@@ -251,7 +295,7 @@ def _manifest(path: Path) -> dict[str, Any]:
         raise RunDirError(
             Problem("missing: the checkpoint is incomplete", file=str(path))
         ) from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise RunDirError(Problem(f"unreadable: {exc}", file=str(path))) from None
     wanted = {"format", "epoch", "batches_done", "steps", "config", "files"}
     if not isinstance(manifest, dict) or not wanted <= set(manifest):

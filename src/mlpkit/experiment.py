@@ -237,20 +237,21 @@ def resume(
         ConfigError: the config differs from the run's (the fields are named).
         DataError: the data file changed since the run began.
     """
-    run = runs.open_run(run_dir, require_complete=False)
-    if run.info.status in ("complete", "diverged"):
-        hint = "nothing to resume" if run.info.status == "complete" else None
-        hint = hint or runs.next_step(run_dir, run.info.status)
-        raise RunDirError(Problem(f"the run is {run.info.status}", file=str(run_dir), hint=hint))
+    runs.open_run(run_dir, require_complete=False)  # a run at all, before taking its lock
     with lock.hold(run_dir):
+        run = runs.open_run(run_dir, require_complete=False)  # as it is now that we hold it
+        if run.info.status in ("complete", "diverged"):
+            hint = "nothing to resume" if run.info.status == "complete" else None
+            hint = hint or runs.next_step(run_dir, run.info.status)
+            problem = Problem(f"the run is {run.info.status}", file=str(run_dir), hint=hint)
+            raise RunDirError(problem)
         checkpoint, skipped = checkpoints.latest(run_dir)
         loaded = _same_config(run, checkpoint, config_path, overrides)
         device = resolve_device(loaded, device_name)
         prepared = prepare(loaded)
         _same_data(run, prepared)
         trainer = build_trainer(prepared, device)
-        trainer.model.load_state_dict(checkpoint.model)
-        trainer.optimizer.load_state_dict(checkpoint.optimizer)
+        checkpoints.load_into(checkpoint, trainer.model, trainer.optimizer)
         if on_start is not None:
             on_start(prepared, device, prepared.summary(), checkpoint.progress)
         for problem in skipped:  # a damaged newer checkpoint: say so, resume from the one before

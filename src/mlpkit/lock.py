@@ -10,6 +10,7 @@ import fcntl
 import json
 import os
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -35,16 +36,14 @@ def hold(run_dir: Path) -> Iterator[None]:
     except OSError as exc:
         raise write_fault(exc, path) from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _take(fd):
             raise RunDirError(
                 Problem(
                     f"is locked by {_holder(path)}",
                     file=str(run_dir),
                     hint="wait for that process to finish, or stop it first",
                 )
-            ) from None
+            )
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}
         try:
             os.ftruncate(fd, 0)
@@ -54,6 +53,18 @@ def hold(run_dir: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the flock
+
+
+def _take(fd: int, tries: int = 10) -> bool:
+    """The exclusive lock, retried for ~0.2 s: `mlpkit runs` takes a shared one for an instant."""
+    for attempt in range(tries):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if attempt < tries - 1:
+                time.sleep(0.02)
+    return False
 
 
 def is_held(run_dir: Path) -> bool:

@@ -135,6 +135,8 @@ def fit(
     generator = torch.Generator().manual_seed(seed)
     if progress.order_state is not None:
         generator.set_state(progress.order_state)
+    device = next(model.parameters()).device
+    progress.losses = [loss.to(device) for loss in progress.losses]  # a checkpoint's are on CPU
     while progress.epoch <= epochs and not progress.stopped_early:
         started = time.perf_counter()
         progress.order_state = generator.get_state()
