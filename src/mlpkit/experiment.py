@@ -205,18 +205,19 @@ def train(
     if on_start is not None:
         on_start(prepared, device, summary, None)
     run_dir = runs.create_run_dir(runs_dir, prepared.config.name)
+    session = None
     try:
-        with lock.hold(run_dir):
+        with lock.hold(run_dir):  # one hold from the first file to the last
             runs.write_yaml(run_dir / "config.yaml", resolved_config(loaded))
             runs.write_bytes(run_dir / "summary.txt", render_text(summary).encode())
             preprocessing = prepared.preprocessor.model_dump(mode="json")
             runs.write_json(run_dir / "preprocessing.json", preprocessing)
+            session = _Session(run_dir, prepared, trainer, device, _run_info(prepared, device))
+            return session.run(on_epoch)
     except MlpkitError:
-        shutil.rmtree(run_dir, ignore_errors=True)  # not a run yet: leave nothing behind
+        if session is None:  # not a run yet: leave nothing behind
+            shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    with lock.hold(run_dir):
-        session = _Session(run_dir, prepared, trainer, device, _run_info(prepared, device))
-        return session.run(on_epoch)
 
 
 def resume(
