@@ -266,6 +266,13 @@ class TrainingConfig(_Strict):
     early_stopping: EarlyStoppingConfig | None = None
     # A checkpoint is written after every epoch; also after every N optimizer steps if set.
     checkpoint_every_steps: int | None = Field(None, gt=0)
+    # How a step computes gradients: `direct` writes out the gradients of a plain dense stack
+    # (no autograd, one fused optimizer call; same results, several times faster on small
+    # models), `autograd` is PyTorch's usual path, `auto` picks direct where it applies.
+    engine: Literal["auto", "direct", "autograd"] = "auto"
+    # CPU threads for training: auto picks 1 for models too small to gain from more (see
+    # docs/ARCHITECTURE.md), else all cores.
+    threads: Literal["auto"] | Annotated[int, Field(ge=1, le=1024)] = "auto"
 
     @field_validator("metrics")
     @classmethod
