@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 import mlpkit
-from mlpkit import checkpoints, components, filestream, interrupts, lock, runs
+from mlpkit import checkpoints, components, direct, filestream, interrupts, lock, runs, threads
 from mlpkit.blocks import load_table
 from mlpkit.config import LoadedConfig, load_config
 from mlpkit.data import Table
@@ -76,6 +76,7 @@ class TrainResult:
     run_dir: Path
     history: list[EpochRecord]
     metrics: dict[str, Any]
+    training: runs.TrainingInfo
 
 
 def resolve_device(loaded: LoadedConfig, override: str | None = None) -> torch.device:
@@ -150,12 +151,39 @@ def load_run_config(run: runs.Run) -> LoadedConfig:
     return loaded
 
 
+# Optimizers with a fused kernel (one call updates every parameter): faster than the for-each
+# default on CPU and CUDA (bench/loop_overhead.py), and what the direct step calls.
+FUSED = ("sgd", "adam", "adamw")
+
+
 def make_optimizer(model: nn.Module, loaded: LoadedConfig) -> torch.optim.Optimizer:
-    options = loaded.config.training.optimizer.model_dump(exclude={"name"})
+    settings = loaded.config.training.optimizer
+    options = settings.model_dump(exclude={"name"})
     if "betas" in options:
         options["betas"] = tuple(options["betas"])
-    optimizer_class = components.OPTIMIZERS[loaded.config.training.optimizer.name]
+    if settings.name in FUSED:
+        options["fused"] = True
+    optimizer_class = components.OPTIMIZERS[settings.name]
     return optimizer_class(model.parameters(), **options)
+
+
+@dataclass(frozen=True)
+class Engine:
+    """How steps run: `direct` (direct.py) or `autograd`; why not direct; CPU threads."""
+
+    name: str
+    threads: int
+    why_not_direct: str | None = None
+
+    def describe(self, progress: Progress | None = None) -> runs.TrainingInfo:
+        done = {}
+        if progress is not None:
+            seconds = sum(record["seconds"] for record in progress.history)
+            done = {"steps": progress.steps, "seconds": seconds}
+        return runs.TrainingInfo.model_validate(
+            {"engine": self.name, "threads": self.threads, "why_not_direct": self.why_not_direct}
+            | done
+        )
 
 
 @dataclass(frozen=True)
@@ -165,13 +193,15 @@ class Trainer:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     loss_fn: nn.Module
+    engine: Engine
 
 
 def build_trainer(prepared: Prepared, device: torch.device) -> Trainer:
     """Build model, optimizer and loss, so whatever torch refuses is known before a run exists.
 
     Raises:
-        ConfigError: torch refuses an optimizer option the config checks let through.
+        ConfigError: torch refuses an optimizer option the config checks let through, or
+            training.engine is direct for a model, loss or optimizer it does not cover.
     """
     model = network(prepared.config, prepared.preprocessor, prepared.task, device)
     try:
@@ -179,7 +209,30 @@ def build_trainer(prepared: Prepared, device: torch.device) -> Trainer:
     except ValueError as exc:
         problem = prepared.loaded.problem(("training", "optimizer"), f"torch refuses it: {exc}")
         raise ConfigError(problem) from None
-    return Trainer(model, optimizer, prepared.task.loss(device))
+    loss_fn = prepared.task.loss(device)
+    return Trainer(model, optimizer, loss_fn, choose_engine(prepared, model, loss_fn, optimizer))
+
+
+def choose_engine(
+    prepared: Prepared, model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer
+) -> Engine:
+    """training.engine resolved: auto takes the direct step wherever it covers the model."""
+    training = prepared.config.training
+    parameters = sum(p.numel() for p in model.parameters())
+    count = threads.choose(training.threads, parameters, training.batch_size)
+    if training.engine == "autograd":
+        return Engine("autograd", count)
+    why_not = direct.unsupported(model, loss_fn, optimizer)
+    if why_not is None:
+        return Engine("direct", count)
+    if training.engine == "direct":
+        problem = prepared.loaded.problem(
+            ("training", "engine"),
+            f"the direct step does not cover {why_not}",
+            hint="use engine: auto (direct where it applies) or autograd",
+        )
+        raise ConfigError(problem)
+    return Engine("autograd", count, why_not)
 
 
 def train(
@@ -212,7 +265,8 @@ def train(
             runs.write_bytes(run_dir / "summary.txt", render_text(summary).encode())
             preprocessing = prepared.preprocessor.model_dump(mode="json")
             runs.write_json(run_dir / "preprocessing.json", preprocessing)
-            session = _Session(run_dir, prepared, trainer, device, _run_info(prepared, device))
+            info = _run_info(prepared, device, trainer.engine)
+            session = _Session(run_dir, prepared, trainer, device, info)
             return session.run(on_epoch)
     except MlpkitError:
         if session is None:  # not a run yet: leave nothing behind
@@ -259,8 +313,10 @@ def resume(
             sys.stderr.write(f"Warning: skipped {problem.render().removeprefix('Error: ')}\n")
         checkpoints.clean_partials(run_dir)
         resumed = [*run.info.resumed, _now()]
-        update = {"status": "running", "finished": None, "error": None, "resumed": resumed}
-        info = run.info.model_copy(update=update | {"device": str(device)})
+        update: dict[str, Any] = {"status": "running", "finished": None, "error": None}
+        update |= {"resumed": resumed, "device": str(device)}
+        update["training"] = trainer.engine.describe()
+        info = run.info.model_copy(update=update)
         session = _Session(run_dir, prepared, trainer, device, info, checkpoint)
         return session.run(on_epoch)
 
@@ -355,7 +411,10 @@ class _Session:
             self._mark("interrupted", stopped)
             raise stopped from None
         runs.write_info(
-            self.run_dir, self.info.model_copy(update={"status": "complete", "finished": _now()})
+            self.run_dir,
+            self.info.model_copy(
+                update={"status": "complete", "finished": _now(), "training": result.training}
+            ),
         )
         return result
 
@@ -395,11 +454,19 @@ class _Session:
             )
 
         hooks = Hooks(on_epoch, save, cfg.training.checkpoint_every_steps, stop.requested)
+        engine = trainer.engine
         # Dropout draws from torch's global generator; fork_rng seeds it here and restores it after.
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with (
+            torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+            threads.limited(engine.threads),
+        ):
             torch.manual_seed(cfg.seed)
             if self.checkpoint is not None:
                 checkpoints.restore_rng(self.checkpoint.rng, device)
+            # after the checkpoint's optimizer state is loaded: the step works on it in place
+            step = None
+            if engine.name == "direct":
+                step = direct.DirectStep(trainer.model, trainer.loss_fn, trainer.optimizer)
             progress = fit(
                 trainer.model,
                 trainer.loss_fn,
@@ -414,6 +481,7 @@ class _Session:
                 early_stopping=early_stopping(prepared.config),
                 hooks=hooks,
                 progress=progress,
+                direct=step,
             )
         return self._write(data, progress)
 
@@ -424,7 +492,8 @@ class _Session:
         runs.write_json(run_dir / "metrics.json", metrics)
         runs.write_csv(run_dir / "predictions.csv", _predictions(model, prepared, data["test"]))
         runs.write_weights(run_dir / "model.safetensors", model)
-        return TrainResult(run_dir, progress.history, metrics)
+        training = self.trainer.engine.describe(progress)
+        return TrainResult(run_dir, progress.history, metrics, training)
 
 
 def early_stopping(config: Config) -> EarlyStopping | None:
@@ -514,7 +583,7 @@ def resolved_config(loaded: LoadedConfig) -> dict[str, Any]:
     return resolved
 
 
-def _run_info(prepared: Prepared, device: torch.device) -> runs.RunInfo:
+def _run_info(prepared: Prepared, device: torch.device, engine: Engine) -> runs.RunInfo:
     return runs.RunInfo(
         name=prepared.config.name,
         status="running",
@@ -529,6 +598,7 @@ def _run_info(prepared: Prepared, device: torch.device) -> runs.RunInfo:
             "python": platform.python_version(),
         },
         started=_now(),
+        training=engine.describe(),
     )
 
 

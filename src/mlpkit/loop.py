@@ -21,6 +21,7 @@ from itertools import islice
 import torch
 from torch import nn
 
+from mlpkit.direct import DirectStep
 from mlpkit.errors import DivergedError, Problem
 
 
@@ -120,11 +121,13 @@ def fit(
     early_stopping: EarlyStopping | None = None,
     hooks: Hooks | None = None,
     progress: Progress | None = None,
+    direct: DirectStep | None = None,
 ) -> Progress:
     """Train up to `epochs` (from `progress` if given) and return where training ended.
 
     `train` is in-memory rows (each epoch one pass in a seeded random order) or a stream.
     With early stopping that restores the best, the model ends with the best epoch's weights.
+    With `direct`, steps run through it (see direct.py) instead of autograd and optimizer.step.
 
     Raises:
         DivergedError: a batch's loss was NaN or infinite; it was not applied.
@@ -144,9 +147,9 @@ def fit(
             batches = train.epoch_batches(progress.epoch)
         else:
             batches = _slices(model, train, batch_size, shuffle, generator)
-        _train_epoch(
-            model, loss_fn, optimizer, islice(batches, progress.batches_done, None), progress, hooks
-        )
+        remaining = islice(batches, progress.batches_done, None)
+        _train_epoch(model, loss_fn, optimizer, remaining, progress, hooks, direct)
+        _check_finite(progress, direct)
         record: EpochRecord = {"epoch": progress.epoch, "train_loss": progress.epoch_loss()}
         if val is not None:
             record |= evaluate(model, loss_fn, val, score, prefix="val_")
@@ -214,24 +217,16 @@ def _train_epoch(
     batches: Iterator[Batch],
     progress: Progress,
     hooks: Hooks,
+    direct: DirectStep | None,
 ) -> None:
     """One optimizer step per batch, each loss kept (on the device) in `progress`."""
     model.train()
     every = hooks.save_every_steps
     for xb, yb in batches:
-        loss = loss_fn(model(xb), yb)
-        if not torch.isfinite(loss):  # a host sync, so the bad batch never reaches the optimizer
-            raise DivergedError(
-                Problem(
-                    f"the training loss became {loss.item()} in epoch {progress.epoch}, "
-                    f"batch {progress.batches_done + 1}; that batch was not applied",
-                    where="training",
-                    hint="lower training.optimizer.lr or scale the target",
-                )
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if direct is None:
+            loss = _autograd_step(model, loss_fn, optimizer, xb, yb, progress)
+        else:
+            loss = direct(xb, yb)  # checks finiteness on the device; read in _check_finite
         progress.losses.append(loss.detach())
         progress.sizes.append(xb.shape[0])
         progress.batches_done += 1
@@ -239,9 +234,53 @@ def _train_epoch(
         stop = _asked_to_stop(hooks)  # read once: a signal between two reads would skip the save
         due = every is not None and progress.steps % every == 0
         if hooks.save is not None and (due or stop):
+            _check_finite(progress, direct)  # never save weights past a divergence
             hooks.save(progress)
         if stop:
             raise StopRequested()
+
+
+def _autograd_step(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    progress: Progress,
+) -> torch.Tensor:
+    loss = loss_fn(model(xb), yb)
+    if not torch.isfinite(loss):  # a host sync, so the bad batch never reaches the optimizer
+        raise _diverged(
+            f"the training loss became {loss.item()}", progress.epoch, progress.batches_done + 1
+        )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss  # type: ignore[no-any-return]
+
+
+def _check_finite(progress: Progress, direct: DirectStep | None) -> None:
+    """With the direct step, raise if a step of this epoch was not finite: that step and every
+    one after it were skipped on the device, so the weights are from before it."""
+    if direct is None or not direct.diverged():
+        return
+    finite = torch.isfinite(torch.stack(progress.losses)).tolist()
+    if all(finite):
+        raise _diverged("the training gradients became NaN or infinite", progress.epoch, None)
+    batch = finite.index(False)
+    value = progress.losses[batch].item()
+    raise _diverged(f"the training loss became {value}", progress.epoch, batch + 1)
+
+
+def _diverged(what: str, epoch: int, batch: int | None) -> DivergedError:
+    where = f"epoch {epoch}" if batch is None else f"epoch {epoch}, batch {batch}"
+    return DivergedError(
+        Problem(
+            f"{what} in {where}; {'that batch' if batch else 'that step'} was not applied",
+            where="training",
+            hint="lower training.optimizer.lr or scale the target",
+        )
+    )
 
 
 def _asked_to_stop(hooks: Hooks) -> bool:

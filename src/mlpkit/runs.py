@@ -68,6 +68,18 @@ class DataInfo(BaseModel):
     rows: int
 
 
+class TrainingInfo(BaseModel):
+    """How training ran: its engine (see direct.py), CPU threads, optimizer steps and seconds."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    engine: Literal["direct", "autograd"]
+    threads: int
+    why_not_direct: str | None = None  # with engine auto: what the direct step does not cover
+    steps: int | None = None  # once complete
+    seconds: float | None = None  # the epochs' time: training, validation and checkpoints
+
+
 class RunInfo(BaseModel):
     """run.json: what ran, where, on what data, and how it ended."""
 
@@ -84,6 +96,7 @@ class RunInfo(BaseModel):
     finished: str | None = None
     error: str | None = None
     resumed: list[str] = []  # when each `train --resume` started
+    training: TrainingInfo | None = None
 
 
 def create_run_dir(runs_dir: Path, name: str, now: datetime | None = None) -> Path:

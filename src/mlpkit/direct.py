@@ -1,0 +1,384 @@
+"""Training steps with the gradients written out: no autograd graph, one fused optimizer call.
+
+For a small MLP a step's cost is PyTorch's per-operation overhead, not arithmetic: mpg's 529
+parameters need about 4 kFLOP a step, yet the usual loop (module calls, building the autograd
+graph, walking it, optimizer.step's Python) spends ~600 us on it. A plain dense stack has
+gradients simple enough to write out with the very ATen kernels autograd would run: addmm
+forward, mm for the weight and input gradients, threshold_backward for relu, mse_loss_backward
+for the loss, and so on. They write into gradient buffers made once, and then one fused kernel
+(torch._fused_adam_, _fused_adamw_ or _fused_sgd_) updates every parameter in place with the
+optimizer's own state tensors, so optimizer.state_dict() and checkpoints are the usual ones.
+On CPU the result is the autograd path's, bit for bit (tests/test_direct.py trains both ways
+and compares weights and optimizer state), at a fraction of the cost.
+
+A NaN or infinite loss must never reach the weights, yet checking it per step is a host sync
+(a stall on a GPU). Instead each step ORs "loss or a gradient is not finite" into a flag on the
+device, and the fused optimizer skips its update while the flag is up (the same mechanism AMP's
+GradScaler uses). The flag is read once an epoch and before a checkpoint: the batch that
+diverged is found in the epoch's losses, and the weights are those from before it.
+
+`plan` says whether a model, loss and optimizer are covered; anything else (dropout, batch
+norm, other activations, losses or optimizers) trains through autograd.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+aten = torch.ops.aten
+Tensor = torch.Tensor
+
+# An activation as (forward, gradient); the gradient maps (gradient at the output, the
+# pre-activation z, the activation a) to the gradient at z with the kernel of autograd's own
+# derivative formula, so the numbers are the same.
+Forward = Callable[[Tensor], Tensor]
+Backward = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+def _relu(m: nn.Module) -> tuple[Forward, Backward]:
+    return torch.relu, lambda g, z, a: aten.threshold_backward.default(g, a, 0)
+
+
+def _tanh(m: nn.Module) -> tuple[Forward, Backward]:
+    return torch.tanh, lambda g, z, a: aten.tanh_backward.default(g, a)
+
+
+def _sigmoid(m: nn.Module) -> tuple[Forward, Backward]:
+    return torch.sigmoid, lambda g, z, a: aten.sigmoid_backward.default(g, a)
+
+
+def _silu(m: nn.Module) -> tuple[Forward, Backward]:
+    return nn.functional.silu, lambda g, z, a: aten.silu_backward.default(g, z)
+
+
+def _gelu(m: nn.Module) -> tuple[Forward, Backward]:
+    if getattr(m, "approximate", "none") != "none":
+        raise Unsupported("an approximate GELU")
+    return nn.functional.gelu, lambda g, z, a: aten.gelu_backward.default(g, z)
+
+
+def _elu(m: nn.Module) -> tuple[Forward, Backward]:
+    alpha = float(getattr(m, "alpha", 1.0))
+    return (
+        lambda z: nn.functional.elu(z, alpha),
+        lambda g, z, a: aten.elu_backward.default(g, alpha, 1, 1, False, z),
+    )
+
+
+def _leaky_relu(m: nn.Module) -> tuple[Forward, Backward]:
+    slope = float(getattr(m, "negative_slope", 0.01))
+    return (
+        lambda z: nn.functional.leaky_relu(z, slope),
+        lambda g, z, a: aten.leaky_relu_backward.default(g, z, slope, False),
+    )
+
+
+ACTIVATIONS: dict[type[nn.Module], Callable[[nn.Module], tuple[Forward, Backward]]] = {
+    nn.ReLU: _relu,
+    nn.Tanh: _tanh,
+    nn.Sigmoid: _sigmoid,
+    nn.SiLU: _silu,
+    nn.GELU: _gelu,
+    nn.ELU: _elu,
+    nn.LeakyReLU: _leaky_relu,
+}
+
+# A loss as (outputs, targets, one) -> (mean loss, its gradient at the outputs), with the
+# kernels autograd runs for the loss module's backward; `one` is backward's seed gradient.
+LossAndGrad = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+def _mse(out: Tensor, y: Tensor, one: Tensor) -> tuple[Tensor, Tensor]:
+    return aten.mse_loss.default(out, y, 1), aten.mse_loss_backward.default(one, out, y, 1)
+
+
+def _l1(out: Tensor, y: Tensor, one: Tensor) -> tuple[Tensor, Tensor]:
+    # To autograd l1_loss is (out - y).abs().mean(): mean's gradient one/n, times sgn(out - y).
+    difference = out - y
+    return difference.abs().mean(), (one / difference.numel()) * difference.sgn()
+
+
+def _huber(delta: float) -> LossAndGrad:
+    def huber(out: Tensor, y: Tensor, one: Tensor) -> tuple[Tensor, Tensor]:
+        return (
+            aten.huber_loss.default(out, y, 1, delta),
+            aten.huber_loss_backward.default(one, out, y, 1, delta),
+        )
+
+    return huber
+
+
+def _bce_with_logits(pos_weight: Tensor | None) -> LossAndGrad:
+    def bce(out: Tensor, y: Tensor, one: Tensor) -> tuple[Tensor, Tensor]:
+        value = nn.functional.binary_cross_entropy_with_logits(out, y, pos_weight=pos_weight)
+        # autograd's binary_cross_entropy_with_logits_backward, operation for operation
+        if pos_weight is None:
+            grad = out.sigmoid().sub_(y)
+        else:
+            weighted = pos_weight.mul(y)
+            grad = weighted.add(1).sub_(y).mul_(out.sigmoid()).sub_(weighted)
+        return value, grad.mul_(one).div_(out.numel())
+
+    return bce
+
+
+def _cross_entropy(weight: Tensor | None) -> LossAndGrad:
+    def cross_entropy(out: Tensor, y: Tensor, one: Tensor) -> tuple[Tensor, Tensor]:
+        log_p = torch.log_softmax(out, 1)
+        value, total = aten.nll_loss_forward.default(log_p, y, weight, 1, -100)
+        grad = aten.nll_loss_backward.default(one, log_p, y, weight, 1, -100, total)
+        return value, aten._log_softmax_backward_data.default(grad, log_p, 1, out.dtype)
+
+    return cross_entropy
+
+
+class Unsupported(Exception):
+    """The model, loss or optimizer is outside what the direct step covers; says which."""
+
+
+def _loss(loss_fn: nn.Module) -> LossAndGrad:
+    kind = type(loss_fn)
+    if kind not in (nn.MSELoss, nn.L1Loss, nn.HuberLoss, nn.BCEWithLogitsLoss, nn.CrossEntropyLoss):
+        raise Unsupported(f"the loss {kind.__name__}")
+    if getattr(loss_fn, "reduction", None) != "mean":
+        raise Unsupported(f"the loss {kind.__name__} without reduction 'mean'")
+    if kind is nn.MSELoss:
+        return _mse
+    if kind is nn.L1Loss:
+        return _l1
+    if isinstance(loss_fn, nn.HuberLoss):
+        return _huber(loss_fn.delta)
+    if isinstance(loss_fn, nn.BCEWithLogitsLoss) and loss_fn.weight is None:
+        return _bce_with_logits(loss_fn.pos_weight)
+    if (
+        isinstance(loss_fn, nn.CrossEntropyLoss)
+        and loss_fn.label_smoothing == 0
+        and loss_fn.ignore_index == -100
+    ):
+        return _cross_entropy(loss_fn.weight)
+    raise Unsupported(f"the loss {kind.__name__} with these options")
+
+
+@dataclass(frozen=True)
+class _Dense:
+    """One Linear layer, its gradient buffers and the activation after it (None: linear)."""
+
+    weight_t: Tensor  # [in, out], a view of the layer's weight: forward is x @ weight_t + bias
+    weight: Tensor
+    bias: Tensor | None
+    grad_weight: Tensor
+    grad_bias: Tensor | None
+    activation: tuple[Forward, Backward] | None
+
+
+def _layers(model: nn.Module) -> tuple[Tensor | None, list[tuple[nn.Linear, nn.Module | None]]]:
+    """The model as (input columns to gather, or None; [(linear, activation or None)])."""
+    columns, body = None, model
+    if not isinstance(model, nn.Sequential):
+        branches, trunk = getattr(model, "branches", None), getattr(model, "trunk", None)
+        if not isinstance(branches, nn.ModuleList) or not isinstance(trunk, nn.Sequential):
+            raise Unsupported(f"a {type(model).__name__} model")
+        if any(len(branch) for branch in branches):  # type: ignore[arg-type]
+            raise Unsupported("named inputs with layers of their own")
+        # model.MultiInput's buffers hold each input's columns, in concatenation order
+        columns, body = torch.cat([buffer for _, buffer in model.named_buffers()]), trunk
+    pairs: list[tuple[nn.Linear, nn.Module | None]] = []
+    for module in body.children():
+        if isinstance(module, nn.Linear):
+            pairs.append((module, None))
+        elif pairs and pairs[-1][1] is None and type(module) in ACTIVATIONS:
+            pairs[-1] = (pairs[-1][0], module)
+        else:
+            raise Unsupported(f"a {type(module).__name__} layer at that place")
+    if not pairs:
+        raise Unsupported("a model without dense layers")
+    return columns, pairs
+
+
+def unsupported(
+    model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer
+) -> str | None:
+    """What keeps the direct step from training these (None: it covers them); changes nothing."""
+    try:
+        _layers(model)
+        _loss(loss_fn)
+        _optimizer_group(optimizer, set(model.parameters()))
+    except Unsupported as why:
+        return str(why)
+    return None
+
+
+class DirectStep:
+    """Training steps of a dense stack with written-out gradients and a fused update.
+
+    Build it after any optimizer state has been restored: it works on the optimizer's state
+    tensors in place, and creates them (as the optimizer would) if there are none yet.
+
+    Raises:
+        Unsupported: the model, loss or optimizer is not covered; train with autograd.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer):
+        self.columns, pairs = _layers(model)
+        self.loss = _loss(loss_fn)
+        parameters = list(model.parameters())
+        device = parameters[0].device
+        self.found_inf = torch.zeros((), device=device)  # 1 once a step was not finite
+        self.one = torch.ones((), device=device)
+        self._grads: dict[Tensor, Tensor] = {p: torch.zeros_like(p) for p in parameters}
+        self.update = _fused_update(optimizer, self._grads, self.found_inf)
+        self.layers = [
+            _Dense(
+                linear.weight.detach().t(),
+                linear.weight.detach(),
+                None if linear.bias is None else linear.bias.detach(),
+                self._grads[linear.weight],
+                None if linear.bias is None else self._grads[linear.bias],
+                None if activation is None else ACTIVATIONS[type(activation)](activation),
+            )
+            for linear, activation in pairs
+        ]
+        if self.columns is not None:
+            self.columns = self.columns.to(device)
+        self._check_list = [*self._grads.values()]
+        self._loss_slot = len(self._check_list)
+
+    def __call__(self, x: Tensor, y: Tensor) -> Tensor:
+        """One step on the batch (x [rows, features], y as the loss takes it); returns the loss.
+
+        Nothing here waits for the device: a loss or gradient that is not finite raises the
+        flag and the update is skipped, from that step on, until `diverged` is read."""
+        if self.columns is not None:
+            x = x.index_select(1, self.columns)
+        inputs, outputs = [], []
+        for layer in self.layers:
+            inputs.append(x)
+            if layer.bias is None:
+                z = torch.mm(x, layer.weight_t)
+            else:
+                z = torch.addmm(layer.bias, x, layer.weight_t)
+            x = z if layer.activation is None else layer.activation[0](z)
+            outputs.append((z, x))
+        loss, grad = self.loss(x, y, self.one)
+        for index in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[index]
+            z, a = outputs[index]
+            if layer.activation is not None:
+                grad = layer.activation[1](grad, z, a)
+            torch.mm(grad.t(), inputs[index], out=layer.grad_weight)
+            if layer.grad_bias is not None:
+                torch.sum(grad, 0, out=layer.grad_bias)
+            if index:
+                grad = torch.mm(grad, layer.weight)
+        torch._amp_foreach_non_finite_check_and_unscale_(
+            [*self._check_list, loss.detach()], self.found_inf, self.one
+        )
+        self.update()
+        return loss
+
+    def diverged(self) -> bool:
+        """Whether some step's loss or gradient was not finite (one host sync)."""
+        return bool(self.found_inf)
+
+
+def _fused_update(
+    optimizer: torch.optim.Optimizer, grads: dict[Tensor, Tensor], found_inf: Tensor
+) -> Callable[[], None]:
+    """optimizer.step() as its one fused kernel on the optimizer's own state; skipped while
+    `found_inf` is up, with Adam's step count left as it was, as under AMP's GradScaler."""
+    group, params = _optimizer_group(optimizer, set(grads))
+    ordered = [grads[p] for p in params]
+    if isinstance(optimizer, torch.optim.Adam):  # and AdamW, a subclass
+        return _adam(optimizer, group, params, ordered, found_inf)
+    return _sgd(optimizer, group, params, ordered, found_inf)
+
+
+def _optimizer_group(
+    optimizer: torch.optim.Optimizer, parameters: set[Tensor]
+) -> tuple[dict[str, Any], list[Tensor]]:
+    """The optimizer's one parameter group and its parameters, if the direct step can run it."""
+    kind = type(optimizer).__name__
+    if type(optimizer) not in (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD):
+        raise Unsupported(f"the optimizer {kind}")
+    if len(optimizer.param_groups) != 1 or not optimizer.param_groups[0].get("fused"):
+        raise Unsupported(f"{kind} without fused=True")
+    group = optimizer.param_groups[0]
+    params: list[Tensor] = list(group["params"])
+    if set(params) != parameters or isinstance(group["lr"], Tensor):
+        raise Unsupported(f"{kind} over other parameters than the model's")
+    return group, params
+
+
+def _adam(
+    optimizer: torch.optim.Optimizer,
+    group: dict[str, Any],
+    params: list[Tensor],
+    grads: list[Tensor],
+    found_inf: Tensor,
+) -> Callable[[], None]:
+    states = [optimizer.state[p] for p in params]
+    for p, state in zip(params, states, strict=True):
+        if not state:  # what Adam._init_group makes on the first step with fused=True
+            state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if group["amsgrad"]:
+                state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    weights = [p.detach() for p in params]  # the same storage, outside autograd
+    steps = [state["step"] for state in states]
+    averages = [state["exp_avg"] for state in states]
+    squares = [state["exp_avg_sq"] for state in states]
+    maxima = [state["max_exp_avg_sq"] for state in states] if group["amsgrad"] else []
+    kernel = torch._fused_adamw_ if group.get("decoupled_weight_decay") else torch._fused_adam_
+    beta1, beta2 = group["betas"]
+    flags = [found_inf] * len(steps)
+
+    def step() -> None:
+        torch._foreach_add_(steps, 1)
+        kernel(
+            weights, grads, averages, squares, maxima, steps,
+            lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
+            eps=group["eps"], amsgrad=group["amsgrad"], maximize=group["maximize"],
+            grad_scale=None, found_inf=found_inf,
+        )  # fmt: skip
+        torch._foreach_sub_(steps, flags)  # a skipped step does not count
+
+    return step
+
+
+def _sgd(
+    optimizer: torch.optim.Optimizer,
+    group: dict[str, Any],
+    params: list[Tensor],
+    grads: list[Tensor],
+    found_inf: Tensor,
+) -> Callable[[], None]:
+    momentum = group["momentum"]
+    # .get: SGD without momentum keeps no state at all, and optimizer.state is a defaultdict
+    buffers = [optimizer.state.get(p, {}).get("momentum_buffer") for p in params]
+    first = [momentum != 0 and all(b is None for b in buffers)]
+    if first[0]:  # as torch's _fused_sgd: empty buffers, filled by the first step
+        buffers = [torch.empty_like(p) for p in params]
+    kept: list[Tensor] = [b for b in buffers if b is not None] if momentum != 0 else []
+
+    weights = [p.detach() for p in params]  # the same storage, outside autograd
+
+    def step() -> None:
+        torch._fused_sgd_(
+            weights, grads, kept,
+            weight_decay=group["weight_decay"], momentum=momentum, lr=group["lr"],
+            dampening=group["dampening"], nesterov=group["nesterov"],
+            maximize=group["maximize"], is_first_step=first[0],
+            grad_scale=None, found_inf=found_inf,
+        )  # fmt: skip
+        if first[0]:  # SGD.step keeps the buffers in its state
+            for p, buffer in zip(params, kept, strict=True):
+                optimizer.state[p]["momentum_buffer"] = buffer
+            first[0] = False
+
+    return step

@@ -1,0 +1,286 @@
+"""The direct step (written-out gradients, fused update) against autograd + optimizer.step().
+
+Every covered activation, loss and optimizer is trained both ways from the same weights on the
+same batches; weights, optimizer state and the per-epoch losses must be bit-identical on CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from conftest import Project
+from torch import nn
+
+from mlpkit.direct import DirectStep, unsupported
+from mlpkit.errors import DivergedError
+from mlpkit.loop import Hooks, Progress, StopRequested, Tensors, fit
+from mlpkit.model import InputSpec, build_model
+from mlpkit.schema import DenseLayer, DropoutLayer
+
+
+def dense(units: int, activation: str = "linear", bias: bool = True) -> DenseLayer:
+    return DenseLayer(type="dense", units=units, activation=activation, bias=bias)
+
+
+def rows(n: int = 30, features: int = 3, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, features, generator=torch.Generator().manual_seed(seed))
+
+
+def adam(model: nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.Adam(model.parameters(), lr=1e-2, fused=True)
+
+
+def train_both_ways(make_model, make_optimizer, loss_fn, data, epochs=3, batch_size=4):  # type: ignore[no-untyped-def]
+    """(model, optimizer, progress) trained with autograd, then the same with the direct step."""
+    results = []
+    for use_direct in (False, True):
+        model = make_model()
+        optimizer = make_optimizer(model)
+        step = DirectStep(model, loss_fn, optimizer) if use_direct else None
+        progress = fit(
+            model, loss_fn, optimizer, data, None,
+            epochs=epochs, batch_size=batch_size, shuffle=True, seed=0, direct=step,
+        )  # fmt: skip
+        results.append((model, optimizer, progress))
+    return results
+
+
+def assert_identical(autograd, direct) -> None:  # type: ignore[no-untyped-def]
+    (model_a, optimizer_a, progress_a), (model_d, optimizer_d, progress_d) = autograd, direct
+    for (name, a), b in zip(
+        model_a.state_dict().items(), model_d.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    state_a, state_d = optimizer_a.state_dict()["state"], optimizer_d.state_dict()["state"]
+    assert state_a.keys() == state_d.keys()  # none for SGD without momentum
+    for index, entries in state_a.items():
+        assert entries.keys() == state_d[index].keys()
+        for key, value in entries.items():
+            other = state_d[index][key]
+            assert value.dtype == other.dtype and torch.equal(value, other), (index, key)
+    assert [r["train_loss"] for r in progress_a.history] == [
+        r["train_loss"] for r in progress_d.history
+    ]
+
+
+@pytest.mark.parametrize(
+    "activation", ["relu", "tanh", "sigmoid", "gelu", "silu", "elu", "leaky_relu", "linear"]
+)
+def test_each_activation_trains_bit_identically(activation: str) -> None:
+    layers = [dense(6, activation), dense(5, activation), dense(1)]
+    x = rows()
+    data = Tensors(x, x.sum(1, keepdim=True))
+    autograd, direct = train_both_ways(
+        lambda: build_model(layers, 3, seed=0), adam, nn.MSELoss(), data
+    )
+    assert_identical(autograd, direct)
+
+
+def regression() -> Tensors:
+    x = rows()
+    return Tensors(x, x[:, :1] * 2 - x[:, 1:2])
+
+
+def binary() -> Tensors:
+    x = rows()
+    return Tensors(x, (x.sum(1, keepdim=True) > 0).float())
+
+
+def multiclass() -> Tensors:
+    x = rows()
+    return Tensors(x, x.argmax(1))
+
+
+@pytest.mark.parametrize(
+    ("loss_fn", "data", "outputs"),
+    [
+        (nn.MSELoss(), regression(), 1),
+        (nn.L1Loss(), regression(), 1),
+        (nn.HuberLoss(delta=0.5), regression(), 1),
+        (nn.BCEWithLogitsLoss(), binary(), 1),
+        (nn.BCEWithLogitsLoss(pos_weight=torch.tensor([2.5])), binary(), 1),
+        (nn.CrossEntropyLoss(), multiclass(), 3),
+        (nn.CrossEntropyLoss(weight=torch.tensor([1.0, 2.0, 0.5])), multiclass(), 3),
+    ],
+    ids=["mse", "mae", "huber", "bce", "bce-pos-weight", "cross-entropy", "ce-weighted"],
+)
+def test_each_loss_trains_bit_identically(loss_fn: nn.Module, data: Tensors, outputs: int) -> None:
+    layers = [dense(8, "relu"), dense(outputs)]
+    autograd, direct = train_both_ways(lambda: build_model(layers, 3, seed=1), adam, loss_fn, data)
+    assert_identical(autograd, direct)
+
+
+@pytest.mark.parametrize(
+    "make_optimizer",
+    [
+        lambda m: torch.optim.Adam(m.parameters(), lr=1e-2, fused=True, amsgrad=True),
+        lambda m: torch.optim.Adam(m.parameters(), lr=1e-2, fused=True, weight_decay=0.1),
+        lambda m: torch.optim.AdamW(m.parameters(), lr=1e-2, fused=True, betas=(0.8, 0.9)),
+        lambda m: torch.optim.SGD(m.parameters(), lr=0.05, fused=True),
+        lambda m: torch.optim.SGD(
+            m.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3, fused=True
+        ),
+        lambda m: torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.5, dampening=0.1, fused=True),
+    ],
+    ids=["adam-amsgrad", "adam-l2", "adamw", "sgd", "sgd-nesterov", "sgd-dampening"],
+)
+def test_each_optimizer_trains_bit_identically(make_optimizer) -> None:  # type: ignore[no-untyped-def]
+    layers = [dense(8, "tanh"), dense(4, "relu", bias=False), dense(1)]
+    autograd, direct = train_both_ways(
+        lambda: build_model(layers, 3, seed=2), make_optimizer, nn.MSELoss(), regression()
+    )
+    assert_identical(autograd, direct)
+
+
+def test_named_inputs_without_layers_gather_their_columns() -> None:
+    # The XOR model: inputs in a different order from the columns, concatenated, then the trunk.
+    inputs = [InputSpec("second", [2], []), InputSpec("first", [0, 1], [])]
+    layers = [dense(8, "tanh"), dense(1)]
+    autograd, direct = train_both_ways(
+        lambda: build_model(layers, 3, seed=0, inputs=inputs),
+        lambda m: torch.optim.SGD(m.parameters(), lr=0.1, fused=True),
+        nn.BCEWithLogitsLoss(),
+        binary(),
+    )
+    assert_identical(autograd, direct)
+
+
+def test_what_it_does_not_cover_is_named() -> None:
+    plain = build_model([dense(4, "relu"), dense(1)], 3, seed=0)
+    assert unsupported(plain, nn.MSELoss(), adam(plain)) is None
+    dropout = build_model(
+        [dense(4, "relu"), DropoutLayer(type="dropout", rate=0.1), dense(1)], 3, 0
+    )
+    assert unsupported(dropout, nn.MSELoss(), adam(dropout)) == "a Dropout layer at that place"
+    assert unsupported(plain, nn.SmoothL1Loss(), adam(plain)) == "the loss SmoothL1Loss"
+    assert unsupported(plain, nn.MSELoss(reduction="sum"), adam(plain)) == (
+        "the loss MSELoss without reduction 'mean'"
+    )
+    rmsprop = torch.optim.RMSprop(plain.parameters())
+    assert unsupported(plain, nn.MSELoss(), rmsprop) == "the optimizer RMSprop"
+    unfused = torch.optim.Adam(plain.parameters())
+    assert unsupported(plain, nn.MSELoss(), unfused) == "Adam without fused=True"
+    softmax_inside = build_model([dense(4, "softmax"), dense(1)], 3, seed=0)
+    assert unsupported(softmax_inside, nn.MSELoss(), adam(softmax_inside)) == (
+        "a Softmax layer at that place"
+    )
+    with_branch = build_model(
+        [dense(1)], 2, seed=0, inputs=[InputSpec("a", [0, 1], [dense(2, "relu")])]
+    )
+    assert unsupported(with_branch, nn.MSELoss(), adam(with_branch)) == (
+        "named inputs with layers of their own"
+    )
+
+
+def test_a_non_finite_loss_is_found_without_a_per_step_sync_and_never_applied() -> None:
+    x = rows(40)
+    x[22] = 1e30  # row 23 overflows: unshuffled batches of 4 make it batch 6
+    data = Tensors(x, x.sum(1, keepdim=True))
+    finals = []
+    for use_direct in (False, True):
+        model = build_model([dense(4, "relu"), dense(1)], 3, seed=0)
+        optimizer = adam(model)
+        step = DirectStep(model, nn.MSELoss(), optimizer) if use_direct else None
+        with pytest.raises(DivergedError, match="in epoch 1, batch 6; that batch was not applied"):
+            fit(
+                model, nn.MSELoss(), optimizer, data, None,
+                epochs=2, batch_size=4, shuffle=False, seed=0, direct=step,
+            )  # fmt: skip
+        finals.append((model, optimizer))
+    (model_a, _), (model_d, optimizer_d) = finals
+    for a, b in zip(model_a.parameters(), model_d.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert int(optimizer_d.state_dict()["state"][0]["step"]) == 5  # batches 6-10 did not count
+    assert all(torch.isfinite(p).all() for p in model_d.parameters())
+
+
+def test_no_checkpoint_is_saved_past_a_divergence() -> None:
+    x = rows(40)
+    x[9] = 1e30  # batch 3 of 10
+    model = build_model([dense(4, "relu"), dense(1)], 3, seed=0)
+    optimizer = adam(model)
+    saved: list[int] = []
+    hooks = Hooks(save=lambda progress: saved.append(progress.steps), save_every_steps=2)
+    with pytest.raises(DivergedError, match="batch 3"):
+        fit(
+            model, nn.MSELoss(), optimizer, Tensors(x, x[:, :1]), None,
+            epochs=1, batch_size=4, shuffle=False, seed=0, hooks=hooks,
+            direct=DirectStep(model, nn.MSELoss(), optimizer),
+        )  # fmt: skip
+    assert saved == [2]  # the save due after step 4 found the flag up and stopped instead
+
+
+def test_stopped_mid_epoch_and_resumed_it_matches_the_uninterrupted_run() -> None:
+    layers = [dense(8, "relu"), dense(1)]
+    data = regression()
+
+    def run(stop_after: int | None, progress: Progress | None = None, state=None):  # type: ignore[no-untyped-def]
+        model = build_model(layers, 3, seed=0)
+        optimizer = adam(model)
+        if state is not None:
+            model.load_state_dict(state[0])
+            optimizer.load_state_dict(state[1])
+        saved = {}
+
+        def save(position: Progress) -> None:
+            saved["at"] = copy.deepcopy((position, model.state_dict(), optimizer.state_dict()))
+
+        steps = iter(range(10**6))
+        hooks = Hooks(
+            save=save, stop_requested=lambda: stop_after is not None and next(steps) >= stop_after
+        )
+        try:
+            fit(
+                model, nn.MSELoss(), optimizer, data, None, epochs=3, batch_size=4, shuffle=True,
+                seed=0, hooks=hooks, progress=progress,
+                direct=DirectStep(model, nn.MSELoss(), optimizer),
+            )  # fmt: skip
+        except StopRequested:
+            return None, saved["at"]
+        return model, None
+
+    _, (position, weights, optimizer_state) = run(stop_after=11)  # 8 steps, the epoch end, 3 steps
+    assert (position.epoch, position.batches_done) == (2, 3)
+    resumed, _ = run(None, position, (weights, optimizer_state))
+    uninterrupted, _ = run(None)
+    for a, b in zip(resumed.parameters(), uninterrupted.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_train_records_the_engine_and_threads(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
+    assert cli("train", project.config, "--runs-dir", project.runs, "-q").code == 0
+    project.edit_config("  layers:\n", "  layers:\n    - {type: dropout, rate: 0.1}\n")
+    assert cli("train", project.config, "--runs-dir", project.runs, "-q").code == 0
+    plain, with_dropout = (
+        json.loads((run / "run.json").read_text())["training"] for run in project.run_dirs()
+    )
+    assert plain["engine"] == "direct" and plain["threads"] == 1 and plain["steps"] > 0
+    assert plain["seconds"] > 0 and plain["why_not_direct"] is None
+    assert with_dropout["engine"] == "autograd"
+    assert with_dropout["why_not_direct"] == "a Dropout layer at that place"
+
+
+def test_engine_direct_on_a_model_it_does_not_cover_is_a_config_error(
+    cli, project: Project
+) -> None:  # type: ignore[no-untyped-def]
+    project.edit_config("  layers:\n", "  layers:\n    - {type: dropout, rate: 0.1}\n")
+    project.edit_config("  loss: mse\n", "  loss: mse\n  engine: direct\n")
+    result = cli("train", project.config, "--runs-dir", project.runs)
+    assert result.code == 2 and not project.run_dirs()
+    assert result.err.count("\n") == 1
+    assert "config.yaml:" in result.err and "training.engine" in result.err
+    assert "the direct step does not cover a Dropout layer" in result.err
+
+
+def test_both_engines_give_the_same_run(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
+    assert cli("train", project.config, "--runs-dir", project.runs, "-q").code == 0
+    project.edit_config("  loss: mse\n", "  loss: mse\n  engine: autograd\n")
+    assert cli("train", project.config, "--runs-dir", project.runs, "-q").code == 0
+    direct_run, autograd_run = project.run_dirs()
+    weights = [(run / "model.safetensors").read_bytes() for run in (direct_run, autograd_run)]
+    assert weights[0] == weights[1]
+    metrics = [json.loads((run / "metrics.json").read_text()) for run in (direct_run, autograd_run)]
+    assert metrics[0] == metrics[1]
