@@ -251,13 +251,14 @@ def test_stopped_mid_epoch_and_resumed_it_matches_the_uninterrupted_run() -> Non
 
 
 def test_train_records_the_engine_and_threads(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
-    assert cli("train", project.config, "--runs-dir", project.runs, "-q").code == 0
+    assert cli("train", project.config, "--runs-dir", project.root / "plain", "-q").code == 0
     project.edit_config("  layers:\n", "  layers:\n    - {type: dropout, rate: 0.1}\n")
-    assert cli("train", project.config, "--runs-dir", project.runs, "-q").code == 0
+    assert cli("train", project.config, "--runs-dir", project.root / "dropout", "-q").code == 0
     plain, with_dropout = (
-        json.loads((run / "run.json").read_text())["training"] for run in project.run_dirs()
+        json.loads(next((project.root / kind).glob("*/*/run.json")).read_text())["training"]
+        for kind in ("plain", "dropout")
     )
-    assert plain["engine"] == "direct" and plain["threads"] == 1 and plain["steps"] > 0
+    assert plain["engine"] == "direct" and plain["threads"] == 1 and plain["steps"] == 3 * 4
     assert plain["seconds"] > 0 and plain["why_not_direct"] is None
     assert with_dropout["engine"] == "autograd"
     assert with_dropout["why_not_direct"] == "a Dropout layer at that place"
@@ -276,11 +277,15 @@ def test_engine_direct_on_a_model_it_does_not_cover_is_a_config_error(
 
 
 def test_both_engines_give_the_same_run(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
-    assert cli("train", project.config, "--runs-dir", project.runs, "-q").code == 0
+    assert cli("train", project.config, "--runs-dir", project.root / "direct", "-q").code == 0
     project.edit_config("  loss: mse\n", "  loss: mse\n  engine: autograd\n")
-    assert cli("train", project.config, "--runs-dir", project.runs, "-q").code == 0
-    direct_run, autograd_run = project.run_dirs()
-    weights = [(run / "model.safetensors").read_bytes() for run in (direct_run, autograd_run)]
-    assert weights[0] == weights[1]
-    metrics = [json.loads((run / "metrics.json").read_text()) for run in (direct_run, autograd_run)]
-    assert metrics[0] == metrics[1]
+    assert cli("train", project.config, "--runs-dir", project.root / "autograd", "-q").code == 0
+    direct_run, autograd_run = (
+        next((project.root / kind).glob("*/*")) for kind in ("direct", "autograd")
+    )
+    for name in ("model.safetensors", "metrics.json", "predictions.csv"):
+        assert (direct_run / name).read_bytes() == (autograd_run / name).read_bytes(), name
+    history = [(run / "history.csv").read_text().splitlines() for run in (direct_run, autograd_run)]
+    assert [row.rsplit(",", 1)[0] for row in history[0]] == [  # all but the seconds column
+        row.rsplit(",", 1)[0] for row in history[1]
+    ]

@@ -10,23 +10,26 @@ from __future__ import annotations
 import errno
 import os
 import sys
-import tempfile
-import traceback
-from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import torch
 import typer
-from rich.console import Console
-from rich.table import Table
 from typer._click import exceptions as click_exceptions  # typer's vendored click
 
-from mlpkit import catalog, experiment, progress, runs
 from mlpkit.errors import MlpkitError, Problem
-from mlpkit.loop import Progress
-from mlpkit.prepare import Prepared
-from mlpkit.summary import Summary, render_mermaid, render_table
+
+if TYPE_CHECKING:
+    import torch
+    from rich.console import Console
+
+    from mlpkit.loop import Progress
+    from mlpkit.prepare import Prepared
+    from mlpkit.summary import Summary
+
+# Heavy modules (torch, pandas, sklearn, rich's renderers, mlpkit.experiment) are imported inside
+# the commands that use them, so `mlpkit --help`, `mlpkit COMMAND --help` and a config mistake
+# answer without importing torch (tests/test_startup.py). A config is loaded first, on its own
+# (config.py needs no torch), so its mistakes exit 2 before anything heavy is imported.
 
 # Failures of the machine rather than of mlpkit or the input: exit 4.
 _ENVIRONMENT_ERRNOS = {
@@ -58,6 +61,8 @@ DeviceOpt = Annotated[
 
 
 def _stdout() -> Console:
+    from rich.console import Console
+
     # Off a terminal rich would wrap at 80 columns; tables read better a little wider.
     # markup=False: a path like runs/x[1] is text, not a style tag; soft_wrap: paths stay whole.
     return Console(
@@ -106,6 +111,10 @@ def train(
         )
     if not runs_dir:  # Path("") would silently mean the working directory
         raise MlpkitError(Problem("is empty", where="--runs-dir", hint="give a folder, e.g. runs"))
+    if config is not None and resume is None:
+        _load_config(config, set_)  # config mistakes exit here, before torch is imported
+    from mlpkit import experiment, progress
+
     console = _stdout()
     printer = progress.EpochPrinter(console)
 
@@ -147,6 +156,9 @@ def check(config: ConfigArg, set_: SetOpt = None) -> None:
 
     Example: mlpkit check configs/mpg.yaml
     """
+    _load_config(config, set_)  # config mistakes exit here, before torch is imported
+    from mlpkit import experiment
+
     prepared = experiment.check(config, set_ or [])
     counts = prepared.split_counts
     print(
@@ -166,6 +178,8 @@ def summary(
 
     Example: mlpkit summary configs/mpg.yaml
     """
+    from mlpkit.summary import render_mermaid, render_table
+
     if target.is_dir():
         if set_:
             raise MlpkitError(
@@ -175,8 +189,13 @@ def summary(
                     hint=f"drop --set to summarize {target}",
                 )
             )
+        from mlpkit import experiment
+
         result = experiment.summary_of_run(target)
     else:
+        _load_config(target, set_)  # config mistakes exit here, before torch is imported
+        from mlpkit import experiment
+
         result = experiment.summary_of_config(target, set_ or [])
     if graph:
         sys.stdout.write(render_mermaid(result))
@@ -194,6 +213,8 @@ def evaluate(
 
     Example: mlpkit eval runs/mpg/20261121-101500-1a2b3c
     """
+    from mlpkit import experiment, progress
+
     result = experiment.evaluate_run(run, data, device)
     metrics = result.run.metrics
     reference = metrics.test if metrics is not None and data is None else None
@@ -220,6 +241,8 @@ def predict_command(
         raise MlpkitError(
             Problem("already exists", file=str(out), hint="pass --force to overwrite")
         )
+    from mlpkit import experiment, runs
+
     predictions = experiment.predict_run(run, data, device)
     if out is None:
         sys.stdout.write(predictions.to_csv())
@@ -236,6 +259,10 @@ def runs_command(
 
     Example: mlpkit runs runs/
     """
+    from rich.table import Table
+
+    from mlpkit import catalog
+
     rows = catalog.list_runs(folder)
     if not rows:
         print(f"no runs under {folder}")
@@ -246,6 +273,13 @@ def runs_command(
         metrics = ", ".join(f"{name} {value:.4g}" for name, value in row.metrics.items())
         table.add_row(str(shown), row.name, row.status, row.epochs, metrics or "-", row.note)
     _stdout().print(table)
+
+
+def _load_config(config: Path, overrides: list[str] | None) -> None:
+    """Load and validate CONFIG with its --set overrides (raises ConfigError); torch-free."""
+    from mlpkit.config import load_config
+
+    load_config(config, overrides or [])
 
 
 def run_cli(argv: list[str]) -> int:
@@ -283,6 +317,8 @@ def run_cli(argv: list[str]) -> int:
 
 def _bug(debug: bool) -> int:
     """Report the exception being handled as a bug: one line, the traceback in a file."""
+    import traceback
+
     report = _write_report(traceback.format_exc())
     if debug:
         sys.stderr.write(traceback.format_exc())
@@ -295,6 +331,9 @@ def _bug(debug: bool) -> int:
 
 
 def _write_report(text: str) -> str:
+    import tempfile
+    from datetime import datetime
+
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     fd, path = tempfile.mkstemp(prefix=f"mlpkit-crash-{stamp}-", suffix=".txt")
     with os.fdopen(fd, "w") as out:

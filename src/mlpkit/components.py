@@ -2,27 +2,48 @@
 
 Plain dicts, so the config can validate a name against the keys and suggest the nearest one, and
 a new activation, loss, optimizer or metric is one line here.
+
+Importing this module does not import torch: a builder names its torch class by path and imports
+it when first called, so loading and checking a config (and `mlpkit --help`) stay fast. Call a
+value as before: `ACTIVATIONS["relu"]()`, `LOSSES["huber"](delta=1.0)`,
+`OPTIMIZERS["adam"](params, lr=1e-3)`.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from torch import nn
+
+
+def torch_class(path: str, **preset: Any) -> Callable[..., Any]:
+    """A builder for the class at `path` (e.g. "torch.nn.ReLU"): calls it with `preset` and the
+    caller's arguments, importing its module only on the first call."""
+    module_name, _, name = path.rpartition(".")
+
+    def build(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module_name), name)(*args, **preset, **kwargs)
+
+    build.__qualname__ = build.__name__ = path
+    return build
+
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module] | None] = {
     "linear": None,  # no module: the dense layer's output as it is
-    "relu": nn.ReLU,
-    "sigmoid": nn.Sigmoid,
-    "tanh": nn.Tanh,
-    "softmax": lambda: nn.Softmax(dim=-1),
-    "gelu": nn.GELU,
-    "leaky_relu": nn.LeakyReLU,
-    "elu": nn.ELU,
-    "selu": nn.SELU,
-    "silu": nn.SiLU,
+    "relu": torch_class("torch.nn.ReLU"),
+    "sigmoid": torch_class("torch.nn.Sigmoid"),
+    "tanh": torch_class("torch.nn.Tanh"),
+    "softmax": torch_class("torch.nn.Softmax", dim=-1),
+    "gelu": torch_class("torch.nn.GELU"),
+    "leaky_relu": torch_class("torch.nn.LeakyReLU"),
+    "elu": torch_class("torch.nn.ELU"),
+    "selu": torch_class("torch.nn.SELU"),
+    "silu": torch_class("torch.nn.SiLU"),
 }
 
 # The range each activation can produce; used to refuse an output layer that cannot reach the
@@ -35,20 +56,22 @@ ACTIVATION_RANGES: dict[str, tuple[float, float]] = {
 }
 
 LOSSES: dict[str, Callable[..., nn.Module]] = {
-    "mse": nn.MSELoss,
-    "mae": nn.L1Loss,
-    "huber": nn.HuberLoss,
+    "mse": torch_class("torch.nn.MSELoss"),
+    "mae": torch_class("torch.nn.L1Loss"),
+    "huber": torch_class("torch.nn.HuberLoss"),
 }
 
-OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
-    "sgd": torch.optim.SGD,
-    "adam": torch.optim.Adam,
-    "adamw": torch.optim.AdamW,
-    "rmsprop": torch.optim.RMSprop,
-    "adagrad": torch.optim.Adagrad,
+# Called as the class was: OPTIMIZERS[name](params, **options). Every option torch's
+# constructor refuses is refused earlier by schema.py and config.py (no torch needed).
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "sgd": torch_class("torch.optim.SGD"),
+    "adam": torch_class("torch.optim.Adam"),
+    "adamw": torch_class("torch.optim.AdamW"),
+    "rmsprop": torch_class("torch.optim.RMSprop"),
+    "adagrad": torch_class("torch.optim.Adagrad"),
 }
 
-Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Metric = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]
 
 
 def _mae(y: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
@@ -64,6 +87,8 @@ def _rmse(y: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
 
 
 def _r2(y: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    import torch
+
     residual = (pred - y).square().sum()
     total = (y - y.mean()).square().sum()
     # sklearn's convention for a constant target: 1 if predicted exactly, else 0.
@@ -108,6 +133,8 @@ def regression_scores(
     names: list[str] | None = None,
 ) -> dict[str, float]:
     """The named regression metrics (all of them by default) as plain floats, in float64."""
+    import torch
+
     y = torch.as_tensor(y_true, dtype=torch.float64).reshape(-1)
     pred = torch.as_tensor(y_pred, dtype=torch.float64).reshape(-1)
     return {

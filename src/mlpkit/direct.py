@@ -24,7 +24,6 @@ norm, other activations, losses or optimizers) trains through autograd.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -88,50 +87,78 @@ ACTIVATIONS: dict[type[nn.Module], Callable[[nn.Module], tuple[Forward, Backward
     nn.LeakyReLU: _leaky_relu,
 }
 
-# A loss as (outputs, targets, one) -> (mean loss, its gradient at the outputs), with the
-# kernels autograd runs for the loss module's backward; `one` is backward's seed gradient.
-LossAndGrad = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+# A loss as (outputs, targets) -> (mean loss, its gradient at the outputs), with the kernels
+# autograd runs for the loss module's backward (seeded with a gradient of one).
+LossAndGrad = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
-def _mse(out: Tensor, y: Tensor, one: Tensor) -> tuple[Tensor, Tensor]:
-    return aten.mse_loss.default(out, y, 1), aten.mse_loss_backward.default(one, out, y, 1)
+class _Scalars:
+    """Scalars as 0-d tensors on the device, made once: an op on a Python number first wraps
+    it in a tensor, which costs more than a small op itself. Same values, same results."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.one = torch.ones((), device=device)
+        self._made: dict[float, Tensor] = {}
+
+    def __call__(self, value: float) -> Tensor:
+        made = self._made.get(value)
+        if made is None:
+            made = self._made[value] = torch.tensor(value, device=self.device)
+        return made
 
 
-def _l1(out: Tensor, y: Tensor, one: Tensor) -> tuple[Tensor, Tensor]:
+def _mse(scalars: _Scalars) -> LossAndGrad:
+    # what mse_loss and mse_loss_backward compute, at a fraction of their overhead
+    def mse(out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        difference = out - y
+        square = difference.square()
+        n = square.numel()
+        loss = square.view(()) if n == 1 else square.mean()  # the mean of one value is itself
+        return loss, difference.mul(scalars(2.0 / n))
+
+    return mse
+
+
+def _l1(scalars: _Scalars) -> LossAndGrad:
     # To autograd l1_loss is (out - y).abs().mean(): mean's gradient one/n, times sgn(out - y).
-    difference = out - y
-    return difference.abs().mean(), (one / difference.numel()) * difference.sgn()
+    def l1(out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        difference = out - y
+        return difference.abs().mean(), (scalars.one / difference.numel()) * difference.sgn()
+
+    return l1
 
 
-def _huber(delta: float) -> LossAndGrad:
-    def huber(out: Tensor, y: Tensor, one: Tensor) -> tuple[Tensor, Tensor]:
+def _huber(scalars: _Scalars, delta: float) -> LossAndGrad:
+    def huber(out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         return (
             aten.huber_loss.default(out, y, 1, delta),
-            aten.huber_loss_backward.default(one, out, y, 1, delta),
+            aten.huber_loss_backward.default(scalars.one, out, y, 1, delta),
         )
 
     return huber
 
 
 def _bce_with_logits(pos_weight: Tensor | None) -> LossAndGrad:
-    def bce(out: Tensor, y: Tensor, one: Tensor) -> tuple[Tensor, Tensor]:
+    def bce(out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         value = nn.functional.binary_cross_entropy_with_logits(out, y, pos_weight=pos_weight)
         # autograd's binary_cross_entropy_with_logits_backward, operation for operation
+        # (less its final multiplication by the seed gradient of one)
         if pos_weight is None:
             grad = out.sigmoid().sub_(y)
         else:
             weighted = pos_weight.mul(y)
             grad = weighted.add(1).sub_(y).mul_(out.sigmoid()).sub_(weighted)
-        return value, grad.mul_(one).div_(out.numel())
+        return value, grad.div_(out.numel())
 
     return bce
 
 
-def _cross_entropy(weight: Tensor | None) -> LossAndGrad:
-    def cross_entropy(out: Tensor, y: Tensor, one: Tensor) -> tuple[Tensor, Tensor]:
+def _cross_entropy(scalars: _Scalars, weight: Tensor | None) -> LossAndGrad:
+    def cross_entropy(out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         log_p = torch.log_softmax(out, 1)
         value, total = aten.nll_loss_forward.default(log_p, y, weight, 1, -100)
-        grad = aten.nll_loss_backward.default(one, log_p, y, weight, 1, -100, total)
+        grad = aten.nll_loss_backward.default(scalars.one, log_p, y, weight, 1, -100, total)
         return value, aten._log_softmax_backward_data.default(grad, log_p, 1, out.dtype)
 
     return cross_entropy
@@ -141,18 +168,18 @@ class Unsupported(Exception):
     """The model, loss or optimizer is outside what the direct step covers; says which."""
 
 
-def _loss(loss_fn: nn.Module) -> LossAndGrad:
+def _loss(loss_fn: nn.Module, scalars: _Scalars) -> LossAndGrad:
     kind = type(loss_fn)
     if kind not in (nn.MSELoss, nn.L1Loss, nn.HuberLoss, nn.BCEWithLogitsLoss, nn.CrossEntropyLoss):
         raise Unsupported(f"the loss {kind.__name__}")
     if getattr(loss_fn, "reduction", None) != "mean":
         raise Unsupported(f"the loss {kind.__name__} without reduction 'mean'")
     if kind is nn.MSELoss:
-        return _mse
+        return _mse(scalars)
     if kind is nn.L1Loss:
-        return _l1
+        return _l1(scalars)
     if isinstance(loss_fn, nn.HuberLoss):
-        return _huber(loss_fn.delta)
+        return _huber(scalars, loss_fn.delta)
     if isinstance(loss_fn, nn.BCEWithLogitsLoss) and loss_fn.weight is None:
         return _bce_with_logits(loss_fn.pos_weight)
     if (
@@ -160,20 +187,8 @@ def _loss(loss_fn: nn.Module) -> LossAndGrad:
         and loss_fn.label_smoothing == 0
         and loss_fn.ignore_index == -100
     ):
-        return _cross_entropy(loss_fn.weight)
+        return _cross_entropy(scalars, loss_fn.weight)
     raise Unsupported(f"the loss {kind.__name__} with these options")
-
-
-@dataclass(frozen=True)
-class _Dense:
-    """One Linear layer, its gradient buffers and the activation after it (None: linear)."""
-
-    weight_t: Tensor  # [in, out], a view of the layer's weight: forward is x @ weight_t + bias
-    weight: Tensor
-    bias: Tensor | None
-    grad_weight: Tensor
-    grad_bias: Tensor | None
-    activation: tuple[Forward, Backward] | None
 
 
 def _layers(model: nn.Module) -> tuple[Tensor | None, list[tuple[nn.Linear, nn.Module | None]]]:
@@ -206,7 +221,7 @@ def unsupported(
     """What keeps the direct step from training these (None: it covers them); changes nothing."""
     try:
         _layers(model)
-        _loss(loss_fn)
+        _loss(loss_fn, _Scalars(torch.device("cpu")))
         _optimizer_group(optimizer, set(model.parameters()))
     except Unsupported as why:
         return str(why)
@@ -217,7 +232,8 @@ class DirectStep:
     """Training steps of a dense stack with written-out gradients and a fused update.
 
     Build it after any optimizer state has been restored: it works on the optimizer's state
-    tensors in place, and creates them (as the optimizer would) if there are none yet.
+    tensors in place, and creates them (as the optimizer would) if there are none yet. Call
+    `settle` before reading or saving the optimizer's state.
 
     Raises:
         Unsupported: the model, loss or optimizer is not covered; train with autograd.
@@ -225,28 +241,35 @@ class DirectStep:
 
     def __init__(self, model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer):
         self.columns, pairs = _layers(model)
-        self.loss = _loss(loss_fn)
-        parameters = list(model.parameters())
-        device = parameters[0].device
+        group, params = _optimizer_group(optimizer, set(model.parameters()))
+        device = params[0].device
+        scalars = _Scalars(device)
+        self.loss = _loss(loss_fn, scalars)
+        self.one = scalars.one
         self.found_inf = torch.zeros((), device=device)  # 1 once a step was not finite
-        self.one = torch.ones((), device=device)
-        self._grads: dict[Tensor, Tensor] = {p: torch.zeros_like(p) for p in parameters}
-        self.update = _fused_update(optimizer, self._grads, self.found_inf)
-        self.layers = [
-            _Dense(
-                linear.weight.detach().t(),
-                linear.weight.detach(),
-                None if linear.bias is None else linear.bias.detach(),
-                self._grads[linear.weight],
-                None if linear.bias is None else self._grads[linear.bias],
-                None if activation is None else ACTIVATIONS[type(activation)](activation),
-            )
-            for linear, activation in pairs
-        ]
+        self._settle: Callable[[], None] | None = None
+        if isinstance(optimizer, torch.optim.Adam):  # and AdamW, a subclass
+            self.update, self._settle = _adam(optimizer, group, params, self.found_inf, scalars)
+        else:
+            self.update = _sgd(optimizer, group, params, self.found_inf)
         if self.columns is not None:
             self.columns = self.columns.to(device)
-        self._check_list = [*self._grads.values()]
-        self._loss_slot = len(self._check_list)
+        # Plain tuples, unpacked in the loop: attribute look-ups add up at ~150 us a step.
+        slot = {p: index for index, p in enumerate(params)}
+        self.forward_layers: list[tuple[Tensor, Tensor | None, Forward | None]] = []
+        backward: list[tuple[Tensor, int, int, Backward | None, bool]] = []
+        for index, (linear, activation) in enumerate(pairs):
+            functions = None if activation is None else ACTIVATIONS[type(activation)](activation)
+            weight, bias = linear.weight.detach(), linear.bias  # detached: outside autograd
+            self.forward_layers.append(
+                (weight.t(), None if bias is None else bias.detach(), functions and functions[0])
+            )
+            bias_slot = -1 if bias is None else slot[bias]
+            backward.append(
+                (weight, slot[linear.weight], bias_slot, functions and functions[1], index > 0)
+            )
+        self.backward_layers = backward[::-1]
+        self.slots = len(params)
 
     def __call__(self, x: Tensor, y: Tensor) -> Tensor:
         """One step on the batch (x [rows, features], y as the loss takes it); returns the loss.
@@ -255,47 +278,41 @@ class DirectStep:
         flag and the update is skipped, from that step on, until `diverged` is read."""
         if self.columns is not None:
             x = x.index_select(1, self.columns)
-        inputs, outputs = [], []
-        for layer in self.layers:
-            inputs.append(x)
-            if layer.bias is None:
-                z = torch.mm(x, layer.weight_t)
-            else:
-                z = torch.addmm(layer.bias, x, layer.weight_t)
-            x = z if layer.activation is None else layer.activation[0](z)
-            outputs.append((z, x))
-        loss, grad = self.loss(x, y, self.one)
-        for index in range(len(self.layers) - 1, -1, -1):
-            layer = self.layers[index]
-            z, a = outputs[index]
-            if layer.activation is not None:
-                grad = layer.activation[1](grad, z, a)
-            torch.mm(grad.t(), inputs[index], out=layer.grad_weight)
-            if layer.grad_bias is not None:
-                torch.sum(grad, 0, out=layer.grad_bias)
-            if index:
-                grad = torch.mm(grad, layer.weight)
-        torch._amp_foreach_non_finite_check_and_unscale_(
-            [*self._check_list, loss.detach()], self.found_inf, self.one
-        )
-        self.update()
+        kept = []  # (input, pre-activation, activation) of each layer
+        for weight_t, bias, forward in self.forward_layers:
+            z = torch.mm(x, weight_t) if bias is None else torch.addmm(bias, x, weight_t)
+            a = z if forward is None else forward(z)
+            kept.append((x, z, a))
+            x = a
+        loss, grad = self.loss(x, y)
+        # Fresh tensors rather than out= into kept buffers: out= costs more than it saves here.
+        grads: list[Tensor] = [loss] * (self.slots + 1)  # the last stays the loss, for the check
+        for (weight, weight_slot, bias_slot, backward, inner), (x, z, a) in zip(
+            self.backward_layers, reversed(kept), strict=True
+        ):
+            if backward is not None:
+                grad = backward(grad, z, a)
+            grads[weight_slot] = torch.mm(grad.t(), x)
+            if bias_slot >= 0:
+                grads[bias_slot] = torch.sum(grad, 0)
+            if inner:
+                grad = torch.mm(grad, weight)
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, self.found_inf, self.one)
+        grads.pop()
+        self.update(grads)
         return loss
 
     def diverged(self) -> bool:
         """Whether some step's loss or gradient was not finite (one host sync)."""
         return bool(self.found_inf)
 
+    def settle(self) -> None:
+        """Bring the optimizer's own state up to date (Adam's step counts)."""
+        if self._settle is not None:
+            self._settle()
 
-def _fused_update(
-    optimizer: torch.optim.Optimizer, grads: dict[Tensor, Tensor], found_inf: Tensor
-) -> Callable[[], None]:
-    """optimizer.step() as its one fused kernel on the optimizer's own state; skipped while
-    `found_inf` is up, with Adam's step count left as it was, as under AMP's GradScaler."""
-    group, params = _optimizer_group(optimizer, set(grads))
-    ordered = [grads[p] for p in params]
-    if isinstance(optimizer, torch.optim.Adam):  # and AdamW, a subclass
-        return _adam(optimizer, group, params, ordered, found_inf)
-    return _sgd(optimizer, group, params, ordered, found_inf)
+
+Update = Callable[[list[Tensor]], None]
 
 
 def _optimizer_group(
@@ -318,9 +335,10 @@ def _adam(
     optimizer: torch.optim.Optimizer,
     group: dict[str, Any],
     params: list[Tensor],
-    grads: list[Tensor],
     found_inf: Tensor,
-) -> Callable[[], None]:
+    scalars: _Scalars,
+) -> tuple[Update, Callable[[], None]]:
+    """Adam's or AdamW's fused kernel, and what copies its step count into the state."""
     states = [optimizer.state[p] for p in params]
     for p, state in zip(params, states, strict=True):
         if not state:  # what Adam._init_group makes on the first step with fused=True
@@ -329,35 +347,43 @@ def _adam(
             state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             if group["amsgrad"]:
                 state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-    weights = [p.detach() for p in params]  # the same storage, outside autograd
     steps = [state["step"] for state in states]
+    if any(not torch.equal(step, steps[0]) for step in steps):
+        raise Unsupported("optimizer state with different step counts per parameter")
+    # All parameters step together, so one count serves them all: one add a step instead of
+    # a for-each add over every parameter's count (on CPU the costliest op of a small step).
+    count = steps[0].clone()
+    counts = [count] * len(steps)
+    weights = [p.detach() for p in params]  # the same storage, outside autograd
     averages = [state["exp_avg"] for state in states]
     squares = [state["exp_avg_sq"] for state in states]
     maxima = [state["max_exp_avg_sq"] for state in states] if group["amsgrad"] else []
     kernel = torch._fused_adamw_ if group.get("decoupled_weight_decay") else torch._fused_adam_
     beta1, beta2 = group["betas"]
-    flags = [found_inf] * len(steps)
 
-    def step() -> None:
-        torch._foreach_add_(steps, 1)
+    one = scalars.one
+
+    def update(grads: list[Tensor]) -> None:
+        count.add_(one)
         kernel(
-            weights, grads, averages, squares, maxima, steps,
+            weights, grads, averages, squares, maxima, counts,
             lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
             eps=group["eps"], amsgrad=group["amsgrad"], maximize=group["maximize"],
             grad_scale=None, found_inf=found_inf,
         )  # fmt: skip
-        torch._foreach_sub_(steps, flags)  # a skipped step does not count
+        count.sub_(found_inf)  # a skipped step does not count
 
-    return step
+    def settle() -> None:
+        for step in steps:
+            step.copy_(count)
+
+    return update, settle
 
 
 def _sgd(
-    optimizer: torch.optim.Optimizer,
-    group: dict[str, Any],
-    params: list[Tensor],
-    grads: list[Tensor],
-    found_inf: Tensor,
-) -> Callable[[], None]:
+    optimizer: torch.optim.Optimizer, group: dict[str, Any], params: list[Tensor], found_inf: Tensor
+) -> Update:
+    """SGD's fused kernel, keeping its momentum buffers in the optimizer's state as step() does."""
     momentum = group["momentum"]
     # .get: SGD without momentum keeps no state at all, and optimizer.state is a defaultdict
     buffers = [optimizer.state.get(p, {}).get("momentum_buffer") for p in params]
@@ -365,10 +391,9 @@ def _sgd(
     if first[0]:  # as torch's _fused_sgd: empty buffers, filled by the first step
         buffers = [torch.empty_like(p) for p in params]
     kept: list[Tensor] = [b for b in buffers if b is not None] if momentum != 0 else []
-
     weights = [p.detach() for p in params]  # the same storage, outside autograd
 
-    def step() -> None:
+    def update(grads: list[Tensor]) -> None:
         torch._fused_sgd_(
             weights, grads, kept,
             weight_decay=group["weight_decay"], momentum=momentum, lr=group["lr"],
@@ -381,4 +406,4 @@ def _sgd(
                 optimizer.state[p]["momentum_buffer"] = buffer
             first[0] = False
 
-    return step
+    return update

@@ -149,7 +149,7 @@ def fit(
             batches = _slices(model, train, batch_size, shuffle, generator)
         remaining = islice(batches, progress.batches_done, None)
         _train_epoch(model, loss_fn, optimizer, remaining, progress, hooks, direct)
-        _check_finite(progress, direct)
+        _settle(progress, direct)
         record: EpochRecord = {"epoch": progress.epoch, "train_loss": progress.epoch_loss()}
         if val is not None:
             record |= evaluate(model, loss_fn, val, score, prefix="val_")
@@ -206,8 +206,10 @@ def _slices(
     # (with shuffling, a different row each epoch).
     if _has_batch_norm(model) and n_rows % batch_size == 1:
         n_rows -= 1
-    for start in range(0, n_rows, batch_size):
-        yield x[start : start + batch_size], y[start : start + batch_size]  # [b, f], [b, ...]
+    # split: every batch's view in one call, cheaper than slicing each (matters at batch 1)
+    yield from zip(
+        torch.split(x[:n_rows], batch_size), torch.split(y[:n_rows], batch_size), strict=True
+    )
 
 
 def _train_epoch(
@@ -226,7 +228,7 @@ def _train_epoch(
         if direct is None:
             loss = _autograd_step(model, loss_fn, optimizer, xb, yb, progress)
         else:
-            loss = direct(xb, yb)  # checks finiteness on the device; read in _check_finite
+            loss = direct(xb, yb)  # checks finiteness on the device; read in _settle
         progress.losses.append(loss.detach())
         progress.sizes.append(xb.shape[0])
         progress.batches_done += 1
@@ -234,7 +236,7 @@ def _train_epoch(
         stop = _asked_to_stop(hooks)  # read once: a signal between two reads would skip the save
         due = every is not None and progress.steps % every == 0
         if hooks.save is not None and (due or stop):
-            _check_finite(progress, direct)  # never save weights past a divergence
+            _settle(progress, direct)  # never save weights past a divergence
             hooks.save(progress)
         if stop:
             raise StopRequested()
@@ -259,10 +261,14 @@ def _autograd_step(
     return loss  # type: ignore[no-any-return]
 
 
-def _check_finite(progress: Progress, direct: DirectStep | None) -> None:
-    """With the direct step, raise if a step of this epoch was not finite: that step and every
-    one after it were skipped on the device, so the weights are from before it."""
-    if direct is None or not direct.diverged():
+def _settle(progress: Progress, direct: DirectStep | None) -> None:
+    """With the direct step, bring the optimizer's state up to date for a checkpoint or the
+    caller, and raise if a step of this epoch was not finite: that step and every one after
+    it were skipped on the device, so the weights are from before it."""
+    if direct is None:
+        return
+    direct.settle()
+    if not direct.diverged():
         return
     finite = torch.isfinite(torch.stack(progress.losses)).tolist()
     if all(finite):

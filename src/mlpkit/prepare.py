@@ -264,12 +264,17 @@ def training_stream(prepared: Prepared, device: torch.device, first_epoch: int =
     mean = torch.tensor([f.mean for f in features], dtype=torch.float32)
     std = torch.tensor([f.std for f in features], dtype=torch.float32)
     steps = cfg.training.iterations_per_epoch
+    labels = synthetic.classes(source)
+    # Class targets as the task encodes each label, looked up by the drawn class index: the
+    # same values as encoding every batch's labels, without the per-batch text handling.
+    encoded = None if labels is None else prepared.task.targets(np.asarray(labels))
 
     def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         seed = synthetic.epoch_seed(cfg.seed, epoch)
-        for x, values in islice(synthetic.loader(source, cfg.training.batch_size, seed), steps):
+        for x, y in islice(synthetic.batches(source, cfg.training.batch_size, seed), steps):
             xb = (x.index_select(1, positions) - mean) / std  # [batch, inputs]
-            yield xb.to(device), prepared.task.targets(values).to(device)
+            yb = prepared.task.targets(y.numpy()) if encoded is None else encoded[y]
+            yield xb.to(device), yb.to(device)
 
     return Stream(batches)
 

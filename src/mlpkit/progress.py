@@ -6,7 +6,7 @@ else (CI, a pipe) the same lines come out as plain text.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import (
@@ -20,7 +20,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from mlpkit.loop import EpochRecord
+if TYPE_CHECKING:
+    from mlpkit.loop import EpochRecord
 
 BEST_MARK = "*"
 

@@ -2,20 +2,19 @@
 
 A source names its columns (x1..xN and the target y) and draws rows from a fixed distribution:
 the "world" (regression weights, class centres) comes from a generator seeded by the source's
-own settings, the rows from the run's seed. Training reads an IterableDataset through a
-DataLoader, drawn afresh each epoch from (seed, epoch); validation and test rows are drawn once,
-from seeds derived from the run's seed, so `mlpkit eval` draws exactly the same ones again.
+own settings, the rows from the run's seed. Training reads an IterableDataset drawn afresh
+each epoch from (seed, epoch); validation and test rows are drawn once, from seeds derived
+from the run's seed, so `mlpkit eval` draws exactly the same ones again.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import IterableDataset
 
 from mlpkit.schema import ClassificationSource, RegressionSource, Source, XorSource
 
@@ -37,39 +36,43 @@ def classes(source: Source) -> list[str] | None:
     return None
 
 
-def draw(source: Source, rows: int, generator: torch.Generator) -> tuple[torch.Tensor, np.ndarray]:
-    """`rows` rows: features [rows, width] as float32, and the target's values."""
+def draw(
+    source: Source, rows: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`rows` rows: features [rows, width] as float32, and the target: float64 values for a
+    regression source, class indices (int64, into `classes(source)`) for the others."""
     if isinstance(source, XorSource):
         x = torch.randint(0, 2, (rows, 2), generator=generator).float()
-        return x, (x[:, 0] != x[:, 1]).long().numpy().astype(str)
+        return x, (x[:, 0] != x[:, 1]).long()
     world = torch.Generator().manual_seed(source.features)  # the same world for every run
     if isinstance(source, RegressionSource):
         weights = torch.randn(source.features, generator=world)
         x = torch.randn(rows, source.features, generator=generator)
         noise = source.noise * torch.randn(rows, generator=generator)
-        return x, (x @ weights + noise).double().numpy()
+        return x, (x @ weights + noise).double()
     centres = 2 * torch.randn(source.classes, source.features, generator=world)
     labels = torch.randint(0, source.classes, (rows,), generator=generator)
     x = centres[labels] + torch.randn(rows, source.features, generator=generator)
-    return x, labels.numpy().astype(str)
+    return x, labels
 
 
 def table(source: Source, rows: int, seed: int) -> pd.DataFrame:
     """A finite table of `rows` rows, as read_table would give it (features, then y)."""
     x, y = draw(source, rows, torch.Generator().manual_seed(seed))
     frame = pd.DataFrame(x.double().numpy(), columns=columns(source))
-    frame[TARGET] = y
+    labels = classes(source)
+    frame[TARGET] = y.numpy() if labels is None else np.asarray(labels)[y.numpy()]
     return frame
 
 
-class Stream(IterableDataset[tuple[torch.Tensor, np.ndarray]]):
-    """Endless batches of raw rows: (features [batch, width], target values [batch])."""
+class Stream(IterableDataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Endless batches of raw rows: (features [batch, width], targets as `draw` gives them)."""
 
     def __init__(self, source: Source, batch_size: int, seed: int) -> None:
         super().__init__()
         self.source, self.batch_size, self.seed = source, batch_size, seed
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         generator = torch.Generator().manual_seed(self.seed)
         while True:
             yield draw(self.source, self.batch_size, generator)
@@ -81,18 +84,9 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, 2, epoch]).generate_state(1, np.uint64)[0])
 
 
-def loader(
+def batches(
     source: Source, batch_size: int, seed: int
-) -> DataLoader[tuple[torch.Tensor, np.ndarray]]:
-    """The stream as a DataLoader; batch_size=None because the stream yields whole batches.
-    Its own generator, so creating it leaves torch's global one (dropout's) untouched."""
-    return DataLoader(
-        Stream(source, batch_size, seed),
-        batch_size=None,
-        collate_fn=_as_drawn,
-        generator=torch.Generator().manual_seed(seed),
-    )
-
-
-def _as_drawn(batch: Any) -> Any:
-    return batch  # the default would turn numeric targets into tensors; tasks expect arrays
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The stream's batches, read in this process: a DataLoader without workers would add its
+    per-batch overhead (a third of a small model's step) and draw the very same rows."""
+    return iter(Stream(source, batch_size, seed))

@@ -1,0 +1,109 @@
+"""What a command imports before it answers: help and config mistakes must not import torch.
+
+`import torch` alone takes seconds, so `mlpkit --help`, `mlpkit COMMAND --help` and a config
+with a mistake (in `check`, `train` or `summary`) answer without it. Each case runs the CLI in a
+fresh interpreter and reads sys.modules afterwards; timings belong in bench/, not here.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import TINY_CONFIG, tiny_csv
+
+# Runs one command line in-process, then reports its exit code and which heavy modules it loaded.
+PROBE = """\
+import json, sys
+from mlpkit.cli import run_cli
+code = run_cli(sys.argv[1:])
+heavy = ["torch", "pandas", "numpy", "sklearn", "pyarrow", "mlpkit.experiment"]
+print(json.dumps({"code": code, "imported": [m for m in heavy if m in sys.modules]}))
+"""
+
+COMMANDS = ["train", "check", "summary", "eval", "predict", "runs"]
+
+
+def probe(*args: object, cwd: Path | None = None) -> tuple[int, list[str], str, str]:
+    """(exit code, heavy modules imported, stdout before the report, stderr) of one command."""
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, *(str(a) for a in args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
+    *out, report = done.stdout.strip().splitlines()
+    found = json.loads(report)
+    return found["code"], found["imported"], "\n".join(out), done.stderr
+
+
+@pytest.mark.parametrize("args", [["--help"], *([command, "--help"] for command in COMMANDS)])
+def test_help_imports_neither_torch_nor_pandas(args: list[str]) -> None:
+    code, imported, out, err = probe(*args)
+    assert (code, err) == (0, "")
+    assert "Usage: mlpkit" in out
+    assert imported == []
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    (tmp_path / "data.csv").write_text(tiny_csv())
+    path = tmp_path / "config.yaml"
+    path.write_text(TINY_CONFIG)
+    return path
+
+
+def _edit(path: Path, old: str, new: str) -> Path:
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+    return path
+
+
+MISSPELT_KEY = "training.epoch: unknown key; did you mean 'epochs'?"
+
+
+@pytest.mark.parametrize("command", ["check", "train", "summary"])
+def test_a_misspelt_key_exits_2_before_torch(command: str, config: Path, tmp_path: Path) -> None:
+    _edit(config, "epochs: 3", "epoch: 3")
+    code, imported, _, err = probe(command, config, cwd=tmp_path)
+    assert code == 2
+    assert len(err.splitlines()) == 1
+    assert f"Error: {config}:14: {MISSPELT_KEY}" in err
+    assert "torch" not in imported
+    assert "mlpkit.experiment" not in imported
+    assert not (tmp_path / "runs").exists()  # train made no run directory
+
+
+@pytest.mark.parametrize(
+    ("edit", "overrides", "expected"),
+    [
+        (("activation: relu", "activation: relux"), [], "unknown activation 'relux'"),
+        ((), ["--set", "training.optimizer.lr=-1"], "training.optimizer.lr"),
+        ((), ["--set", "training.optimizer={name: sgd, nesterov: true}"], "nesterov needs"),
+        ((), ["--set", "training.batch_size=two"], "training.batch_size"),
+    ],
+)
+def test_other_config_mistakes_exit_2_before_torch(
+    edit: tuple[str, ...], overrides: list[str], expected: str, config: Path
+) -> None:
+    if edit:
+        _edit(config, *edit)
+    for command in ("check", "train"):
+        code, imported, _, err = probe(command, config, *overrides, cwd=config.parent)
+        assert (code, len(err.splitlines())) == (2, 1), err
+        assert expected in err
+        assert "torch" not in imported
+
+
+def test_the_probe_sees_torch_when_a_command_needs_it(config: Path) -> None:
+    # A valid config: check reads the data and builds the model, so torch is imported. This
+    # keeps the tests above honest (an empty list is not a probe that cannot see).
+    code, imported, out, err = probe("check", config, cwd=config.parent)
+    assert (code, err) == (0, "")
+    assert out.startswith(f"ok: {config}: 50 rows")
+    assert "torch" in imported
