@@ -34,3 +34,17 @@ test: lint typecheck pytest
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Benchmark of mlpkit beside its peers (bench/README.md): on demand, never part of `make test`.
+# The peers (lightning, keras, skorch) live in bench/.venv only, never in mlpkit's dependencies.
+.PHONY: bench bench-env
+BENCH_STAMP := bench/.venv/.installed
+
+bench-env: $(BENCH_STAMP)
+
+$(BENCH_STAMP): bench/requirements.txt pyproject.toml bench/setup.sh
+	PYTHON=$(PYTHON) bench/setup.sh
+	touch $(BENCH_STAMP)
+
+bench: bench-env
+	bench/.venv/bin/python bench/run.py $(BENCH_ARGS)

@@ -79,6 +79,15 @@ def test_each_activation_trains_bit_identically(activation: str) -> None:
     assert_identical(autograd, direct)
 
 
+@pytest.mark.parametrize("batch_size", [1, 7])  # one row a batch (mpg's), a ragged last batch
+def test_batch_sizes_train_bit_identically(batch_size: int) -> None:
+    layers = [dense(32, "relu"), dense(8, "relu"), dense(1)]
+    autograd, direct = train_both_ways(
+        lambda: build_model(layers, 3, seed=0), adam, nn.MSELoss(), regression(), 2, batch_size
+    )
+    assert_identical(autograd, direct)
+
+
 def regression() -> Tensors:
     x = rows()
     return Tensors(x, x[:, :1] * 2 - x[:, 1:2])

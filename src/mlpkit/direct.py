@@ -285,6 +285,7 @@ class DirectStep:
             kept.append((x, z, a))
             x = a
         loss, grad = self.loss(x, y)
+        one_row = grad.shape[0] == 1
         # Fresh tensors rather than out= into kept buffers: out= costs more than it saves here.
         grads: list[Tensor] = [loss] * (self.slots + 1)  # the last stays the loss, for the check
         for (weight, weight_slot, bias_slot, backward, inner), (x, z, a) in zip(
@@ -294,7 +295,8 @@ class DirectStep:
                 grad = backward(grad, z, a)
             grads[weight_slot] = torch.mm(grad.t(), x)
             if bias_slot >= 0:
-                grads[bias_slot] = torch.sum(grad, 0)
+                # One row: its sum is itself (up to the sign of a zero, which no update sees).
+                grads[bias_slot] = grad[0] if one_row else torch.sum(grad, 0)
             if inner:
                 grad = torch.mm(grad, weight)
         torch._amp_foreach_non_finite_check_and_unscale_(grads, self.found_inf, self.one)

@@ -152,7 +152,7 @@ def load_run_config(run: runs.Run) -> LoadedConfig:
 
 
 # Optimizers with a fused kernel (one call updates every parameter): faster than the for-each
-# default on CPU and CUDA (bench/loop_overhead.py), and what the direct step calls.
+# default (measured: docs/PERFORMANCE.md), and what the direct step calls.
 FUSED = ("sgd", "adam", "adamw")
 
 
