@@ -298,3 +298,27 @@ def test_both_engines_give_the_same_run(cli, project: Project) -> None:  # type:
     assert [row.rsplit(",", 1)[0] for row in history[0]] == [  # all but the seconds column
         row.rsplit(",", 1)[0] for row in history[1]
     ]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_the_direct_step_matches_autograd_without_host_syncs() -> None:
+    layers = [dense(32, "relu"), dense(8, "relu"), dense(1)]
+    x = rows(64).cuda()
+    data = Tensors(x, x[:, :1] * 2 - x[:, 1:2])
+    autograd, direct = train_both_ways(
+        lambda: build_model(layers, 3, seed=0, device="cuda"), adam, nn.MSELoss(), data, 2, 1
+    )
+    for a, b in zip(autograd[0].parameters(), direct[0].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    model, optimizer, _ = direct
+    step = DirectStep(model, nn.MSELoss(), optimizer)
+    batches = list(zip(data.x.split(1), data.y.split(1), strict=True))
+    step(*batches[0])  # the first step makes its scalar constants on the device
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any host sync inside a step raises
+    try:
+        for xb, yb in batches[1:]:
+            step(xb, yb)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert not step.diverged()
