@@ -14,11 +14,11 @@ import torch
 from conftest import Project
 from torch import nn
 
-from mlpkit.direct import DirectStep, unsupported
-from mlpkit.errors import DivergedError
+from mlpkit.direct import DirectStep, Unsupported, unsupported
+from mlpkit.errors import ConfigError, DivergedError
 from mlpkit.loop import Hooks, Progress, StopRequested, Tensors, fit
 from mlpkit.model import InputSpec, build_model
-from mlpkit.schema import DenseLayer, DropoutLayer
+from mlpkit.schema import BatchNormLayer, DenseLayer, DropoutLayer
 
 
 def dense(units: int, activation: str = "linear", bias: bool = True) -> DenseLayer:
@@ -322,3 +322,64 @@ def test_on_cuda_the_direct_step_matches_autograd_without_host_syncs() -> None:
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert not step.diverged()
+
+
+def test_a_one_unit_layer_fed_one_row_trains_bit_identically() -> None:
+    # A [1, 1] activation counts as column-major to autograd, which then takes the input
+    # gradient as (W^T g^T)^T: summed in another order than g W for a wide next layer.
+    layers = [dense(1, "tanh"), dense(257, "tanh"), dense(1)]
+    autograd, direct = train_both_ways(
+        lambda: build_model(layers, 3, seed=0), adam, nn.MSELoss(), regression(), 2, 1
+    )
+    assert_identical(autograd, direct)
+
+
+def test_batch_norm_after_named_inputs_is_not_covered_and_does_not_crash() -> None:
+    inputs = [InputSpec("a", [0], []), InputSpec("b", [1, 2], [])]
+    layers = [dense(4, "relu"), BatchNormLayer(type="batch_norm"), dense(1)]
+    model = build_model(layers, 3, seed=0, inputs=inputs)
+    assert unsupported(model, nn.MSELoss(), adam(model)) == "a BatchNorm1d layer at that place"
+
+
+def test_the_optimizer_state_is_settled_however_fit_stops() -> None:
+    model = build_model([dense(4, "relu"), dense(1)], 3, seed=0)
+    optimizer = adam(model)
+    calls = iter(range(100))
+    hooks = Hooks(stop_requested=lambda: next(calls) == 5)  # no save hook
+    with pytest.raises(StopRequested):
+        fit(
+            model, nn.MSELoss(), optimizer, regression(), None,
+            epochs=2, batch_size=4, shuffle=True, seed=0, hooks=hooks,
+            direct=DirectStep(model, nn.MSELoss(), optimizer),
+        )  # fmt: skip
+    assert {int(state["step"]) for state in optimizer.state.values()} == {6}
+
+
+def test_a_restored_optimizer_the_direct_step_refuses_trains_through_autograd(  # type: ignore[no-untyped-def]
+    cli, project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(self, model, loss_fn, optimizer):  # type: ignore[no-untyped-def]
+        raise Unsupported("Adam without fused=True")
+
+    monkeypatch.setattr(DirectStep, "__init__", refuse)
+    assert cli("train", project.config, "--runs-dir", project.runs, "-q").code == 0
+    (run,) = project.run_dirs()
+    training = json.loads((run / "run.json").read_text())["training"]
+    assert training["engine"] == "autograd"
+    assert training["why_not_direct"] == "Adam without fused=True"
+    assert training["steps"] == 12
+
+
+def test_a_run_checkpointed_before_engine_and_threads_existed_resumes(project: Project) -> None:
+    from types import SimpleNamespace
+
+    from mlpkit.config import load_config
+    from mlpkit.experiment import _refuse_changes, resolved_config
+
+    loaded = load_config(project.config, [])
+    old = resolved_config(loaded)
+    del old["training"]["engine"], old["training"]["threads"]
+    _refuse_changes(loaded, SimpleNamespace(config=old), project.config)  # type: ignore[arg-type]
+    old["training"]["epochs"] = 99
+    with pytest.raises(ConfigError, match=r"training\.epochs"):
+        _refuse_changes(loaded, SimpleNamespace(config=old), project.config)  # type: ignore[arg-type]

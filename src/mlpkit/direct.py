@@ -12,10 +12,10 @@ On CPU the result is the autograd path's, bit for bit (tests/test_direct.py trai
 and compares weights and optimizer state), at a fraction of the cost.
 
 A NaN or infinite loss must never reach the weights, yet checking it per step is a host sync
-(a stall on a GPU). Instead each step ORs "loss or a gradient is not finite" into a flag on the
-device, and the fused optimizer skips its update while the flag is up (the same mechanism AMP's
-GradScaler uses). The flag is read once an epoch and before a checkpoint: the batch that
-diverged is found in the epoch's losses, and the weights are those from before it.
+(a stall on a GPU). Instead each step ORs "the loss is not finite" into a flag on the device,
+and the fused optimizer skips its update while the flag is up (the mechanism AMP's GradScaler
+uses). The flag is read once an epoch and before a checkpoint: the batch that diverged is the
+first non-finite loss of the epoch, and the weights are those from before it, as with autograd.
 
 `plan` says whether a model, loss and optimizer are covered; anything else (dropout, batch
 norm, other activations, losses or optimizers) trains through autograd.
@@ -200,8 +200,10 @@ def _layers(model: nn.Module) -> tuple[Tensor | None, list[tuple[nn.Linear, nn.M
             raise Unsupported(f"a {type(model).__name__} model")
         if any(len(branch) for branch in branches):  # type: ignore[arg-type]
             raise Unsupported("named inputs with layers of their own")
-        # model.MultiInput's buffers hold each input's columns, in concatenation order
-        columns, body = torch.cat([buffer for _, buffer in model.named_buffers()]), trunk
+        # model.MultiInput's buffers columns_0.. hold each input's columns, in concatenation
+        # order (the trunk may have buffers of its own: batch norm's, refused below)
+        columns = torch.cat([model.get_buffer(f"columns_{i}") for i in range(len(branches))])
+        body = trunk
     pairs: list[tuple[nn.Linear, nn.Module | None]] = []
     for module in body.children():
         if isinstance(module, nn.Linear):
@@ -257,7 +259,7 @@ class DirectStep:
         # Plain tuples, unpacked in the loop: attribute look-ups add up at ~150 us a step.
         slot = {p: index for index, p in enumerate(params)}
         self.forward_layers: list[tuple[Tensor, Tensor | None, Forward | None]] = []
-        backward: list[tuple[Tensor, int, int, Backward | None, bool]] = []
+        backward: list[tuple[Tensor, Tensor, int, int, Backward | None, bool]] = []
         for index, (linear, activation) in enumerate(pairs):
             functions = None if activation is None else ACTIVATIONS[type(activation)](activation)
             weight, bias = linear.weight.detach(), linear.bias  # detached: outside autograd
@@ -266,7 +268,14 @@ class DirectStep:
             )
             bias_slot = -1 if bias is None else slot[bias]
             backward.append(
-                (weight, slot[linear.weight], bias_slot, functions and functions[1], index > 0)
+                (
+                    weight,
+                    weight.t(),
+                    slot[linear.weight],
+                    bias_slot,
+                    functions and functions[1],
+                    index > 0,
+                )
             )
         self.backward_layers = backward[::-1]
         self.slots = len(params)
@@ -274,7 +283,7 @@ class DirectStep:
     def __call__(self, x: Tensor, y: Tensor) -> Tensor:
         """One step on the batch (x [rows, features], y as the loss takes it); returns the loss.
 
-        Nothing here waits for the device: a loss or gradient that is not finite raises the
+        Nothing here waits for the device: a loss that is not finite raises the
         flag and the update is skipped, from that step on, until `diverged` is read."""
         if self.columns is not None:
             x = x.index_select(1, self.columns)
@@ -287,8 +296,8 @@ class DirectStep:
         loss, grad = self.loss(x, y)
         one_row = grad.shape[0] == 1
         # Fresh tensors rather than out= into kept buffers: out= costs more than it saves here.
-        grads: list[Tensor] = [loss] * (self.slots + 1)  # the last stays the loss, for the check
-        for (weight, weight_slot, bias_slot, backward, inner), (x, z, a) in zip(
+        grads: list[Tensor] = [loss] * self.slots  # placeholders, each replaced below
+        for (weight, weight_t, weight_slot, bias_slot, backward, inner), (x, z, a) in zip(
             self.backward_layers, reversed(kept), strict=True
         ):
             if backward is not None:
@@ -298,9 +307,15 @@ class DirectStep:
                 # One row: its sum is itself (up to the sign of a zero, which no update sees).
                 grads[bias_slot] = grad[0] if one_row else torch.sum(grad, 0)
             if inner:
-                grad = torch.mm(grad, weight)
-        torch._amp_foreach_non_finite_check_and_unscale_(grads, self.found_inf, self.one)
-        grads.pop()
+                # autograd's mm_mat1_backward: an input laid out column-major (a [1, 1] one
+                # counts) gets its gradient as (W^T grad^T)^T, which sums in another order
+                if x.stride(0) == 1 and x.stride(1) == x.shape[0]:
+                    grad = torch.mm(weight_t, grad.t()).t()
+                else:
+                    grad = torch.mm(grad, weight)
+        # The loss alone decides, as in the autograd path: found_inf goes up (and stays up) if
+        # it is NaN or infinite, and the fused kernel then skips the update.
+        torch._amp_foreach_non_finite_check_and_unscale_([loss], self.found_inf, self.one)
         self.update(grads)
         return loss
 
@@ -328,7 +343,9 @@ def _optimizer_group(
         raise Unsupported(f"{kind} without fused=True")
     group = optimizer.param_groups[0]
     params: list[Tensor] = list(group["params"])
-    if set(params) != parameters or isinstance(group["lr"], Tensor):
+    if isinstance(group["lr"], Tensor):
+        raise Unsupported(f"{kind} with a tensor learning rate")
+    if set(params) != parameters:
         raise Unsupported(f"{kind} over other parameters than the model's")
     return group, params
 

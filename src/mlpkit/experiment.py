@@ -17,7 +17,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -338,8 +338,20 @@ def _same_config(
     return given
 
 
+# Settings a resume may change: the engine gives the same results, and runs checkpointed before
+# `threads` existed have no value for it.
+_FREE_ON_RESUME = {"training.engine"}
+_ADDED_LATER = {"training.threads"}
+
+
 def _refuse_changes(loaded: LoadedConfig, checkpoint: checkpoints.Checkpoint, path: Path) -> None:
-    changed = _differences(resolved_config(loaded), checkpoint.config)
+    old = checkpoint.config
+    absent = {key for key in _ADDED_LATER if key.split(".")[-1] not in old.get("training", {})}
+    changed = [
+        key
+        for key in _differences(resolved_config(loaded), old)
+        if key not in _FREE_ON_RESUME and key not in absent
+    ]
     if changed:
         more = f" and {len(changed) - 8} more" if len(changed) > 8 else ""
         raise ConfigError(
@@ -464,9 +476,7 @@ class _Session:
             if self.checkpoint is not None:
                 checkpoints.restore_rng(self.checkpoint.rng, device)
             # after the checkpoint's optimizer state is loaded: the step works on it in place
-            step = None
-            if engine.name == "direct":
-                step = direct.DirectStep(trainer.model, trainer.loss_fn, trainer.optimizer)
+            step = self._direct_step()
             progress = fit(
                 trainer.model,
                 trainer.loss_fn,
@@ -484,6 +494,21 @@ class _Session:
                 direct=step,
             )
         return self._write(data, progress)
+
+    def _direct_step(self) -> direct.DirectStep | None:
+        """The direct step, if the engine is direct and the optimizer as restored allows it (a
+        checkpoint of an older mlpkit restores a non-fused optimizer: autograd trains it)."""
+        trainer = self.trainer
+        if trainer.engine.name != "direct":
+            return None
+        try:
+            return direct.DirectStep(trainer.model, trainer.loss_fn, trainer.optimizer)
+        except direct.Unsupported as why:
+            engine = Engine("autograd", trainer.engine.threads, str(why))
+            self.trainer = replace(trainer, engine=engine)
+            self.info = self.info.model_copy(update={"training": engine.describe()})
+            runs.write_info(self.run_dir, self.info)
+            return None
 
     def _write(self, data: dict[str, Tensors], progress: Progress) -> TrainResult:
         model, prepared, run_dir = self.trainer.model, self.prepared, self.run_dir

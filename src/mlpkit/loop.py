@@ -148,7 +148,11 @@ def fit(
         else:
             batches = _slices(model, train, batch_size, shuffle, generator)
         remaining = islice(batches, progress.batches_done, None)
-        _train_epoch(model, loss_fn, optimizer, remaining, progress, hooks, direct)
+        try:
+            _train_epoch(model, loss_fn, optimizer, remaining, progress, hooks, direct)
+        finally:  # whatever stops the epoch, the optimizer's state is left up to date
+            if direct is not None:
+                direct.settle()
         _settle(progress, direct)
         record: EpochRecord = {"epoch": progress.epoch, "train_loss": progress.epoch_loss()}
         if val is not None:
@@ -235,9 +239,10 @@ def _train_epoch(
         progress.steps += 1
         stop = _asked_to_stop(hooks)  # read once: a signal between two reads would skip the save
         due = every is not None and progress.steps % every == 0
-        if hooks.save is not None and (due or stop):
-            _settle(progress, direct)  # never save weights past a divergence
-            hooks.save(progress)
+        if stop or (due and hooks.save is not None):
+            _settle(progress, direct)  # never save, or stop, past a divergence unreported
+            if hooks.save is not None:
+                hooks.save(progress)
         if stop:
             raise StopRequested()
 
@@ -270,19 +275,17 @@ def _settle(progress: Progress, direct: DirectStep | None) -> None:
     direct.settle()
     if not direct.diverged():
         return
-    finite = torch.isfinite(torch.stack(progress.losses)).tolist()
-    if all(finite):
-        raise _diverged("the training gradients became NaN or infinite", progress.epoch, None)
-    batch = finite.index(False)
+    # The flag rises with the first non-finite loss (a resumed epoch's earlier losses are
+    # finite: checkpoints are only written while the flag is down).
+    batch = torch.isfinite(torch.stack(progress.losses)).tolist().index(False)
     value = progress.losses[batch].item()
     raise _diverged(f"the training loss became {value}", progress.epoch, batch + 1)
 
 
-def _diverged(what: str, epoch: int, batch: int | None) -> DivergedError:
-    where = f"epoch {epoch}" if batch is None else f"epoch {epoch}, batch {batch}"
+def _diverged(what: str, epoch: int, batch: int) -> DivergedError:
     return DivergedError(
         Problem(
-            f"{what} in {where}; {'that batch' if batch else 'that step'} was not applied",
+            f"{what} in epoch {epoch}, batch {batch}; that batch was not applied",
             where="training",
             hint="lower training.optimizer.lr or scale the target",
         )
