@@ -20,6 +20,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,11 +166,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--signal", nargs="+", default=["KILL", "INT", "TERM"], choices=EXIT)
-    parser.add_argument("--dir", type=Path, default=Path("/tmp/mlpkit-kill-harness"))
+    parser.add_argument("--dir", type=Path, help="an empty or new folder (default: a new temp one)")
     args = parser.parse_args()
+    # A used folder would hold earlier runs, which the globs below would take for this run's.
+    if args.dir is not None and args.dir.exists() and any(args.dir.iterdir()):
+        parser.error(f"{args.dir} is not empty")
+    root = args.dir or Path(tempfile.mkdtemp(prefix="mlpkit-kill-harness-"))
+    print(f"working in {root}")
     failures = 0
     for name in args.signal:
-        results = run_trials(args.dir / name, name, args.trials)
+        results = run_trials(root / name, name, args.trials)
         print(f"\nSIG{name}: {args.trials} trials")
         print("delay s  exit  status after signal            partial  ckpts  resume  identical")
         for t in results:

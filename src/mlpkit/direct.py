@@ -285,6 +285,10 @@ class DirectStep:
 
         Nothing here waits for the device: a loss that is not finite raises the
         flag and the update is skipped, from that step on, until `diverged` is read."""
+        with torch.inference_mode():  # no autograd bookkeeping at all: ~20% of a small step
+            return self._step(x, y)
+
+    def _step(self, x: Tensor, y: Tensor) -> Tensor:
         if self.columns is not None:
             x = x.index_select(1, self.columns)
         kept = []  # (input, pre-activation, activation) of each layer
