@@ -53,6 +53,10 @@ def main() -> None:
     parser.add_argument("--impls", default=",".join(IMPLS))
     parser.add_argument("--python-peers", type=Path, help="default: bench/.venv/bin/python")
     parser.add_argument("--timeout", type=float, help="seconds per trial (default 1200; quick 300)")
+    parser.add_argument(
+        "--out", type=Path, help="where to write the tables (default bench/RESULTS.md; quick: "
+        "bench/RESULTS-quick.md)"
+    )  # fmt: skip
     args = parser.parse_args()
     repeats = args.repeats or (1 if args.quick else 3)
     timeout = args.timeout or (300.0 if args.quick else 1200.0)
@@ -72,7 +76,7 @@ def main() -> None:
     started = datetime.datetime.now().astimezone()
     command = "python " + shlex.join(["bench/run.py", *sys.argv[1:]])
     sections = [header(command, started, own, peers, repeats, args.quick)]
-    out = BENCH / ("RESULTS-quick.md" if args.quick else "RESULTS.md")
+    out = args.out or BENCH / ("RESULTS-quick.md" if args.quick else "RESULTS.md")
     print(sections[0])
     for name in workloads:
         if name == "P":
@@ -92,7 +96,7 @@ def main() -> None:
     minutes = (finished - started).total_seconds() / 60
     sections.append(f"Finished {finished:%Y-%m-%d %H:%M %Z} ({minutes:.1f} minutes).")
     out.write_text("\n\n".join(sections) + "\n")
-    print(f"\nwrote {out.relative_to(ROOT)}")
+    print(f"\nwrote {out}")
 
 
 class Runner:

@@ -7,6 +7,7 @@ first checkpoint, sends the signal, checks how the run was left, resumes it with
 uninterrupted run's, and the history for one row per epoch.
 
     python tests/kill_harness.py --trials 20 --signal KILL INT TERM   # prints a table per signal
+    python tests/kill_harness.py --engine direct   # the same config without dropout: direct engine
 
 tests/test_signals.py runs a few trials of each signal; this script runs as many as asked.
 """
@@ -66,15 +67,19 @@ class Trial:
     stderr: str  # what the signalled process said
 
 
-def write_project(root: Path) -> Path:
-    """The config and a 60-row CSV (the same generator as the tests' tiny project)."""
+def write_project(root: Path, dropout: bool = True) -> Path:
+    """The config and a 60-row CSV (the same generator as the tests' tiny project). With
+    dropout the run trains through autograd (and draws from the global generator); without,
+    through the direct engine."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from conftest import tiny_csv
 
     root.mkdir(parents=True, exist_ok=True)
     (root / "data.csv").write_text(tiny_csv(rows=60))
     config = root / "config.yaml"
-    config.write_text(CONFIG)
+    config.write_text(
+        CONFIG if dropout else CONFIG.replace("    - {type: dropout, rate: 0.2}\n", "")
+    )
     return config
 
 
@@ -150,9 +155,11 @@ def trial(config: Path, runs: Path, name: str, delay: float, expected: Path) -> 
     )
 
 
-def run_trials(root: Path, name: str, trials: int, seed: int = 0) -> list[Trial]:
+def run_trials(
+    root: Path, name: str, trials: int, seed: int = 0, dropout: bool = True
+) -> list[Trial]:
     """`trials` signals at moments spread at random over the training phase."""
-    config = write_project(root)
+    config = write_project(root, dropout)
     expected, span = reference(config)
     rng = random.Random(seed)
     delays = sorted(rng.uniform(0, 0.7 * span) for _ in range(trials))  # mostly mid-training
@@ -167,6 +174,10 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--signal", nargs="+", default=["KILL", "INT", "TERM"], choices=EXIT)
     parser.add_argument("--dir", type=Path, help="an empty or new folder (default: a new temp one)")
+    parser.add_argument(
+        "--engine", choices=["autograd", "direct"], default="autograd",
+        help="autograd: the config has dropout (the default); direct: the same without it",
+    )  # fmt: skip
     args = parser.parse_args()
     # A used folder would hold earlier runs, which the globs below would take for this run's.
     if args.dir is not None and args.dir.exists() and any(args.dir.iterdir()):
@@ -175,7 +186,7 @@ def main() -> None:
     print(f"working in {root}")
     failures = 0
     for name in args.signal:
-        results = run_trials(root / name, name, args.trials)
+        results = run_trials(root / name, name, args.trials, dropout=args.engine == "autograd")
         print(f"\nSIG{name}: {args.trials} trials")
         print("delay s  exit  status after signal            partial  ckpts  resume  identical")
         for t in results:
