@@ -23,7 +23,7 @@ import pandas as pd
 
 CONFIG = """\
 name: stream-memory
-seed: 0
+seed: {seed}
 data:
   path: {path}
   stream: {stream}
@@ -109,7 +109,7 @@ def main() -> None:
         if not data.exists():
             make_csv(data, rows)
         config = args.dir / f"config-{rows}-{stream}.yaml"
-        config.write_text(CONFIG.format(path=data, stream=str(stream).lower()))
+        config.write_text(CONFIG.format(seed=0, path=data, stream=str(stream).lower()))
         seconds, peak, r2 = measure(config, args.dir / "runs")
         peaks[(rows, stream)] = peak
         mode = "streamed" if stream else "whole"

@@ -543,35 +543,17 @@ def w5_csv(rows: int) -> Path:
 
 # --- W5: a streamed CSV, measured from outside the training process ---------------------------
 
-W5_CONFIG = """\
-name: bench-w5
-seed: {seed}
-data:
-  path: {path}
-  stream: true
-  target: y
-  features: [x1, x2, x3, x4]
-model:
-  layers:
-    - {{type: dense, units: 32, activation: relu}}
-    - {{type: dense, units: 1}}
-training:
-  epochs: 1
-  batch_size: 1024
-  optimizer: {{name: adam, lr: 0.001}}
-"""
-
 
 def run_w5(impl: str, rows: int, seed: int) -> Result:
     """mlpkit (`mlpkit train` with data.stream: true) or the pandas peer on the rows-row CSV,
     each a child process whose peak PSS (summed over its DataLoader workers) is sampled."""
-    from stream_memory import tree_pss
+    from stream_memory import CONFIG, tree_pss
 
     csv = w5_csv(rows)
     with tempfile.TemporaryDirectory(prefix="mlpkit-bench-w5-") as tmp:
         if impl == "mlpkit":
             config = Path(tmp) / "w5.yaml"
-            config.write_text(W5_CONFIG.format(seed=seed, path=csv))
+            config.write_text(CONFIG.format(seed=seed, path=csv, stream="true"))
             command = [sys.executable, "-m", "mlpkit", "train", str(config), "--quiet"]
             command += ["--runs-dir", str(Path(tmp) / "runs")]
         elif impl == "hand":
