@@ -16,7 +16,18 @@ def test_public_names_are_small_and_explicit() -> None:
 
 def test_cli_verbs_and_readme_agree() -> None:
     verbs = {command.name for command in typer.main.get_command(app).commands.values()}  # type: ignore[attr-defined]
-    assert verbs == {"train", "check", "summary", "eval", "predict", "runs"}
+    assert verbs == {
+        "train",
+        "check",
+        "summary",
+        "eval",
+        "predict",
+        "export",
+        "runs",
+        "plot",
+        "compare",
+        "init",
+    }
     readme = (REPO / "README.md").read_text()
     for verb in verbs:
         assert f"mlpkit {verb} " in readme, f"README does not show mlpkit {verb}"

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import typer
 import yaml
 from conftest import REPO, Project
 
 from mlpkit import experiment
+from mlpkit.cli import app
 from mlpkit.config import load_config
 
 RUN_FILES = {
@@ -23,6 +25,7 @@ RUN_FILES = {
     "metrics.json",
     "predictions.csv",
     "model.safetensors",
+    "plots",  # drawn from the files above (tests/test_plots.py)
     "checkpoints",  # the last two, kept so the run could be trained on
     ".lock",  # kept: deleting a lock file races with a process about to take it
 }
@@ -237,7 +240,7 @@ def test_without_validation_rows_best_epoch_follows_train_loss(cli, project: Pro
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics) == {"train", "test", "baselines", "best_epoch"}
     with open(run / "history.csv") as f:
-        assert set(next(csv.DictReader(f))) == {"epoch", "train_loss", "seconds"}
+        assert set(next(csv.DictReader(f))) == {"epoch", "train_loss", "lr", "seconds"}
 
 
 def test_damaged_runs_are_refused_in_one_line(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
@@ -399,7 +402,9 @@ def test_usage_mistakes_get_one_line_and_a_suggestion(cli) -> None:  # type: ign
 def test_every_command_has_help_with_an_example(cli) -> None:  # type: ignore[no-untyped-def]
     top = cli("--help")
     assert top.code == 0
-    for command in ("train", "check", "summary", "eval", "predict"):
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    assert len(commands) == 10
+    for command in commands:
         assert command in top.out
         assert "Example: mlpkit " + command in cli(command, "--help").out
 
@@ -417,7 +422,7 @@ def test_console_script_errors_have_no_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
     assert done.stderr.splitlines() == [
         f"Error: {tmp_path / 'bad.yaml'}:2: nope: unknown key; "
-        "expected one of: data, model, name, seed, training",
+        "expected one of: data, model, name, seed, tracking, training",
         *(
             f"Error: {tmp_path / 'bad.yaml'}: {section}: missing required key; "
             f"add a '{section}:' section, as in configs/mpg.yaml"

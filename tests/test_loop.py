@@ -62,7 +62,7 @@ def test_fit_equals_a_hand_written_loop() -> None:
     for a, b in zip(ours.state_dict().values(), reference.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert [r["epoch"] for r in history] == [1, 2, 3]
-    assert set(history[0]) == {"epoch", "train_loss", "val_loss", "val_mae", "seconds"}
+    assert set(history[0]) == {"epoch", "train_loss", "val_loss", "val_mae", "lr", "seconds"}
 
 
 def test_loss_goes_down() -> None:

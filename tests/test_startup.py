@@ -20,11 +20,22 @@ PROBE = """\
 import json, sys
 from mlpkit.cli import run_cli
 code = run_cli(sys.argv[1:])
-heavy = ["torch", "pandas", "numpy", "sklearn", "pyarrow", "mlpkit.experiment"]
+heavy = ["torch", "pandas", "numpy", "sklearn", "pyarrow", "matplotlib", "mlpkit.experiment"]
 print(json.dumps({"code": code, "imported": [m for m in heavy if m in sys.modules]}))
 """
 
-COMMANDS = ["train", "check", "summary", "eval", "predict", "runs"]
+COMMANDS = [
+    "train",
+    "check",
+    "summary",
+    "eval",
+    "predict",
+    "export",
+    "runs",
+    "plot",
+    "compare",
+    "init",
+]
 
 
 def probe(*args: object, cwd: Path | None = None) -> tuple[int, list[str], str, str]:

@@ -36,6 +36,7 @@ from safetensors.torch import save as save_safetensors
 from mlpkit.errors import Problem, RunDirError
 from mlpkit.loop import Progress
 from mlpkit.runs import write_fault
+from mlpkit.schedules import Schedule
 
 FORMAT = "mlpkit.checkpoint/1"
 FOLDER = "checkpoints"
@@ -64,6 +65,7 @@ class Checkpoint:
     optimizer: dict[str, Any]
     rng: dict[str, Any]
     config: dict[str, Any]  # the resolved config the run was trained with
+    scheduler: dict[str, Any] | None = None  # the learning-rate schedule's state, if any
 
 
 def save(
@@ -73,6 +75,7 @@ def save(
     progress: Progress,
     config: dict[str, Any],
     device: torch.device,
+    scheduler: dict[str, Any] | None = None,
 ) -> Path:
     """Write a checkpoint of the current state, then drop all but the newest KEEP.
 
@@ -85,7 +88,11 @@ def save(
     files = {"model.safetensors": _safetensors(model.state_dict())}
     if progress.best_weights is not None:
         files["best.safetensors"] = _safetensors(progress.best_weights)
-    state = {"optimizer": optimizer.state_dict(), "scheduler": None, "rng": _rng_states(device)}
+    state = {
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler,
+        "rng": _rng_states(device),
+    }
     state["progress"] = _progress_state(progress)
     buffer = io.BytesIO()
     torch.save(state, buffer)
@@ -171,6 +178,7 @@ def read(path: Path) -> Checkpoint:
             optimizer=state["optimizer"],
             rng=state["rng"],
             config=manifest["config"],
+            scheduler=state["scheduler"],
         )
     except Exception as exc:  # any shape a damaged or hostile state.pt may take
         problem = f"not a {FORMAT} state: {type(exc).__name__} {exc}"
@@ -178,9 +186,12 @@ def read(path: Path) -> Checkpoint:
 
 
 def load_into(
-    checkpoint: Checkpoint, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+    checkpoint: Checkpoint,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: Schedule | None = None,
 ) -> None:
-    """Put the checkpoint's weights and optimizer state into freshly built ones.
+    """Put the checkpoint's weights, optimizer and schedule state into freshly built ones.
 
     Raises:
         RunDirError: the state does not fit the model the config builds.
@@ -189,6 +200,10 @@ def load_into(
         model.load_state_dict(checkpoint.model)
         optimizer.load_state_dict(checkpoint.optimizer)
         _check_optimizer_shapes(optimizer)
+        if schedule is not None:
+            if checkpoint.scheduler is None:
+                raise ValueError("it holds no learning-rate schedule")
+            schedule.load_state_dict(checkpoint.scheduler)
     except Exception as exc:  # torch raises RuntimeError, ValueError, KeyError... on a misfit
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         problem = f"does not fit the model of the config: {first}"

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import torch
     from rich.console import Console
 
+    from mlpkit.experiment import TrainResult
     from mlpkit.loop import Progress
     from mlpkit.prepare import Prepared
     from mlpkit.summary import Summary
@@ -88,16 +89,32 @@ def train(
     runs_dir: Annotated[str, typer.Option(help="Where run directories go.")] = "runs",
     device: DeviceOpt = None,
     quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="Print only the run directory.")
+        bool,
+        typer.Option(
+            "--quiet",
+            "-q",
+            help="Print only the run directory (with --seeds: each run's, then the summary file).",
+        ),
     ] = False,
     resume: Annotated[
         Path | None,
         typer.Option(help="Continue this interrupted run in place (CONFIG, if given, must match)."),
     ] = None,
+    seeds: Annotated[
+        int | None,
+        typer.Option(
+            min=2,
+            help="Train N runs, with the config's seed, seed+1, ...; print each test metric's "
+            "mean and sample std (ddof=1) and write them to <runs-dir>/<name>/seeds-*.json.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Train CONFIG into a new run directory and print its path as the last line.
 
     Ctrl-C or SIGTERM stops at the next step with a checkpoint; --resume RUN carries on.
+    --seeds N trains N runs and prints the spread of their test metrics; the last line is
+    then the summary file.
 
     Example: mlpkit train configs/mpg.yaml --set training.epochs=5
     """
@@ -111,6 +128,9 @@ def train(
         )
     if not runs_dir:  # Path("") would silently mean the working directory
         raise MlpkitError(Problem("is empty", where="--runs-dir", hint="give a folder, e.g. runs"))
+    if seeds is not None:
+        _train_seeds(config, resume, set_ or [], Path(runs_dir), device, quiet, seeds)
+        return
     if config is not None and resume is None:
         _load_config(config, set_)  # config mistakes exit here, before torch is imported
     from mlpkit import experiment, progress
@@ -121,18 +141,15 @@ def train(
     def on_start(
         prepared: Prepared, device: torch.device, summary: Summary, position: Progress | None
     ) -> None:
-        headline = (
-            f"{prepared.config.name}: {prepared.data_rows} rows of {prepared.table.path.name}"
-            f" -> {prepared.describe_split()}; "
-            f"{len(prepared.preprocessor.input_names)} inputs; "
-            f"{summary.total_parameters:,} parameters; device {device}"
-        )
+        headline = _headline(prepared, device, summary)
         done = 0
         if position is not None:  # a resumed run: say where it carries on
             done = position.epoch - 1
             headline += f"; resuming at epoch {position.epoch}, batch {position.batches_done + 1}"
         has_val = len(prepared.split.val) > 0
-        printer.start(headline, prepared.config.training.epochs, has_val=has_val, epochs_done=done)
+        training = prepared.config.training
+        scheduled = training.scheduler is not None
+        printer.start(headline, training.epochs, has_val, epochs_done=done, show_lr=scheduled)
 
     starting, each_epoch = (None, None) if quiet else (on_start, printer)
     try:
@@ -250,6 +267,37 @@ def predict_command(
         runs.write_bytes(out, predictions.to_csv().encode())
 
 
+@app.command("export")
+def export_command(
+    run: RunArg,
+    format_: Annotated[
+        str, typer.Option("--format", help="onnx or torchscript.", show_default=False)
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write the model here (default: model.onnx or model.torchscript.pt in RUN)."
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite the file if it exists.")
+    ] = False,
+) -> None:
+    """Write a run's model with its preprocessing as one file that takes the raw feature columns
+    and gives what predict gives; checked against predict on the run's test rows first.
+
+    Example: mlpkit export runs/mpg/20261121-101500-1a2b3c --format onnx
+    """
+    from mlpkit import export
+
+    done = export.export_run(run, format_, out, force)
+    record = done.record
+    print(
+        f"{done.path}: {record.format}, matches mlpkit predict on the run's {record.rows} "
+        f"{record.split} rows (largest difference {record.max_abs_diff:.2g})"
+    )
+
+
 @app.command("runs")
 def runs_command(
     folder: Annotated[Path, typer.Argument(help="A folder of runs (or one run).")] = Path("runs"),
@@ -273,6 +321,149 @@ def runs_command(
         metrics = ", ".join(f"{name} {value:.4g}" for name, value in row.metrics.items())
         table.add_row(str(shown), row.name, row.status, row.epochs, metrics or "-", row.note)
     _stdout().print(table)
+
+
+@app.command("plot")
+def plot_command(run: RunArg) -> None:
+    """Draw a complete run's plots again into RUN/plots/ and print their paths.
+
+    Learning curves; predicted vs actual and residuals (regression); confusion matrix, ROC and
+    precision-recall curves (classification). Drawn from the run's own history.csv,
+    metrics.json and predictions.csv, as mlpkit train draws them when it finishes.
+
+    Example: mlpkit plot runs/mpg/20261121-101500-1a2b3c
+    """
+    from mlpkit import plots
+
+    for path in plots.redraw(run):
+        print(path)
+
+
+@app.command()
+def compare(
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="RUN",
+            help="Complete run directories, or folders of runs (their complete runs).",
+            show_default=False,
+        ),
+    ],
+) -> None:
+    """Show runs side by side: test metrics (the best marked *), the baselines' test scores,
+    and the config fields that differ.
+
+    Example: mlpkit compare runs/mpg/20261121-101500-1a2b3c runs/mpg/20261121-101700-4d5e6f
+    """
+    from mlpkit import compare as comparing
+
+    found = comparing.compare(paths)
+    for path, status in found.skipped:
+        sys.stderr.write(f"Warning: skipped {path}: the run is {status}, not complete\n")
+    _stdout().print(comparing.render(found))
+
+
+@app.command("init")
+def init_command(
+    data: Annotated[
+        Path, typer.Argument(help="A CSV (or Parquet) file with a header.", show_default=False)
+    ],
+    target: Annotated[str, typer.Option(help="The column to predict.", show_default=False)],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Where to write the config [default: <data file name>.yaml, here]."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists.")] = False,
+) -> None:
+    """Write a starter config for DATA: feature kinds and the task inferred from its cells, a
+    default model for small tables, and a comment on every key.
+
+    Example: mlpkit init data/mpg.csv --target mpg --out mpg.yaml
+    """
+    import shlex
+
+    from rich.table import Table
+
+    from mlpkit import starter, starter_yaml
+
+    out = out or Path(f"{starter_yaml.run_name(data)}.yaml")
+    starter_yaml.check_out(out, force)  # before reading the data
+    found = starter.infer(data, target)
+    words = ["mlpkit", "init", str(data), "--target", target, "--out", str(out)]
+    starter_yaml.write(out, starter_yaml.render(found, out, shlex.join(words)), force)
+    table = Table("column", "kind", "from its cells", box=None)
+    table.add_row(found.target.name, f"target: {found.target.task}", found.target.note)
+    for column in found.columns:
+        table.add_row(column.name, column.kind, column.note)
+    console = _stdout()
+    console.print(table)
+    console.print(f"wrote {out}; check it with: mlpkit check {out}; train: mlpkit train {out}")
+
+
+def _headline(prepared: Prepared, device: torch.device, summary: Summary) -> str:
+    """What is about to train, in one line."""
+    return (
+        f"{prepared.config.name}: {prepared.data_rows} rows of {prepared.table.path.name}"
+        f" -> {prepared.describe_split()}; "
+        f"{len(prepared.preprocessor.input_names)} inputs; "
+        f"{summary.total_parameters:,} parameters; device {device}"
+    )
+
+
+def _train_seeds(
+    config: Path | None,
+    resume: Path | None,
+    overrides: list[str],
+    runs_dir: Path,
+    device: str | None,
+    quiet: bool,
+    count: int,
+) -> None:
+    """train --seeds N: a line per run as it ends, then the table of the spread (seeds.py) and,
+    last, the summary file. With --quiet: the run directories and the summary file only."""
+    if resume is not None:
+        raise MlpkitError(
+            Problem(
+                "cannot be combined with --resume",
+                where="--seeds",
+                hint="resume the run alone, then train the other seeds with --set seed=S",
+            )
+        )
+    assert config is not None  # train refused neither CONFIG nor --resume already
+    _load_config(config, overrides)  # config mistakes exit here, before torch is imported
+    from mlpkit import progress, seeds
+
+    console = _stdout()
+    printer = progress.SeedsPrinter(console, count)
+
+    def on_start(
+        prepared: Prepared, device: torch.device, summary: Summary, position: Progress | None
+    ) -> None:
+        headline = _headline(prepared, device, summary)
+        printer.start(headline, prepared.config.seed, prepared.config.training.epochs)
+
+    def on_run(seed: int, place: int, result: TrainResult) -> None:
+        if quiet:
+            print(result.run_dir)
+        else:
+            printer.finished(seed, place, result.run_dir, result.metrics["test"])
+
+    try:
+        found, path = seeds.repeat(
+            config,
+            overrides,
+            runs_dir,
+            count,
+            device,
+            None if quiet else on_start,
+            None if quiet else printer,
+            on_run,
+        )
+    finally:
+        printer.close()
+    if not quiet:
+        console.print(seeds.render(found))
+    print(path)
 
 
 def _load_config(config: Path, overrides: list[str] | None) -> None:

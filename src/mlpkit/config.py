@@ -26,6 +26,8 @@ from mlpkit.schema import (
     InputConfig,
     Layer,
     Loss,
+    OneCycleSchedule,
+    PlateauSchedule,
     SGDConfig,
     Task,
     TrainingConfig,
@@ -85,6 +87,33 @@ def task_of(config: Config) -> Task:
     if config.data.task != "auto":
         return config.data.task
     return LOSS_TASKS[config.training.loss.name] if config.training.loss else "regression"
+
+
+def differences(new: Any, old: Any, prefix: str = "") -> list[str]:
+    """The dotted paths where two resolved configs (plain data) differ, in `new`'s key order.
+
+    Mappings are compared key by key, and so are lists of mappings of one length (the layers:
+    `model.layers.0.units`); any other list is one value (`data.features`), which reads better
+    whole than item by item. Used by resume (refuse a changed config) and by compare.
+    """
+    if isinstance(new, dict) and isinstance(old, dict):
+        keys = list(new) + [k for k in old if k not in new]
+        found: list[str] = []
+        for key in keys:
+            found += differences(new.get(key), old.get(key), f"{prefix}{key}.")
+        return found
+    if (
+        isinstance(new, list)
+        and isinstance(old, list)
+        and len(new) == len(old)
+        and all(isinstance(item, dict) for item in [*new, *old])
+    ):
+        return [
+            path
+            for index, (a, b) in enumerate(zip(new, old, strict=True))
+            for path in differences(a, b, f"{prefix}{index}.")
+        ]
+    return [] if new == old else [prefix.rstrip(".")]
 
 
 def _with_task_defaults(config: Config) -> Config:
@@ -250,6 +279,7 @@ def cross_field_problems(loaded: LoadedConfig) -> list[Problem]:
     problems += _input_problems(loaded)
     problems += _head_problems(loaded)
     problems += _early_stopping_problems(loaded)
+    problems += _scheduler_problems(loaded)
     branches = [spec.layers for spec in (cfg.model.inputs or {}).values()]
     every_layer = [layer for layers in (cfg.model.layers, *branches) for layer in layers]
     if cfg.training.batch_size == 1 and any(isinstance(x, BatchNormLayer) for x in every_layer):
@@ -349,6 +379,55 @@ def _early_stopping_problems(loaded: LoadedConfig) -> list[Problem]:
             loaded.problem((*where, "monitor"), message, did_you_mean(stopping.monitor, choices))
         ]
     return []
+
+
+def _scheduler_problems(loaded: LoadedConfig) -> list[Problem]:
+    """Warmup ends before training does; reduce_on_plateau watches a value of every epoch."""
+    cfg = loaded.config
+    schedule = cfg.training.scheduler
+    if schedule is None:
+        return []
+    where = ("training", "scheduler")
+    problems = []
+    warmup = getattr(schedule, "warmup_epochs", 0)
+    if warmup >= cfg.training.epochs:
+        problems.append(
+            loaded.problem(
+                (*where, "warmup_epochs"),
+                f"is {warmup} but training.epochs is {cfg.training.epochs}",
+                "warm up for fewer epochs than training runs",
+            )
+        )
+    if isinstance(schedule, OneCycleSchedule):
+        # torch's OneCycleLR per epoch: the rise ends at epoch pct_start x epochs - 1, so with
+        # fewer epochs than this the cycle degenerates (no rise, or a fall of zero epochs).
+        rise = schedule.pct_start * cfg.training.epochs
+        if rise < 2 or cfg.training.epochs - rise < 1:
+            problems.append(
+                loaded.problem(
+                    where,
+                    f"one_cycle over {cfg.training.epochs} epochs with pct_start "
+                    f"{schedule.pct_start:g} rises for {rise:g} epochs and falls for "
+                    f"{cfg.training.epochs - rise:g}",
+                    "it needs at least 2 epochs up and 1 down: train more epochs or change "
+                    "pct_start",
+                )
+            )
+    if isinstance(schedule, PlateauSchedule):
+        watched = ["loss", *(cfg.training.metrics or components.METRICS_BY_TASK[task_of(cfg)])]
+        choices = ["train_loss"]
+        if cfg.data.split.val > 0:
+            choices += [f"val_{name}" for name in watched]
+        if schedule.monitor not in choices:
+            message = f"monitor '{schedule.monitor}' is not computed each epoch"
+            if schedule.monitor.startswith("val_") and cfg.data.split.val == 0:
+                message += " (data.split.val is 0)"
+            problems.append(
+                loaded.problem(
+                    (*where, "monitor"), message, did_you_mean(schedule.monitor, choices)
+                )
+            )
+    return problems
 
 
 def _source_problems(loaded: LoadedConfig) -> list[Problem]:

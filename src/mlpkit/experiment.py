@@ -17,7 +17,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,10 +27,20 @@ import torch
 from torch import nn
 
 import mlpkit
-from mlpkit import checkpoints, components, direct, filestream, interrupts, lock, runs, threads
+from mlpkit import (
+    checkpoints,
+    components,
+    direct,
+    filestream,
+    interrupts,
+    lock,
+    runs,
+    threads,
+    tracking,
+)
 from mlpkit.blocks import load_table
-from mlpkit.config import LoadedConfig, load_config
-from mlpkit.data import Table
+from mlpkit.config import LoadedConfig, differences, load_config
+from mlpkit.data import Split, Table
 from mlpkit.errors import (
     ConfigError,
     DataError,
@@ -62,6 +72,7 @@ from mlpkit.prepare import (
     synthetic_table,
     training_stream,
 )
+from mlpkit.schedules import Schedule
 from mlpkit.schema import Config
 from mlpkit.summary import Summary, render_text
 from mlpkit.tasks import Regression, Task, make_task
@@ -112,6 +123,7 @@ def check(config_path: Path, overrides: list[str]) -> Prepared:
     """Run every check that `train` runs before training, and nothing else."""
     loaded = load_config(config_path, overrides)
     resolve_device(loaded)
+    tracking.check(loaded)
     prepared = prepare(loaded)
     build_trainer(prepared, torch.device("cpu"))
     return prepared
@@ -188,12 +200,14 @@ class Engine:
 
 @dataclass(frozen=True)
 class Trainer:
-    """What training updates: the network, its optimizer, and the loss it minimizes."""
+    """What training updates: the network, its optimizer and learning-rate schedule, and the
+    loss it minimizes."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
     loss_fn: nn.Module
     engine: Engine
+    schedule: Schedule | None = None
 
 
 def build_trainer(prepared: Prepared, device: torch.device) -> Trainer:
@@ -210,7 +224,12 @@ def build_trainer(prepared: Prepared, device: torch.device) -> Trainer:
         problem = prepared.loaded.problem(("training", "optimizer"), f"torch refuses it: {exc}")
         raise ConfigError(problem) from None
     loss_fn = prepared.task.loss(device)
-    return Trainer(model, optimizer, loss_fn, choose_engine(prepared, model, loss_fn, optimizer))
+    engine = choose_engine(prepared, model, loss_fn, optimizer)
+    settings = prepared.config.training.scheduler
+    schedule = None
+    if settings is not None:
+        schedule = Schedule(settings, optimizer, prepared.config.training.epochs)
+    return Trainer(model, optimizer, loss_fn, engine, schedule)
 
 
 def choose_engine(
@@ -254,6 +273,7 @@ def train(
     device = resolve_device(loaded, device_name)
     prepared = prepare(loaded)
     trainer = build_trainer(prepared, device)
+    trackers = tracking.open_tracking(loaded, resolved_config(loaded), runs_dir)
     summary = prepared.summary()
     if on_start is not None:
         on_start(prepared, device, summary, None)
@@ -266,7 +286,7 @@ def train(
             preprocessing = prepared.preprocessor.model_dump(mode="json")
             runs.write_json(run_dir / "preprocessing.json", preprocessing)
             info = _run_info(prepared, device, trainer.engine)
-            session = _Session(run_dir, prepared, trainer, device, info)
+            session = _Session(run_dir, prepared, trainer, device, info, trackers=trackers)
             return session.run(on_epoch)
     except MlpkitError:
         if session is None:  # not a run yet: leave nothing behind
@@ -306,7 +326,9 @@ def resume(
         prepared = prepare(loaded)
         _same_data(run, prepared)
         trainer = build_trainer(prepared, device)
-        checkpoints.load_into(checkpoint, trainer.model, trainer.optimizer)
+        checkpoints.load_into(checkpoint, trainer.model, trainer.optimizer, trainer.schedule)
+        runs_dir = run_dir.resolve().parent.parent  # runs/<name>/<run>: the default MLflow store
+        trackers = tracking.open_tracking(loaded, resolved_config(loaded), runs_dir)
         if on_start is not None:
             on_start(prepared, device, prepared.summary(), checkpoint.progress)
         for problem in skipped:  # a damaged newer checkpoint: say so, resume from the one before
@@ -317,7 +339,7 @@ def resume(
         update |= {"resumed": resumed, "device": str(device)}
         update["training"] = trainer.engine.describe()
         info = run.info.model_copy(update=update)
-        session = _Session(run_dir, prepared, trainer, device, info, checkpoint)
+        session = _Session(run_dir, prepared, trainer, device, info, checkpoint, trackers)
         return session.run(on_epoch)
 
 
@@ -339,18 +361,24 @@ def _same_config(
 
 
 # Settings a resume may change: the engine gives the same results, and runs checkpointed before
-# `threads` existed have no value for it.
+# `threads` existed have no value for it. Every key under `tracking` is free too: it only says
+# where the epochs are also reported (a resume may turn a tracker on, or move off a dead store).
 _FREE_ON_RESUME = {"training.engine"}
+_FREE_SECTIONS = {"tracking"}
 _ADDED_LATER = {"training.threads"}
 
 
 def _refuse_changes(loaded: LoadedConfig, checkpoint: checkpoints.Checkpoint, path: Path) -> None:
     old = checkpoint.config
+    if "scheduler" not in old.get("training", {}):  # checkpointed before schedules existed
+        old = old | {"training": old["training"] | {"scheduler": None}}
     absent = {key for key in _ADDED_LATER if key.split(".")[-1] not in old.get("training", {})}
     changed = [
         key
-        for key in _differences(resolved_config(loaded), old)
-        if key not in _FREE_ON_RESUME and key not in absent
+        for key in differences(resolved_config(loaded), old)
+        if key not in _FREE_ON_RESUME
+        and key.split(".")[0] not in _FREE_SECTIONS
+        and key not in absent
     ]
     if changed:
         more = f" and {len(changed) - 8} more" if len(changed) > 8 else ""
@@ -363,17 +391,6 @@ def _refuse_changes(loaded: LoadedConfig, checkpoint: checkpoints.Checkpoint, pa
                 hint="resume with the run's own config, or train a new run",
             )
         )
-
-
-def _differences(new: Any, old: Any, prefix: str = "") -> list[str]:
-    """The dotted paths where two resolved configs differ."""
-    if isinstance(new, dict) and isinstance(old, dict):
-        keys = list(new) + [k for k in old if k not in new]
-        found: list[str] = []
-        for key in keys:
-            found += _differences(new.get(key), old.get(key), f"{prefix}{key}.")
-        return found
-    return [] if new == old else [prefix.rstrip(".")]
 
 
 def _same_data(run: runs.Run, prepared: Prepared) -> None:
@@ -406,13 +423,16 @@ class _Session:
     device: torch.device
     info: runs.RunInfo
     checkpoint: checkpoints.Checkpoint | None = None
+    trackers: tracking.Tracking = field(default_factory=tracking.Tracking)
 
     def run(self, on_epoch: OnEpoch | None) -> TrainResult:
         runs.write_info(self.run_dir, self.info)
         stop = interrupts.StopSignals()
         try:
             with stop:
-                result = self._fit_and_write(on_epoch, stop)
+                done = self.checkpoint.progress.history if self.checkpoint is not None else []
+                self.trackers.start(self.run_dir, done)
+                result = self._fit_and_write(self.trackers.wrap(on_epoch), stop)
         except BaseException as exc:
             if not isinstance(exc, StopRequested | KeyboardInterrupt):
                 self._mark(_status_for(exc), exc)
@@ -428,6 +448,7 @@ class _Session:
                 update={"status": "complete", "finished": _now(), "training": result.training}
             ),
         )
+        self.trackers.finish("complete", result.metrics["test"])
         return result
 
     def _interrupted(self, number: int, saved: bool) -> Interrupted:
@@ -448,6 +469,7 @@ class _Session:
         update = {"status": status, "finished": _now(), "error": _one_line(exc)}
         with contextlib.suppress(MlpkitError):
             runs.write_info(self.run_dir, self.info.model_copy(update=update))
+        self.trackers.finish(status)  # never raises: a tracker that fails only warns
 
     def _fit_and_write(self, on_epoch: OnEpoch | None, stop: interrupts.StopSignals) -> TrainResult:
         prepared, trainer, device = self.prepared, self.trainer, self.device
@@ -461,8 +483,9 @@ class _Session:
         config = resolved_config(prepared.loaded)
 
         def save(position: Progress) -> None:
+            schedule = trainer.schedule.state_dict() if trainer.schedule is not None else None
             checkpoints.save(
-                self.run_dir, trainer.model, trainer.optimizer, position, config, device
+                self.run_dir, trainer.model, trainer.optimizer, position, config, device, schedule
             )
 
         hooks = Hooks(on_epoch, save, cfg.training.checkpoint_every_steps, stop.requested)
@@ -492,6 +515,7 @@ class _Session:
                 hooks=hooks,
                 progress=progress,
                 direct=step,
+                schedule=trainer.schedule,
             )
         return self._write(data, progress)
 
@@ -517,8 +541,25 @@ class _Session:
         runs.write_json(run_dir / "metrics.json", metrics)
         runs.write_csv(run_dir / "predictions.csv", _predictions(model, prepared, data["test"]))
         runs.write_weights(run_dir / "model.safetensors", model)
+        _draw_plots(run_dir)
         training = self.trainer.engine.describe(progress)
         return TrainResult(run_dir, progress.history, metrics, training)
+
+
+def _draw_plots(run_dir: Path) -> None:
+    """plots/*.png from the files just written. The plots are a view of the run, not part of
+    its result: a failure to draw them (a bug) is a warning, and `mlpkit plot` draws them
+    again; a failure to write them (disk full) is the run's, as for any of its files."""
+    from mlpkit import plots  # matplotlib: imported only when a run finishes
+
+    try:
+        plots.draw_run(run_dir)
+    except MlpkitError:
+        raise
+    except Exception as exc:
+        sys.stderr.write(
+            f"Warning: plots not drawn ({_one_line(exc)}); try again: mlpkit plot {run_dir}\n"
+        )
 
 
 def early_stopping(config: Config) -> EarlyStopping | None:
@@ -605,6 +646,9 @@ def resolved_config(loaded: LoadedConfig) -> dict[str, Any]:
     resolved = loaded.config.model_dump(mode="json")
     if loaded.config.data.path is not None:
         resolved["data"]["path"] = str(loaded.data_path)
+    uri = loaded.config.tracking.mlflow.uri
+    if uri is not None:  # a relative store path, like data.path, is read from the config's folder
+        resolved["tracking"]["mlflow"]["uri"] = tracking.absolute_uri(uri, loaded.source.parent)
     return resolved
 
 
@@ -669,24 +713,9 @@ def evaluate_run(
     # The training device by default, so the run's own test split scores exactly as it did.
     trained_on_cuda = run.info.device.startswith("cuda") and torch.cuda.is_available()
     loaded, task, model = _rebuild(run, device_name or ("cuda" if trained_on_cuda else "cpu"))
-    if data_path is None and loaded.config.data.source is not None:
-        table, split, _ = synthetic_table(loaded)  # drawn again from the same seed
+    if data_path is None:
+        table, split = trained_rows(run, loaded, "pass --data to score a new file")
         rows = split.test
-    elif data_path is None:
-        if loaded.config.data.stream:  # the scan finds the same test sample again
-            found = filestream.scan(loaded)
-            table, rows = found.table, found.split.test
-        else:
-            table = load_table(loaded.data_path, loaded.config.data, loaded)
-            rows = split_table(loaded, table)[0].test
-        if table.sha256 != run.info.data.sha256:
-            raise DataError(
-                Problem(
-                    "the data file changed since the run was trained",
-                    file=str(loaded.data_path),
-                    hint="pass --data to score a new file",
-                )
-            )
     else:
         table = load_table(data_path, loaded.config.data)
         _check_known_labels(task, table.frame[loaded.config.data.target].to_numpy(), table)
@@ -695,6 +724,33 @@ def evaluate_run(
     tensors = make_tensors(table.frame.iloc[rows], run.preprocessor, task, device)
     scores = task.score(tensors.y, predict(model, tensors.x), None)
     return EvalResult(run, scores, len(rows), "test split" if data_path is None else str(data_path))
+
+
+def trained_rows(run: runs.Run, loaded: LoadedConfig, hint: str) -> tuple[Table, Split]:
+    """The rows the run was split from, found again, with their split: a synthetic source's
+    drawn again from the seed, a streamed file's samples by a new scan, a file read again.
+
+    Raises:
+        DataError: the data file changed since the run was trained (`hint`: what to do).
+    """
+    if loaded.config.data.source is not None:
+        table, split, _ = synthetic_table(loaded)
+        return table, split
+    if loaded.config.data.stream:  # the scan finds the same samples again
+        found = filestream.scan(loaded)
+        table, split = found.table, found.split
+    else:
+        table = load_table(loaded.data_path, loaded.config.data, loaded)
+        split = split_table(loaded, table)[0]
+    if table.sha256 != run.info.data.sha256:
+        raise DataError(
+            Problem(
+                "the data file changed since the run was trained",
+                file=str(loaded.data_path),
+                hint=hint,
+            )
+        )
+    return table, split
 
 
 def _rebuild(run: runs.Run, device_name: str) -> tuple[LoadedConfig, Task, nn.Module]:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -102,6 +103,12 @@ class Hooks:
     stop_requested: Callable[[], bool] | None = None
 
 
+class Schedule(Protocol):
+    """The learning-rate schedule (schedules.py): stepped once at the end of each epoch."""
+
+    def step(self, record: EpochRecord) -> None: ...
+
+
 class StopRequested(Exception):
     """Training stopped at a step boundary because the caller asked; a checkpoint was saved."""
 
@@ -122,12 +129,14 @@ def fit(
     hooks: Hooks | None = None,
     progress: Progress | None = None,
     direct: DirectStep | None = None,
+    schedule: Schedule | None = None,
 ) -> Progress:
     """Train up to `epochs` (from `progress` if given) and return where training ended.
 
     `train` is in-memory rows (each epoch one pass in a seeded random order) or a stream.
     With early stopping that restores the best, the model ends with the best epoch's weights.
     With `direct`, steps run through it (see direct.py) instead of autograd and optimizer.step.
+    Each epoch's record holds the learning rate it trained at; `schedule` then sets the next.
 
     Raises:
         DivergedError: a batch's loss was NaN or infinite; it was not applied.
@@ -157,8 +166,11 @@ def fit(
         record: EpochRecord = {"epoch": progress.epoch, "train_loss": progress.epoch_loss()}
         if val is not None:
             record |= evaluate(model, loss_fn, val, score, prefix="val_")
+        record["lr"] = float(optimizer.param_groups[0]["lr"])  # the rate of the whole epoch
         record["seconds"] = time.perf_counter() - started
         _end_epoch(progress, record, model, early_stopping)
+        if schedule is not None:  # before the save: the checkpoint holds the next epoch's rate
+            schedule.step(record)
         progress.order_state = generator.get_state()  # where the next epoch's shuffle begins
         if hooks.save is not None:
             hooks.save(progress)

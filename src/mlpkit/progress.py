@@ -37,11 +37,21 @@ class EpochPrinter:
         self.progress: Progress | None = None
         self.task: TaskID | None = None
         self.header_shown = False
+        self.hidden = {"epoch", "seconds", "lr"}
 
-    def start(self, headline: str, epochs: int, has_val: bool, epochs_done: int = 0) -> None:
+    def start(
+        self,
+        headline: str,
+        epochs: int,
+        has_val: bool,
+        epochs_done: int = 0,
+        show_lr: bool = False,
+    ) -> None:
         """Print the headline; on a terminal show a bar of `epochs`, `epochs_done` of them
-        already trained (a resumed run)."""
+        already trained (a resumed run). The lr column shows when a schedule changes it."""
         self.console.print(headline)
+        if show_lr:
+            self.hidden.discard("lr")
         self.epochs = epochs
         self.best_key = "val_loss" if has_val else "train_loss"
         if self.console.is_terminal:
@@ -62,7 +72,7 @@ class EpochPrinter:
             self.progress = None
 
     def __call__(self, record: EpochRecord) -> None:
-        columns = [key for key in record if key not in ("epoch", "seconds")]
+        columns = [key for key in record if key not in self.hidden]
         width = len(str(self.epochs))
         counter = max(2 * width + 1, len("epoch"))
         if not self.header_shown:  # a header once, then aligned values: fits 80 columns
@@ -109,3 +119,52 @@ def scores_table(scores: dict[str, float], reference: dict[str, float] | None) -
             ]
         table.add_row(*row)
     return table
+
+
+class SeedsPrinter:
+    """The callbacks of `mlpkit train --seeds N`: what trains (once), a line per finished run
+    with its key test metrics, and on a terminal a transient bar of the running seed's epochs."""
+
+    def __init__(self, console: Console, count: int) -> None:
+        self.console = console
+        self.count = count
+        self.started = False
+        self.progress: Progress | None = None
+        self.task: TaskID | None = None
+
+    def start(self, headline: str, seed: int, epochs: int) -> None:
+        """A seed starts: the headline the first time (it is the same for every seed); the
+        bar counts this seed's epochs."""
+        if not self.started:
+            self.started = True
+            self.console.print(headline)
+            if self.console.is_terminal:
+                self.progress = Progress(
+                    TextColumn("{task.description}"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TimeRemainingColumn(),
+                    console=self.console,
+                    transient=True,
+                )
+                self.progress.start()
+                self.task = self.progress.add_task("", total=epochs)
+        if self.progress is not None and self.task is not None:
+            self.progress.reset(self.task, total=epochs, description=f"seed {seed}: epoch")
+
+    def __call__(self, record: EpochRecord) -> None:
+        if self.progress is not None and self.task is not None:
+            self.progress.advance(self.task)
+
+    def finished(self, seed: int, place: int, run_dir: object, test: dict[str, float]) -> None:
+        """A run ended: `seed N (i/count): test <key metrics>  <run directory>`."""
+        from mlpkit.catalog import KEY_METRICS
+
+        keys = [name for name in KEY_METRICS if name in test][:2]
+        scores = ", ".join(f"{name} {test[name]:.4f}" for name in keys)
+        self.console.print(f"seed {seed} ({place}/{self.count}): test {scores}  {run_dir}")
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None

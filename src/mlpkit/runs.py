@@ -1,9 +1,10 @@
 """The run-directory format: create one exclusively, write its files atomically, open it safely.
 
 A run directory holds config.yaml, run.json, summary.txt, preprocessing.json, history.csv,
-metrics.json, predictions.csv and model.safetensors, with checkpoints/ (checkpoints.py) and a
-.lock (lock.py) while it trains. run.json carries the status; `complete` is written last, so a
-directory whose run.json does not say complete is never treated as finished.
+metrics.json, predictions.csv, model.safetensors and plots/*.png (plots.py, drawn from those
+files), with checkpoints/ (checkpoints.py) and a .lock (lock.py) while it trains. run.json
+carries the status; `complete` is written last, so a directory whose run.json does not say
+complete is never treated as finished.
 Loading never executes code: JSON, a safe YAML loader, and safetensors for the weights.
 """
 
@@ -80,6 +81,20 @@ class TrainingInfo(BaseModel):
     seconds: float | None = None  # the epochs' time: training, validation and checkpoints
 
 
+class ExportInfo(BaseModel):
+    """One `mlpkit export`: the file written and how closely it matched `mlpkit predict`."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    format: Literal["onnx", "torchscript"]
+    path: str  # relative to the run directory when inside it, else absolute
+    sha256: str  # of the file as written
+    rows: int  # rows of the data file the check ran on
+    split: Literal["test", "val", "train"]  # which part they were (test unless it is empty)
+    max_abs_diff: float  # largest |exported - predict| over those rows and the outputs
+    exported: str  # when
+
+
 class RunInfo(BaseModel):
     """run.json: what ran, where, on what data, and how it ended."""
 
@@ -97,6 +112,7 @@ class RunInfo(BaseModel):
     error: str | None = None
     resumed: list[str] = []  # when each `train --resume` started
     training: TrainingInfo | None = None
+    exports: list[ExportInfo] = []  # each `mlpkit export` of the complete run, one per path
 
 
 def create_run_dir(runs_dir: Path, name: str, now: datetime | None = None) -> Path:

@@ -250,12 +250,80 @@ class EarlyStoppingConfig(_Strict):
     restore_best: bool = True  # end with the best epoch's weights, not the last epoch's
 
 
+# --- learning-rate schedules ----------------------------------------------------------------
+# Each steps once at the end of an epoch (schedules.py), so history.csv's `lr` is the rate of
+# the whole epoch and a resumed run carries on the same schedule.
+
+
+class _Warmup(_Strict):
+    # Linear warmup: the first `warmup_epochs` epochs rise from lr * warmup_start_factor to the
+    # optimizer's lr; the schedule begins after them. 0: no warmup.
+    warmup_epochs: int = Field(0, ge=0)
+    warmup_start_factor: float = Field(0.1, gt=0, le=1)
+
+
+class StepSchedule(_Warmup):
+    """lr times `gamma` every `step_epochs` epochs."""
+
+    name: Literal["step"]
+    step_epochs: int = Field(10, gt=0, examples=[10])
+    gamma: float = Field(0.1, gt=0, lt=1)
+
+
+class ExponentialSchedule(_Warmup):
+    """lr times `gamma` every epoch."""
+
+    name: Literal["exponential"]
+    gamma: float = Field(0.95, gt=0, lt=1)
+
+
+class CosineSchedule(_Warmup):
+    """lr falls along half a cosine from the optimizer's lr to `min_lr` by the last epoch."""
+
+    name: Literal["cosine"]
+    min_lr: float = Field(0.0, ge=0)
+
+
+class OneCycleSchedule(_Strict):
+    """Smith's one cycle: up from max_lr / div_factor to max_lr over the first `pct_start` of
+    the epochs, then down to max_lr / (div_factor * final_div_factor). It warms up by itself,
+    so it takes no warmup_epochs. The learning rate cycles, the momentum does not."""
+
+    name: Literal["one_cycle"]
+    max_lr: float | None = Field(None, gt=0)  # the peak; the optimizer's lr when not given
+    pct_start: float = Field(0.3, gt=0, lt=1)
+    div_factor: float = Field(25.0, gt=0)
+    final_div_factor: float = Field(1e4, gt=0)
+    anneal: Literal["cos", "linear"] = "cos"
+
+
+class PlateauSchedule(_Warmup):
+    """lr times `factor` when `monitor` has not improved for `patience` epochs."""
+
+    name: Literal["reduce_on_plateau"]
+    monitor: str = Field("val_loss", examples=["val_loss", "train_loss"])  # or val_<metric>
+    mode: Literal["auto", "min", "max"] = "auto"  # auto: min for losses and errors, else max
+    factor: float = Field(0.1, gt=0, lt=1)
+    patience: int = Field(5, ge=0)
+    threshold: float = Field(1e-4, ge=0)  # a relative change smaller than this is no improvement
+    cooldown: int = Field(0, ge=0)  # epochs to wait after a reduction before watching again
+    min_lr: float = Field(0.0, ge=0)
+
+
+Scheduler = Annotated[
+    StepSchedule | ExponentialSchedule | CosineSchedule | OneCycleSchedule | PlateauSchedule,
+    Field(discriminator="name"),
+]
+
+
 class TrainingConfig(_Strict):
     epochs: int = Field(gt=0, examples=[40])
     iterations_per_epoch: int | None = Field(None, gt=0)  # synthetic streams: batches per epoch
     batch_size: int = Field(32, gt=0)
     shuffle: bool = True
     optimizer: Optimizer = AdamConfig(name="adam")
+    # the learning rate per epoch; none keeps the optimizer's lr throughout
+    scheduler: Scheduler | None = None
     loss: Loss | None = None  # the task's own by default: mse, bce or cross_entropy
     metrics: list[str] | None = None  # per epoch on the validation rows; the task's defaults
     # classification only: weigh classes by inverse frequency, or {label: weight}
@@ -282,6 +350,29 @@ class TrainingConfig(_Strict):
         return names
 
 
+# --- tracking -------------------------------------------------------------------------------
+# Copies of each epoch's record for dashboards (tracking.py); history.csv is written either way.
+
+
+class MlflowConfig(_Strict):
+    """Log the run to MLflow: the config as params, each epoch, test metrics, the run's files."""
+
+    enabled: bool = False  # needs the mlflow package: pip install 'mlpkit[mlflow]'
+    # Any MLflow tracking URI (sqlite:///mlflow.db, http://host:5000, ...); a relative path is
+    # read from this file's folder. Default: $MLFLOW_TRACKING_URI, else a SQLite file beside
+    # the runs: sqlite:///<runs-dir>/mlflow.db (for every run there; `mlflow ui` opens it).
+    uri: str | None = Field(None, min_length=1, examples=["sqlite:///mlflow.db"])
+    experiment: str | None = Field(None, min_length=1)  # the experiment's name; default: `name`
+
+
+class TrackingConfig(_Strict):
+    """Experiment trackers, all off by default. A resume may change these settings."""
+
+    # TensorBoard event files in RUN/tensorboard/; needs pip install 'mlpkit[tensorboard]'
+    tensorboard: bool = False
+    mlflow: MlflowConfig = MlflowConfig()
+
+
 class Config(_Strict):
     """One experiment: everything needed to rebuild its data, model and training."""
 
@@ -290,6 +381,7 @@ class Config(_Strict):
     data: DataConfig
     model: ModelConfig
     training: TrainingConfig
+    tracking: TrackingConfig = TrackingConfig()
 
     @field_validator("name")
     @classmethod
