@@ -74,6 +74,17 @@ class Project:
         return sorted(self.runs.glob("*/*")) if self.runs.exists() else []
 
 
+@pytest.fixture(autouse=True)
+def _plots_only_where_asked(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Drawing a run's plots costs about a second of matplotlib per training, and the suite
+    trains a few hundred runs in process: only tests marked `plots` draw them (test_plots.py,
+    the complete-run file list, the disk-full case). Subprocess runs always draw them."""
+    if request.node.get_closest_marker("plots") is None:
+        monkeypatch.setattr("mlpkit.experiment._draw_plots", lambda run_dir: None)
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Project:
     p = Project(tmp_path)

@@ -38,6 +38,7 @@ def train(cli, project: Project, *args: object) -> Path:  # type: ignore[no-unty
     return Path(result.last_line)
 
 
+@pytest.mark.plots
 def test_train_writes_a_complete_run(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
     result = cli("train", project.config, "--runs-dir", project.runs)
     assert result.code == 0, result.err

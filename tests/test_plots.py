@@ -22,6 +22,8 @@ from sklearn import metrics as sk
 from mlpkit import experiment, plots
 from mlpkit.errors import EnvironmentFault, Problem
 
+pytestmark = pytest.mark.plots  # in-process runs draw their plots here (conftest.py)
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 LEARNING = {"learning_curves.png"}
 REGRESSION_PLOTS = LEARNING | {"predicted_vs_actual.png", "residuals.png"}
