@@ -372,6 +372,7 @@ def test_a_failed_check_is_an_error_and_writes_nothing(
     before = (run / "run.json").read_bytes()
     rows = (run / "predictions.csv").read_text().count("\n") - 1  # the test rows, one a line
     monkeypatch.setattr(export, "TOLERANCE", -1.0)  # no difference passes, not even 0
+    monkeypatch.setattr(export, "RELATIVE", 0.0)
     for fmt in FORMATS:
         out = tmp_path / f"model.{fmt}"
         result = cli("export", run, "--format", fmt, "--out", out)
@@ -380,7 +381,10 @@ def test_a_failed_check_is_an_error_and_writes_nothing(
         assert result.err.startswith(
             f"Error: {out}: the exported model differs from mlpkit predict by up to "
         )
-        assert f"on the run's {rows} test rows (tolerance -1); nothing was written;" in result.err
+        assert (
+            f"on the run's {rows} test rows (tolerance -1 + 0 x |value|); nothing was written;"
+            in result.err
+        )
         assert list(tmp_path.iterdir()) == []
     assert (run / "run.json").read_bytes() == before
 
@@ -407,3 +411,41 @@ def test_an_unknown_format_gets_a_suggestion(cli, trained: dict[str, Path]) -> N
         "Error: --format: unknown format 'onx'; did you mean 'onnx'? expected one of: onnx, "
         "torchscript\n",
     )
+
+
+def test_large_valued_targets_pass_with_a_tolerance_relative_to_the_value(  # type: ignore[no-untyped-def]
+    cli, project: Project
+) -> None:
+    """float32 rounding grows with the value: at 20,000 one step is 0.002, so the bar is
+    1e-5 + 1e-6 x |value| (numpy.isclose's form), not 1e-5 alone."""
+    header, *lines = project.data.read_text().splitlines()
+    scaled = [
+        ",".join([*line.split(",")[:3], str(float(line.split(",")[3]) * 10000)]) for line in lines
+    ]
+    project.data.write_text("\n".join([header, *scaled]) + "\n")
+    project.edit_config("target: y", "target: y\n  scale_target: true")
+    run = Path(cli("train", project.config, "--runs-dir", project.runs, "-q").last_line)
+    result = cli("export", run, "--format", "onnx")
+    assert result.code == 0, result.err
+    predictions = np.loadtxt(run / "predictions.csv", delimiter=",", skiprows=1, usecols=2)
+    (record,) = runs.open_run(run).info.exports
+    assert np.abs(predictions).max() > 1000  # the values are large...
+    assert record.max_abs_diff <= 1e-5 + 1e-6 * np.abs(predictions).max()  # ...and so is the bar
+
+
+@pytest.mark.parametrize("target", ["model.safetensors", "run.json", "checkpoints/x.onnx"])
+def test_an_export_never_overwrites_the_runs_own_files(  # type: ignore[no-untyped-def]
+    cli, trained: dict[str, Path], target: str
+) -> None:
+    run = trained["wine"]
+    out = run / target
+    before = out.read_bytes() if out.is_file() else None
+    result = cli("export", run, "--format", "onnx", "--out", out, "--force")
+    part = target.split("/")[0]
+    assert (result.code, result.err) == (
+        2,
+        f"Error: {out}: is part of the run ({part}); an export never overwrites it; choose "
+        "another --out, e.g. the default model.onnx in the run directory\n",
+    )
+    assert (out.read_bytes() if out.is_file() else None) == before
+    assert not (run / "checkpoints" / "x.onnx").exists()

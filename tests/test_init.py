@@ -188,6 +188,14 @@ def test_init_errors_are_one_line_naming_the_file_or_column(cli, mixed: Path) ->
         f"Error: {holes}: column 'a', line 3: missing value (2 cells); "
         "mlpkit does not impute: drop or fill those rows"
     )
+    stray = folder / "stray.csv"  # auto-mpg's horsepower marks unknowns with '?'
+    rows = [f"{i},{i % 7},{i * 2}" for i in range(40)]
+    rows[17] = "17,?,34"
+    stray.write_text("a,hp,y\n" + "\n".join(rows) + "\n")
+    assert error(stray, "--target", "y") == (
+        f"Error: {stray}: column 'hp', line 19: '?' is not a number, in a column of numbers "
+        "(1 of its 40 cells are not); fix or drop those rows, then run init again"
+    )
     assert not (folder / "out.yaml").exists()
 
 

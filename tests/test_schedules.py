@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import itertools
+import json
 import math
 import signal
 from pathlib import Path
@@ -45,8 +47,11 @@ def test_step_and_exponential_follow_their_formulas() -> None:
 def test_cosine_after_linear_warmup() -> None:
     seen = rates({"name": "cosine", "warmup_epochs": 2, "warmup_start_factor": 0.2, "min_lr": 1e-4})
     assert seen[:3] == pytest.approx([LR * 0.2, LR * 0.6, LR])  # up in a straight line
-    span = EPOCHS - 2  # the cosine runs over the epochs after warmup
-    expected = [1e-4 + (LR - 1e-4) * (1 + math.cos(math.pi * k / span)) / 2 for k in range(span)]
+    span = EPOCHS - 2 - 1  # the cosine runs over the epochs after warmup, min_lr in the last
+    expected = [
+        1e-4 + (LR - 1e-4) * (1 + math.cos(math.pi * k / span)) / 2 for k in range(span + 1)
+    ]
+    assert seen[-1] == pytest.approx(1e-4)
     assert seen[2:] == pytest.approx(expected)
 
 
@@ -205,3 +210,45 @@ def test_plateau_without_validation_rows_must_watch_train_loss(cli, project: Pro
         "{name: reduce_on_plateau}", "{name: reduce_on_plateau, monitor: train_loss}"
     )
     assert cli("check", project.config).code == 0
+
+
+def test_a_checkpoint_from_before_lr_and_schedules_resumes(  # type: ignore[no-untyped-def]
+    cli, project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run stopped by an older mlpkit (no `scheduler` in its config, no `lr` in its history
+    rows) resumes; the old epochs' lr cells are empty and the new ones are filled."""
+    project.edit_config("epochs: 3", "epochs: 4")
+    polls = 0
+
+    def requested(self: interrupts.StopSignals) -> bool:  # SIGINT in epoch 3
+        nonlocal polls
+        polls += 1
+        if polls >= 12 and self.received is None:
+            self.received = signal.SIGINT
+        return self.received is not None
+
+    monkeypatch.setattr(interrupts.StopSignals, "requested", requested)
+    assert cli("train", project.config, "--runs-dir", project.runs, "-q").code == 130
+    monkeypatch.undo()
+    (run,) = project.run_dirs()
+    for folder in (run / "checkpoints").glob("ckpt-*"):  # rewrite each as the older format
+        manifest = json.loads((folder / "manifest.json").read_text())
+        del manifest["config"]["training"]["scheduler"]
+        state = torch.load(folder / "state.pt", weights_only=True)
+        state["scheduler"] = None
+        for record in state["progress"]["history"]:
+            del record["lr"]
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        (folder / "state.pt").write_bytes(buffer.getvalue())
+        data = buffer.getvalue()
+        manifest["files"]["state.pt"] = {
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "bytes": len(data),
+        }
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+    resumed = cli("train", "--resume", run, "-q")
+    assert resumed.code == 0, resumed.err
+    rows = history(run)
+    assert [row["epoch"] for row in rows] == ["1", "2", "3", "4"]
+    assert [row["lr"] for row in rows] == ["", "", "0.01", "0.01"]

@@ -58,9 +58,45 @@ if TYPE_CHECKING:
     import onnx
 
 FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}  # default --out
-TOLERANCE = 1e-5  # largest |exported - predict| accepted, in the outputs' units
+# Largest |exported - predict| accepted: TOLERANCE, plus RELATIVE of the value, as
+# numpy.isclose: float32 rounding grows with an output's size (one step is 1.5e-5 at 200), so
+# an absolute bar alone would refuse every large-valued regression target.
+TOLERANCE = 1e-5
+RELATIVE = 1e-6
+# What the run format owns inside a run directory: an export never overwrites these.
+RUN_OWNED = {
+    "config.yaml",
+    "run.json",
+    "summary.txt",
+    "preprocessing.json",
+    "history.csv",
+    "metrics.json",
+    "predictions.csv",
+    "model.safetensors",
+    "checkpoints",
+    "plots",
+    "tensorboard",
+    "mlflow.json",
+    ".lock",
+}
 OPSET = 20  # Equal compares strings from opset 19; Gelu is an operator from 20
 IR_VERSION = 9  # the IR that came with opset 20 (ONNX 1.15), for older runtimes
+
+
+def _refuse_run_files(path: Path, run_dir: Path) -> None:
+    """--out may point into the run directory, but never at a file the run itself owns."""
+    try:
+        inside = path.resolve().relative_to(run_dir.resolve())
+    except ValueError:
+        return
+    if inside.parts and inside.parts[0] in RUN_OWNED:
+        raise MlpkitError(
+            Problem(
+                f"is part of the run ({inside.parts[0]}); an export never overwrites it",
+                file=str(path),
+                hint="choose another --out, e.g. the default model.onnx in the run directory",
+            )
+        )
 
 
 @dataclass(frozen=True)
@@ -86,6 +122,7 @@ def export_run(run_dir: Path, fmt: str, out: Path | None = None, force: bool = F
         raise MlpkitError(Problem(problem, where="--format", hint=did_you_mean(fmt, FILE_NAMES)))
     run = runs.open_run(run_dir)
     path = out if out is not None else run_dir / FILE_NAMES[fmt]
+    _refuse_run_files(path, run.path)
     if path.exists() and not force:
         raise MlpkitError(
             Problem("already exists", file=str(path), hint="pass --force to overwrite")
@@ -97,13 +134,14 @@ def export_run(run_dir: Path, fmt: str, out: Path | None = None, force: bool = F
     serialize, execute = _FORMATS[fmt]
     data = serialize(run.preprocessor, model, task)
     expected = reference(run.preprocessor, model, task, frame)
-    difference = float(np.max(np.abs(execute(data, run.preprocessor, frame) - expected)))
-    if not difference <= TOLERANCE:  # NaN fails too
+    gaps = np.abs(execute(data, run.preprocessor, frame) - expected)
+    difference = float(np.max(gaps))
+    if not np.all(gaps <= TOLERANCE + RELATIVE * np.abs(expected)):  # NaN fails too
         raise MlpkitError(
             Problem(
                 f"the exported model differs from mlpkit predict by up to {difference:.3g} on "
-                f"the run's {len(frame)} {part} rows (tolerance {TOLERANCE:g}); nothing was "
-                "written",
+                f"the run's {len(frame)} {part} rows (tolerance {TOLERANCE:g} + {RELATIVE:g} "
+                "x |value|); nothing was written",
                 file=str(path),
                 hint="please report it, with the run directory",
             )

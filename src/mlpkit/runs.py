@@ -165,7 +165,10 @@ def write_yaml(path: Path, value: Any) -> None:
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else [], lineterminator="\n")
+    # Every row's columns in first-seen order: a run resumed from an older mlpkit's checkpoint
+    # has history rows without the columns added since (lr); their cells stay empty.
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    writer = csv.DictWriter(buffer, fieldnames=columns, restval="", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     write_bytes(path, buffer.getvalue().encode())

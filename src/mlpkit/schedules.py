@@ -90,7 +90,9 @@ def _main_schedule(
         case ExponentialSchedule():
             return lr_scheduler.ExponentialLR(optimizer, settings.gamma)
         case CosineSchedule():
-            return lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=settings.min_lr)
+            # T_max one less than the epochs it spans, so the last epoch trains at min_lr
+            last = max(1, epochs - 1)
+            return lr_scheduler.CosineAnnealingLR(optimizer, T_max=last, eta_min=settings.min_lr)
         case OneCycleSchedule():
             peak = settings.max_lr or optimizer.param_groups[0]["lr"]
             return lr_scheduler.OneCycleLR(

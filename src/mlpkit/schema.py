@@ -256,8 +256,9 @@ class EarlyStoppingConfig(_Strict):
 
 
 class _Warmup(_Strict):
-    # Linear warmup: the first `warmup_epochs` epochs rise from lr * warmup_start_factor to the
-    # optimizer's lr; the schedule begins after them. 0: no warmup.
+    # Linear warmup: the first `warmup_epochs` epochs rise in equal steps from
+    # lr * warmup_start_factor towards the optimizer's lr, at which the schedule begins in the
+    # epoch after them. 0: no warmup.
     warmup_epochs: int = Field(0, ge=0)
     warmup_start_factor: float = Field(0.1, gt=0, le=1)
 
@@ -278,7 +279,7 @@ class ExponentialSchedule(_Warmup):
 
 
 class CosineSchedule(_Warmup):
-    """lr falls along half a cosine from the optimizer's lr to `min_lr` by the last epoch."""
+    """lr falls along half a cosine from the optimizer's lr to `min_lr` in the last epoch."""
 
     name: Literal["cosine"]
     min_lr: float = Field(0.0, ge=0)

@@ -37,6 +37,7 @@ from mlpkit.schema import DataConfig, Task
 
 FEW_VALUES = 10  # integer features: named as possible codes; integer targets: classes
 MAX_CATEGORIES = 50  # more distinct texts than this: an identifier, not a category
+STRAY_SHARE = 0.05  # a column of numbers with at most this share of other cells: a data error
 
 Kind = Literal["numeric", "categorical", "left out"]
 
@@ -152,6 +153,18 @@ def _column(path: Path, cells: pd.Series, lines: np.ndarray, unit: str) -> Colum
                 file=str(path),
                 where=f"column '{name}', {unit} {lines[first]}",
                 hint=NO_IMPUTING,
+            )
+        )
+    strays = values.isna()
+    if strays.mean() <= STRAY_SHARE:  # numbers but for a few cells, such as auto-mpg's '?'
+        first = int(strays.to_numpy().nonzero()[0][0])
+        raise DataError(
+            Problem(
+                f"'{cells.iloc[first]}' is not a number, in a column of numbers "
+                f"({int(strays.sum())} of its {len(cells)} cells are not)",
+                file=str(path),
+                where=f"column '{name}', {unit} {lines[first]}",
+                hint="fix or drop those rows, then run init again",
             )
         )
     rows = len(cells)
