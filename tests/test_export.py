@@ -449,3 +449,30 @@ def test_an_export_never_overwrites_the_runs_own_files(  # type: ignore[no-untyp
     )
     assert (out.read_bytes() if out.is_file() else None) == before
     assert not (run / "checkpoints" / "x.onnx").exists()
+
+
+@pytest.mark.filterwarnings(JIT_LOAD_DEPRECATED)
+def test_text_cells_match_as_predict_reads_them(cli, project: Project, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """predict strips the spaces around a cell, and categories may hold regex characters: the
+    exported one-hot must agree on both ('r.d+' is not 'rxd+')."""
+    project.data.write_text(
+        project.data.read_text().replace("red", "r.d+").replace("blue", "(blue)")
+    )
+    run = Path(cli("train", project.config, "--runs-dir", project.runs, "-q").last_line)
+    for fmt in FORMATS:
+        assert cli("export", run, "--format", fmt).code == 0
+    cells = ["r.d+", " r.d+ ", "\t(blue)", "green ", "rxd+", "(blue", "purple"]
+    rows = tmp_path / "rows.csv"
+    rows.write_text("a,b,color\n" + "".join(f'0.5,2.0,"{c}"\n' for c in cells))
+    want = np.loadtxt(
+        io.StringIO(cli("predict", run, "--data", rows).out), delimiter=",", skiprows=1
+    )[:, 1]
+    assert want[0] == want[1] and want[4] == want[6] and want[5] == want[6]  # stripped; unknown
+    numbers = {"a": np.full(len(cells), 0.5), "b": np.full(len(cells), 2.0)}
+    session = onnxruntime.InferenceSession(run / "model.onnx", providers=["CPUExecutionProvider"])
+    feeds = numbers | {"color": np.asarray(cells, dtype=object)}
+    (got,) = session.run(["prediction"], feeds)
+    assert np.abs(got - want).max() <= TOLERANCE
+    module = torch.jit.load(run / "model.torchscript.pt")
+    script = module({k: torch.from_numpy(v) for k, v in numbers.items()}, {"color": cells})
+    assert np.abs(script.numpy() - want).max() <= TOLERANCE

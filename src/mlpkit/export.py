@@ -79,7 +79,7 @@ RUN_OWNED = {
     "mlflow.json",
     ".lock",
 }
-OPSET = 20  # Equal compares strings from opset 19; Gelu is an operator from 20
+OPSET = 20  # RegexFullMatch and Gelu are operators from opset 20
 IR_VERSION = 9  # the IR that came with opset 20 (ONNX 1.15), for older runtimes
 
 
@@ -342,8 +342,9 @@ def onnx_model(preprocessor: Preprocessor, model: nn.Module, task: Task) -> "onn
 
 def _preprocessing(g: _Graph, preprocessor: Preprocessor) -> str:
     """Nodes from the raw columns to the model's inputs, as preprocessing.transform computes
-    them: (x - mean) / std in float64 rounded to float32; one-hot by equality with the known
-    categories (all zeros for any other value)."""
+    them: (x - mean) / std in float64 rounded to float32; one-hot by matching the known
+    categories, spaces around the text aside as mlpkit's reader strips them (all zeros for any
+    other value)."""
     from onnx import TensorProto
 
     axis = g.const(np.asarray([1], dtype=np.int64))
@@ -351,14 +352,23 @@ def _preprocessing(g: _Graph, preprocessor: Preprocessor) -> str:
     for feature in preprocessor.features:
         column = g.op("Unsqueeze", feature.name, axis)  # [batch, 1]
         if isinstance(feature, CategoricalFeature):
-            known = g.const(np.asarray(feature.categories, dtype=object))  # [categories]
-            hot = g.op("Equal", column, known)  # [batch, categories] bool
-            blocks.append(g.op("Cast", hot, to=TensorProto.FLOAT))
+            # one [batch, 1] match per category: Equal cannot strip, a full match can
+            matches = [
+                g.op("RegexFullMatch", column, pattern=rf"\s*{_re2_literal(category)}\s*")
+                for category in feature.categories
+            ]
+            hot = g.op("Concat", *matches, axis=1) if len(matches) > 1 else matches[0]
+            blocks.append(g.op("Cast", hot, to=TensorProto.FLOAT))  # [batch, categories]
         else:
             centred = g.op("Sub", column, g.const(np.asarray(feature.mean, dtype=np.float64)))
             scaled = g.op("Div", centred, g.const(np.asarray(feature.std, dtype=np.float64)))
             blocks.append(g.op("Cast", scaled, to=TensorProto.FLOAT))
     return g.op("Concat", *blocks, axis=1) if len(blocks) > 1 else blocks[0]
+
+
+def _re2_literal(text: str) -> str:
+    """`text` as an RE2 pattern matching exactly itself (ONNX's regex engine)."""
+    return "".join("\\" + c if c in "\\.+*?()|[]{}^$" else c for c in text)
 
 
 # Activation modules and the ONNX operator (with attributes) computing each; SiLU has none.
@@ -501,7 +511,8 @@ class Pipeline(nn.Module):
                 if categories is None or name not in categories:
                     raise ValueError("missing categorical column '" + name + "' in categories")
                 known = self.codes[i]
-                codes = torch.tensor([known.get(v, -1) for v in categories[name]])  # [batch]
+                # [batch]; stripped as mlpkit's reader strips every cell
+                codes = torch.tensor([known.get(v.strip(), -1) for v in categories[name]])
                 hot = codes.unsqueeze(1) == torch.arange(len(known)).unsqueeze(0)
                 blocks.append(hot.to(torch.float32))  # [batch, categories]; unknown: zeros
             else:
