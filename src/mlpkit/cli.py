@@ -359,7 +359,10 @@ def compare(
 
     found = comparing.compare(paths)
     for path, status in found.skipped:
-        sys.stderr.write(f"Warning: skipped {path}: the run is {status}, not complete\n")
+        if status == "given twice":
+            sys.stderr.write(f"Warning: {path} is given twice; shown once\n")
+        else:
+            sys.stderr.write(f"Warning: skipped {path}: the run is {status}, not complete\n")
     _stdout().print(comparing.render(found))
 
 

@@ -38,7 +38,8 @@ class Comparison:
     best: dict[str, set[int]]  # test metric -> the runs with the best value
     baselines: dict[str, list[float | None]]  # "<baseline> <metric>" -> value per run
     config: dict[str, list[str]]  # dotted path that differs -> each run's value, as YAML
-    skipped: list[tuple[Path, str]]  # runs under a folder left out: (path, status)
+    # runs left out: (path, status) of a folder's incomplete runs, or (path, "given twice")
+    skipped: list[tuple[Path, str]]
 
 
 def compare(paths: list[Path]) -> Comparison:
@@ -56,6 +57,7 @@ def compare(paths: list[Path]) -> Comparison:
     opened = [runs.open_run(path) for path in found]
     configs = [load_config(run.config_path).config.model_dump(mode="json") for run in opened]
     _same_task(found, [config["data"]["task"] for config in configs])
+    _same_target(found, [config["data"]["target"] for config in configs])
     tests = [run.metrics.test if run.metrics else {} for run in opened]
     metrics = _rows([{"": test} for test in tests])
     keys = [name for name in catalog.KEY_METRICS if name in metrics][:2]
@@ -102,6 +104,12 @@ def expand(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
         found += complete
         skipped += [(row.path, row.status) for row in rows if row.status != "complete"]
     unique = list({path.resolve(): path for path in found}.values())
+    if len(unique) < len(found):  # a run named twice, or also found in a folder given
+        seen: set[Path] = set()
+        for path in found:
+            if path.resolve() in seen:
+                skipped.append((path, "given twice"))
+            seen.add(path.resolve())
     return unique, skipped
 
 
@@ -114,6 +122,20 @@ def _same_task(paths: list[Path], tasks: list[str]) -> None:
                     "compare",
                     file=str(path),
                     hint="compare runs of one task",
+                )
+            )
+
+
+def _same_target(paths: list[Path], targets: list[str]) -> None:
+    """Errors in different targets' units are not one scale: no run is 'best' among them."""
+    for path, target in zip(paths, targets, strict=True):
+        if target != targets[0]:
+            raise MlpkitError(
+                Problem(
+                    f"predicts '{target}', and {paths[0]} predicts '{targets[0]}': their "
+                    "metrics do not compare",
+                    file=str(path),
+                    hint="compare runs of one target",
                 )
             )
 
