@@ -412,3 +412,26 @@ def test_the_store_is_the_config_s_else_the_environment_s_else_beside_the_runs(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///env.db")  # as MLflow reads it: from cwd
     assert tracking.store_uri(None, config_dir, runs) == f"sqlite:///{tmp_path}/env.db"
     assert tracking.store_uri("sqlite:///m.db", config_dir, runs) == "sqlite:////configs/m.db"
+
+
+def test_resume_goes_back_to_the_store_the_run_logged_to(  # type: ignore[no-untyped-def]
+    cli, shared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trained with $MLFLOW_TRACKING_URI set, resumed without it: the run's own store (in
+    RUN/mlflow.json) is used, not the default beside the runs."""
+    project = project_in(shared, tmp_path, "env-store")
+    project.edit_config("epochs: 3", "epochs: 4")
+    store = f"sqlite:///{shared / 'runs' / 'mlflow.db'}"  # set up already: no table creation
+    with monkeypatch.context() as stopping:
+        stopping.setenv("MLFLOW_TRACKING_URI", store)
+        stop_at_poll(stopping, 11)
+        runs_dir = tmp_path / "elsewhere"
+        assert cli("train", project.config, "--runs-dir", runs_dir, "-q").code == 130
+    (run,) = (runs_dir / "env-store").iterdir()
+    run_id = json.loads((run / "mlflow.json").read_text())["run_id"]
+    resumed = cli("train", "--resume", run, "-q")
+    assert (resumed.code, resumed.err) == (0, "")
+    assert not (runs_dir / "mlflow.db").exists()
+    client, same = client_of(run)
+    assert same == run_id and client.get_run(run_id).info.status == "FINISHED"
+    assert_mlflow_matches(run)

@@ -328,7 +328,8 @@ def resume(
         trainer = build_trainer(prepared, device)
         checkpoints.load_into(checkpoint, trainer.model, trainer.optimizer, trainer.schedule)
         runs_dir = run_dir.resolve().parent.parent  # runs/<name>/<run>: the default MLflow store
-        trackers = tracking.open_tracking(loaded, resolved_config(loaded), runs_dir)
+        config = resolved_config(loaded)
+        trackers = tracking.open_tracking(loaded, config, runs_dir, resumed=run_dir)
         if on_start is not None:
             on_start(prepared, device, prepared.summary(), checkpoint.progress)
         for problem in skipped:  # a damaged newer checkpoint: say so, resume from the one before

@@ -101,11 +101,17 @@ def check(loaded: LoadedConfig) -> None:
 
 
 def open_tracking(
-    loaded: LoadedConfig, params: dict[str, Any], runs_dir: Path, warn: Warn | None = None
+    loaded: LoadedConfig,
+    params: dict[str, Any],
+    runs_dir: Path,
+    warn: Warn | None = None,
+    resumed: Path | None = None,
 ) -> Tracking:
     """The trackers the config turns on, their stores opened; call before the run exists.
 
     `params` is the resolved config (MLflow's params); `runs_dir` holds the default MLflow store.
+    `resumed` is the run a resume carries on: without a URI in the config, MLflow goes back to
+    the store that run logged to (RUN/mlflow.json), whatever $MLFLOW_TRACKING_URI says now.
 
     Raises:
         ConfigError: a library is missing, or the MLflow store cannot be opened.
@@ -116,7 +122,7 @@ def open_tracking(
     if settings.tensorboard:
         trackers.append(TensorBoard())
     if settings.mlflow.enabled:
-        trackers.append(MLflow.connect(loaded, params, runs_dir))
+        trackers.append(MLflow.connect(loaded, params, runs_dir, resumed))
     return Tracking(trackers, warn or _stderr)
 
 
@@ -243,7 +249,13 @@ class MLflow:
         self.step = 0  # the last epoch logged
 
     @classmethod
-    def connect(cls, loaded: LoadedConfig, config: dict[str, Any], runs_dir: Path) -> MLflow:
+    def connect(
+        cls,
+        loaded: LoadedConfig,
+        config: dict[str, Any],
+        runs_dir: Path,
+        resumed: Path | None = None,
+    ) -> MLflow:
         """Open the store and find (or create) the experiment; no MLflow run yet.
 
         Raises:
@@ -251,6 +263,9 @@ class MLflow:
         """
         settings = loaded.config.tracking.mlflow
         uri = store_uri(settings.uri, loaded.source.parent, runs_dir)
+        logged_to = _read_link(resumed / MLFLOW_LINK).get("tracking_uri") if resumed else None
+        if settings.uri is None and isinstance(logged_to, str):
+            uri = logged_to
         name = settings.experiment or loaded.config.name
         where = ("tracking", "mlflow", "uri" if settings.uri else "enabled")
         with _quiet():
