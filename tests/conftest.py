@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from mlpkit import interrupts
 from mlpkit.cli import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
@@ -112,3 +114,18 @@ def cli(capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
         return Result(code, captured.out, captured.err)
 
     return run
+
+
+def stop_at_poll(monkeypatch: pytest.MonkeyPatch, poll: int, number: int = signal.SIGINT) -> None:
+    """Act as if `number` arrived just before the loop's `poll`-th check (one per step and one
+    per epoch end), the deterministic stand-in for a signal at that moment."""
+    polls = 0
+
+    def requested(self: interrupts.StopSignals) -> bool:
+        nonlocal polls
+        polls += 1
+        if polls >= poll and self.received is None:
+            self.received = number
+        return self.received is not None
+
+    monkeypatch.setattr(interrupts.StopSignals, "requested", requested)

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import Project
+from conftest import Project, stop_at_poll
 
-from mlpkit import checkpoints, interrupts, lock
+from mlpkit import checkpoints, lock
 from mlpkit.errors import DivergedError
 from mlpkit.loop import Hooks, Tensors, fit
 from mlpkit.model import build_model
@@ -52,21 +52,6 @@ def reference_run(cli, project: Project) -> Path:  # type: ignore[no-untyped-def
     result = cli("train", project.config, "--runs-dir", project.root / "reference", "-q")
     assert result.code == 0, result.err
     return Path(result.last_line)
-
-
-def stop_at_poll(monkeypatch: pytest.MonkeyPatch, poll: int, number: int) -> None:
-    """Act as if `number` arrived just before the loop's `poll`-th check (one per step and one
-    per epoch end), the deterministic stand-in for a signal at that moment."""
-    polls = 0
-
-    def requested(self: interrupts.StopSignals) -> bool:
-        nonlocal polls
-        polls += 1
-        if polls >= poll and self.received is None:
-            self.received = number
-        return self.received is not None
-
-    monkeypatch.setattr(interrupts.StopSignals, "requested", requested)
 
 
 @pytest.mark.parametrize(

@@ -9,15 +9,13 @@ import io
 import itertools
 import json
 import math
-import signal
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import Project
+from conftest import Project, stop_at_poll
 from pydantic import TypeAdapter
 
-from mlpkit import interrupts
 from mlpkit.schedules import Schedule
 from mlpkit.schema import Scheduler
 
@@ -125,16 +123,7 @@ def test_resumed_mid_schedule_equals_uninterrupted(  # type: ignore[no-untyped-d
     reference = Path(
         cli("train", project.config, "--runs-dir", project.root / "ref", "-q").last_line
     )
-    polls = 0
-
-    def requested(self: interrupts.StopSignals) -> bool:  # a SIGINT in epoch 3, batch 2
-        nonlocal polls
-        polls += 1
-        if polls >= 12 and self.received is None:
-            self.received = signal.SIGINT
-        return self.received is not None
-
-    monkeypatch.setattr(interrupts.StopSignals, "requested", requested)
+    stop_at_poll(monkeypatch, 12)  # a SIGINT in epoch 3, batch 2
     assert cli("train", project.config, "--runs-dir", project.runs, "-q").code == 130
     monkeypatch.undo()
     (run,) = project.run_dirs()
@@ -218,16 +207,7 @@ def test_a_checkpoint_from_before_lr_and_schedules_resumes(  # type: ignore[no-u
     """A run stopped by an older mlpkit (no `scheduler` in its config, no `lr` in its history
     rows) resumes; the old epochs' lr cells are empty and the new ones are filled."""
     project.edit_config("epochs: 3", "epochs: 4")
-    polls = 0
-
-    def requested(self: interrupts.StopSignals) -> bool:  # SIGINT in epoch 3
-        nonlocal polls
-        polls += 1
-        if polls >= 12 and self.received is None:
-            self.received = signal.SIGINT
-        return self.received is not None
-
-    monkeypatch.setattr(interrupts.StopSignals, "requested", requested)
+    stop_at_poll(monkeypatch, 12)  # a SIGINT in epoch 3, batch 2
     assert cli("train", project.config, "--runs-dir", project.runs, "-q").code == 130
     monkeypatch.undo()
     (run,) = project.run_dirs()

@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pytest
 import yaml
-from conftest import TINY_CONFIG, Project, tiny_csv
+from conftest import TINY_CONFIG, Project, stop_at_poll, tiny_csv
 
-from mlpkit import checkpoints, experiment, interrupts, tracking
+from mlpkit import checkpoints, experiment, tracking
 from mlpkit.config import load_config
 from mlpkit.errors import ConfigError
 
@@ -202,21 +202,6 @@ def test_an_explicit_uri_is_read_from_the_config_folder(  # type: ignore[no-unty
 
 def _sets(overrides: list[str]) -> list[str]:
     return [arg for text in overrides for arg in ("--set", text)]
-
-
-def stop_at_poll(monkeypatch: pytest.MonkeyPatch, poll: int) -> None:
-    """Act as if SIGINT arrived before the loop's `poll`-th check (one per step and one per
-    epoch end; the tiny config has 4 steps an epoch), as tests/test_resume.py does."""
-    polls = 0
-
-    def requested(self: interrupts.StopSignals) -> bool:
-        nonlocal polls
-        polls += 1
-        if polls >= poll and self.received is None:
-            self.received = 2
-        return self.received is not None
-
-    monkeypatch.setattr(interrupts.StopSignals, "requested", requested)
 
 
 @pytest.mark.parametrize(

@@ -56,8 +56,7 @@ def compare(paths: list[Path]) -> Comparison:
     found, skipped = expand(paths)
     opened = [runs.open_run(path) for path in found]
     configs = [load_config(run.config_path).config.model_dump(mode="json") for run in opened]
-    _same_task(found, [config["data"]["task"] for config in configs])
-    _same_target(found, [config["data"]["target"] for config in configs])
+    _alike(found, configs)
     tests = [run.metrics.test if run.metrics else {} for run in opened]
     metrics = _rows([{"": test} for test in tests])
     keys = [name for name in catalog.KEY_METRICS if name in metrics][:2]
@@ -113,31 +112,21 @@ def expand(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
     return unique, skipped
 
 
-def _same_task(paths: list[Path], tasks: list[str]) -> None:
-    for path, task in zip(paths, tasks, strict=True):
-        if task != tasks[0]:
-            raise MlpkitError(
-                Problem(
-                    f"is a {task} run, and {paths[0]} a {tasks[0]} run: their metrics do not "
-                    "compare",
-                    file=str(path),
-                    hint="compare runs of one task",
-                )
-            )
-
-
-def _same_target(paths: list[Path], targets: list[str]) -> None:
-    """Errors in different targets' units are not one scale: no run is 'best' among them."""
-    for path, target in zip(paths, targets, strict=True):
-        if target != targets[0]:
-            raise MlpkitError(
-                Problem(
-                    f"predicts '{target}', and {paths[0]} predicts '{targets[0]}': their "
-                    "metrics do not compare",
-                    file=str(path),
-                    hint="compare runs of one target",
-                )
-            )
+def _alike(paths: list[Path], configs: list[dict[str, Any]]) -> None:
+    """One task (chance levels differ) and one target (errors in its units): else no run is
+    'best' among them."""
+    for path, config in zip(paths, configs, strict=True):
+        data, first = config["data"], configs[0]["data"]
+        if data["task"] != first["task"]:
+            what = f"is a {data['task']} run, and {paths[0]} a {first['task']} run"
+            hint = "compare runs of one task"
+        elif data["target"] != first["target"]:
+            what = f"predicts '{data['target']}', and {paths[0]} predicts '{first['target']}'"
+            hint = "compare runs of one target"
+        else:
+            continue
+        problem = Problem(f"{what}: their metrics do not compare", file=str(path), hint=hint)
+        raise MlpkitError(problem)
 
 
 def _rows(

@@ -121,7 +121,7 @@ def read_run(run_dir: Path) -> RunData:
     """
     path = run_dir / "metrics.json"
     try:
-        metrics = runs.MetricsFile.model_validate_json(_read(path))
+        metrics = runs.MetricsFile.model_validate_json(runs.read_file(path))
     except ValidationError as exc:
         problem = f"not a valid metrics.json: {exc.errors()[0]['msg'].lower()}"
         raise RunDirError(Problem(problem, file=str(path))) from None
@@ -537,19 +537,10 @@ def _text_width(texts: list[str], size: str = "medium") -> float:
 # --- reading --------------------------------------------------------------------------------
 
 
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise RunDirError(Problem("missing from the run directory", file=str(path))) from None
-    except OSError as exc:
-        raise RunDirError(Problem(f"cannot read: {exc.strerror}", file=str(path))) from None
-
-
 def _read_csv(path: Path) -> dict[str, list[str]]:
     """Column -> cells; every row as long as the header, at least one row."""
     try:
-        rows = list(csv.reader(io.StringIO(_read(path).decode())))
+        rows = list(csv.reader(io.StringIO(runs.read_file(path).decode())))
     except (UnicodeDecodeError, csv.Error) as exc:
         raise RunDirError(Problem(f"not a readable CSV file: {exc}", file=str(path))) from None
     if len(rows) < 2 or any(len(row) != len(rows[0]) for row in rows):

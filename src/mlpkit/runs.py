@@ -216,7 +216,7 @@ class Run:
         """
         path = self.path / "model.safetensors"
         try:
-            state = load_safetensors(_read(path))
+            state = load_safetensors(read_file(path))
             model.load_state_dict(state)
         except (SafetensorError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0]
@@ -275,12 +275,13 @@ def _validated(model: type[Any], path: Path) -> Any:
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(_read(path))
+        return json.loads(read_file(path))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RunDirError(Problem(f"malformed JSON: {exc}", file=str(path))) from None
 
 
-def _read(path: Path) -> bytes:
+def read_file(path: Path) -> bytes:
+    """A run file's bytes; missing or unreadable is a one-line RunDirError."""
     try:
         return path.read_bytes()
     except FileNotFoundError:
