@@ -13,7 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import typer
 from conftest import TINY_CONFIG, tiny_csv
+
+from mlpkit.cli import app
 
 # Runs one command line in-process, then reports its exit code and which heavy modules it loaded.
 PROBE = """\
@@ -24,18 +27,8 @@ heavy = ["torch", "pandas", "numpy", "sklearn", "pyarrow", "matplotlib", "mlpkit
 print(json.dumps({"code": code, "imported": [m for m in heavy if m in sys.modules]}))
 """
 
-COMMANDS = [
-    "train",
-    "check",
-    "summary",
-    "eval",
-    "predict",
-    "export",
-    "runs",
-    "plot",
-    "compare",
-    "init",
-]
+# every verb of the app: a new command is checked without being listed here
+COMMANDS = list(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
 
 
 def probe(*args: object, cwd: Path | None = None) -> tuple[int, list[str], str, str]:
