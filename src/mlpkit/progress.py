@@ -26,6 +26,20 @@ if TYPE_CHECKING:
 BEST_MARK = "*"
 
 
+def _epoch_bar(console: Console, label: str) -> Progress:
+    """A started, transient bar counting epochs: label, bar, done/total, time left."""
+    bar = Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+    bar.start()
+    return bar
+
+
 class EpochPrinter:
     """The on_epoch callback of `mlpkit train`: one line per epoch, the best one marked."""
 
@@ -55,15 +69,7 @@ class EpochPrinter:
         self.epochs = epochs
         self.best_key = "val_loss" if has_val else "train_loss"
         if self.console.is_terminal:
-            self.progress = Progress(
-                TextColumn("epoch"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                console=self.console,
-                transient=True,
-            )
-            self.progress.start()
+            self.progress = _epoch_bar(self.console, "epoch")
             self.task = self.progress.add_task("train", total=epochs, completed=epochs_done)
 
     def close(self) -> None:
@@ -139,15 +145,7 @@ class SeedsPrinter:
             self.started = True
             self.console.print(headline)
             if self.console.is_terminal:
-                self.progress = Progress(
-                    TextColumn("{task.description}"),
-                    BarColumn(),
-                    MofNCompleteColumn(),
-                    TimeRemainingColumn(),
-                    console=self.console,
-                    transient=True,
-                )
-                self.progress.start()
+                self.progress = _epoch_bar(self.console, "{task.description}")
                 self.task = self.progress.add_task("", total=epochs)
         if self.progress is not None and self.task is not None:
             self.progress.reset(self.task, total=epochs, description=f"seed {seed}: epoch")
