@@ -18,10 +18,10 @@ from pathlib import Path
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 
-from mlpkit.config import load_config
-from mlpkit.experiment import train
-from mlpkit.prepare import prepare
-from mlpkit.schema import DenseLayer
+from mlpkit.config.load import load_config
+from mlpkit.config.schema import DenseLayer
+from mlpkit.flows.experiment import train
+from mlpkit.train.prepare import prepare
 
 CONFIGS = [Path("configs/breast-cancer.yaml"), Path("configs/wine.yaml")]
 

@@ -14,7 +14,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from mlpkit.experiment import train
+from mlpkit.flows.experiment import train
 
 
 def main() -> None:

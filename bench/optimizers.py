@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mlpkit.config import load_config
-from mlpkit.prepare import prepare
+from mlpkit.config.load import load_config
+from mlpkit.train.prepare import prepare
 
 ROOT = Path(__file__).resolve().parent.parent
 KERNELS = {"fused": {"fused": True}, "foreach": {"foreach": True}, "single": {"foreach": False}}

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import torch
 
-from mlpkit.config import load_config
-from mlpkit.direct import DirectStep
-from mlpkit.experiment import make_optimizer
-from mlpkit.loop import fit
-from mlpkit.model import build_model
-from mlpkit.prepare import prepare
+from mlpkit.config.load import load_config
+from mlpkit.flows.experiment import make_optimizer
+from mlpkit.train.direct import DirectStep
+from mlpkit.train.loop import fit
+from mlpkit.train.model import build_model
+from mlpkit.train.prepare import prepare
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -17,8 +17,8 @@ import time
 import torch
 from torch import nn
 
-from mlpkit import threads
-from mlpkit.direct import DirectStep
+from mlpkit.train import threads
+from mlpkit.train.direct import DirectStep
 
 
 def per_step_us(width: int, batch: int, count: int, steps: int) -> float:

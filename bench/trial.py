@@ -45,10 +45,10 @@ from workloads import (
     workload,
 )
 
-from mlpkit.config import LoadedConfig, load_config
-from mlpkit.loop import Tensors
-from mlpkit.prepare import Prepared, prepare
-from mlpkit.tasks import Regression
+from mlpkit.config.load import LoadedConfig, load_config
+from mlpkit.train.loop import Tensors
+from mlpkit.train.prepare import Prepared, prepare
+from mlpkit.train.tasks import Regression
 
 BENCH = Path(__file__).resolve().parent
 CPU = torch.device("cpu")
@@ -202,7 +202,7 @@ Result = dict[str, Any]
 
 def run_mlpkit(work: Workload) -> Result:
     """mlpkit's real train flow, as `mlpkit train CONFIG --quiet --set ...` calls it."""
-    from mlpkit.experiment import train
+    from mlpkit.flows.experiment import train
 
     # The config's own seed: it fixes the split the peers train on too (--seed is theirs).
     overrides = list(work.overrides)

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlpkit import interrupts
 from mlpkit.cli import run_cli
+from mlpkit.train import interrupts
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -84,7 +84,7 @@ def _plots_only_where_asked(
     trains a few hundred runs in process: only tests marked `plots` draw them (test_plots.py,
     the complete-run file list, the disk-full case). Subprocess runs always draw them."""
     if request.node.get_closest_marker("plots") is None:
-        monkeypatch.setattr("mlpkit.experiment._draw_plots", lambda run_dir: None)
+        monkeypatch.setattr("mlpkit.flows.experiment._draw_plots", lambda run_dir: None)
 
 
 @pytest.fixture

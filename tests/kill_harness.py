@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlpkit import catalog
+from mlpkit.rundir import catalog
 
 CONFIG = """\
 name: killed

@@ -12,9 +12,9 @@ import typer
 import yaml
 from conftest import REPO, Project
 
-from mlpkit import experiment
 from mlpkit.cli import app
-from mlpkit.config import load_config
+from mlpkit.config.load import load_config
+from mlpkit.flows import experiment
 
 RUN_FILES = {
     "config.yaml",

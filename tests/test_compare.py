@@ -11,8 +11,8 @@ from conftest import Project
 from rich.console import Console
 from test_startup import probe
 
-from mlpkit import compare
-from mlpkit.config import differences
+from mlpkit.config.load import differences
+from mlpkit.report import compare
 
 
 def train(cli, project: Project, *args: object) -> Path:  # type: ignore[no-untyped-def]

@@ -4,10 +4,10 @@ from typing import get_args
 import pytest
 from conftest import REPO, Project
 
-from mlpkit import components
-from mlpkit.config import load_config
+from mlpkit.config import registries
+from mlpkit.config.load import load_config
+from mlpkit.config.schema import LOSS_TASKS, AdamConfig, Loss, Optimizer
 from mlpkit.errors import ConfigError
-from mlpkit.schema import LOSS_TASKS, AdamConfig, Loss, Optimizer
 
 
 def errors_of(path: Path, *overrides: str) -> list[str]:
@@ -225,7 +225,7 @@ def _tags(union: object) -> set[str]:
 
 
 def test_registries_and_config_choices_agree() -> None:
-    assert _tags(Optimizer) == set(components.OPTIMIZERS)
+    assert _tags(Optimizer) == set(registries.OPTIMIZERS)
     assert _tags(Loss) == set(LOSS_TASKS)
     regression = {name for name, task in LOSS_TASKS.items() if task == "regression"}
-    assert regression == set(components.LOSSES)  # classification losses live in tasks.py
+    assert regression == set(registries.LOSSES)  # classification losses live in tasks.py

@@ -21,7 +21,7 @@ import yaml
 from conftest import TINY_CONFIG, Project, tiny_csv
 
 from mlpkit.cli import run_cli
-from mlpkit.config import load_config
+from mlpkit.config.load import load_config
 
 AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 HEADER = "a,b,color,y\n"

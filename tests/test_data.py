@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from conftest import Project
 
-from mlpkit.config import load_config
-from mlpkit.data import read_table, split_rows
+from mlpkit.config.load import load_config
+from mlpkit.data.table import read_table, split_rows
 from mlpkit.errors import DataError
 
 

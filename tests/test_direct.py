@@ -14,11 +14,11 @@ import torch
 from conftest import Project
 from torch import nn
 
-from mlpkit.direct import DirectStep, Unsupported, unsupported
+from mlpkit.config.schema import BatchNormLayer, DenseLayer, DropoutLayer
 from mlpkit.errors import ConfigError, DivergedError
-from mlpkit.loop import Hooks, Progress, StopRequested, Tensors, fit
-from mlpkit.model import InputSpec, build_model
-from mlpkit.schema import BatchNormLayer, DenseLayer, DropoutLayer
+from mlpkit.train.direct import DirectStep, Unsupported, unsupported
+from mlpkit.train.loop import Hooks, Progress, StopRequested, Tensors, fit
+from mlpkit.train.model import InputSpec, build_model
 
 
 def dense(units: int, activation: str = "linear", bias: bool = True) -> DenseLayer:
@@ -373,8 +373,8 @@ def test_a_restored_optimizer_the_direct_step_refuses_trains_through_autograd(  
 def test_a_run_checkpointed_before_engine_and_threads_existed_resumes(project: Project) -> None:
     from types import SimpleNamespace
 
-    from mlpkit.config import load_config
-    from mlpkit.experiment import _refuse_changes, resolved_config
+    from mlpkit.config.load import load_config
+    from mlpkit.flows.experiment import _refuse_changes, resolved_config
 
     loaded = load_config(project.config, [])
     old = resolved_config(loaded)

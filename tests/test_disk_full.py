@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 from conftest import Project
 
-from mlpkit import catalog, checkpoints, experiment
 from mlpkit.errors import EnvironmentFault
-from mlpkit.loop import EpochRecord
+from mlpkit.flows import experiment
+from mlpkit.rundir import catalog, checkpoints
+from mlpkit.train.loop import EpochRecord
 
 
 @pytest.fixture

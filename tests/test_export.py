@@ -23,11 +23,15 @@ import pytest
 import torch
 from conftest import REPO, Project
 
-from mlpkit import MlpkitError, components, experiment, export, runs
-from mlpkit.model import InputSpec, build_model
-from mlpkit.preprocessing import CategoricalFeature, NumericFeature, Preprocessor, TargetScale
-from mlpkit.schema import BatchNormLayer, DenseLayer, DropoutLayer, Layer
-from mlpkit.tasks import Regression
+from mlpkit import MlpkitError
+from mlpkit.config import registries
+from mlpkit.config.schema import BatchNormLayer, DenseLayer, DropoutLayer, Layer
+from mlpkit.data.preprocessing import CategoricalFeature, NumericFeature, Preprocessor, TargetScale
+from mlpkit.flows import experiment
+from mlpkit.report import export
+from mlpkit.rundir import runs
+from mlpkit.train.model import InputSpec, build_model
+from mlpkit.train.tasks import Regression
 
 TOLERANCE = 1e-5
 FORMATS = ("onnx", "torchscript")
@@ -224,7 +228,7 @@ def test_every_layer_model_py_builds_exports(tmp_path: Path) -> None:
     # each activation in a branch of its own over every column, so that none hides another
     inputs = [
         InputSpec(name, [0, 1, 2, 3, 4], [DenseLayer(type="dense", units=3, activation=name)])
-        for name in components.ACTIVATIONS
+        for name in registries.ACTIVATIONS
     ]
     branch: list[Layer] = [
         DenseLayer(type="dense", units=3, activation="tanh"),

@@ -11,8 +11,9 @@ import yaml
 from conftest import REPO
 from test_startup import probe
 
-from mlpkit import starter, starter_yaml
-from mlpkit.config import load_config
+from mlpkit.config.load import load_config
+from mlpkit.data import infer
+from mlpkit.flows import init
 
 
 def mixed_csv(path: Path, rows: int = 60) -> Path:
@@ -38,7 +39,7 @@ def mixed(tmp_path: Path) -> Path:
 
 
 def test_feature_kinds_follow_the_cells(mixed: Path) -> None:
-    found = starter.infer(mixed, "y")
+    found = infer.infer(mixed, "y")
     kinds = {c.name: (c.kind, c.note, c.code_like) for c in found.columns}
     assert kinds == {
         "num": ("numeric", "numbers", False),
@@ -62,7 +63,7 @@ def test_feature_kinds_follow_the_cells(mixed: Path) -> None:
     ],
 )
 def test_the_target_sets_the_task(mixed: Path, target: str, task: str, classes: int) -> None:
-    found = starter.infer(mixed, target)
+    found = infer.infer(mixed, target)
     assert (found.target.task, found.target.classes) == (task, classes)
     assert target not in [c.name for c in found.columns]
 
@@ -89,8 +90,8 @@ def test_the_written_config_checks_and_trains(cli, mixed: Path, target: str) -> 
 
 def test_every_key_has_a_comment_and_the_rules_are_written(mixed: Path) -> None:
     out = mixed.parent / "c.yaml"
-    found = starter.infer(mixed, "y")
-    text = starter_yaml.render(found, out, "mlpkit init mixed.csv --target y")
+    found = infer.infer(mixed, "y")
+    text = init.render(found, out, "mlpkit init mixed.csv --target y")
     lines = text.splitlines()
     assert lines[0] == "# Starter config for mixed.csv: predict 'y' (regression)."
     assert "# Written by: mlpkit init mixed.csv --target y" in lines
@@ -217,7 +218,7 @@ def test_mpg_starter_reaches_r2_085(cli, tmp_path: Path) -> None:  # type: ignor
 def test_init_needs_no_torch(mixed: Path) -> None:
     code, imported, _, err = probe("init", mixed, "--target", "y", cwd=mixed.parent)
     assert (code, err) == (0, "")
-    assert "torch" not in imported and "mlpkit.experiment" not in imported
+    assert "torch" not in imported and "mlpkit.flows.experiment" not in imported
 
 
 def test_a_parquet_file_works_too(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -226,7 +227,7 @@ def test_a_parquet_file_works_too(cli, tmp_path: Path) -> None:  # type: ignore[
     frame = pd.read_csv(mixed_csv(tmp_path / "mixed.csv"))
     frame["flag"] = frame["flag"].astype(bool)  # a real boolean column
     frame.to_parquet(tmp_path / "mixed.parquet")
-    found = starter.infer(tmp_path / "mixed.parquet", "flag")
+    found = infer.infer(tmp_path / "mixed.parquet", "flag")
     assert found.target.note == "2 classes: False, True (the second is positive)"
     kinds = [(c.name, c.kind) for c in found.columns]
     assert kinds == [
@@ -243,7 +244,7 @@ def test_a_parquet_file_works_too(cli, tmp_path: Path) -> None:  # type: ignore[
 
 
 def test_epochs_aim_at_a_number_of_steps() -> None:
-    assert starter_yaml.epochs_for(392) == (200, 10)  # mpg: 313 train rows
-    assert starter_yaml.epochs_for(2000) == (40, 50)
-    assert starter_yaml.epochs_for(5000) == (20, 125)
-    assert starter_yaml.epochs_for(1_000_000) == (20, 25000)
+    assert init.epochs_for(392) == (200, 10)  # mpg: 313 train rows
+    assert init.epochs_for(2000) == (40, 50)
+    assert init.epochs_for(5000) == (20, 125)
+    assert init.epochs_for(1_000_000) == (20, 25000)

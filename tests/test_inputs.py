@@ -8,11 +8,11 @@ import torch
 import yaml
 from conftest import Project
 
-from mlpkit.config import load_config
+from mlpkit.config.load import load_config
+from mlpkit.config.schema import DenseLayer
 from mlpkit.errors import ConfigError
-from mlpkit.model import InputSpec, MultiInput, build_model
-from mlpkit.schema import DenseLayer
-from mlpkit.summary import render_mermaid, summarize
+from mlpkit.report.summary import render_mermaid, summarize
+from mlpkit.train.model import InputSpec, MultiInput, build_model
 
 TWO_INPUTS = """\
 name: two
@@ -138,7 +138,7 @@ def test_a_multi_input_run_end_to_end(cli, two: Project) -> None:  # type: ignor
     assert 'concatenate_0 ( concatenate["tanh_0", "color"] )' in cli("summary", run).out
     stored = json.loads((run / "metrics.json").read_text())["test"]
     assert cli("eval", run).code == 0
-    from mlpkit import experiment
+    from mlpkit.flows import experiment
 
     assert experiment.evaluate_run(run).scores == stored
     new = two.root / "new.csv"
@@ -194,7 +194,7 @@ def test_synthetic_sources_are_checked(cli, project: Project) -> None:  # type: 
     assert result.code == 0, result.err
     run = Path(result.last_line)
     stored = json.loads((run / "metrics.json").read_text())["test"]
-    from mlpkit import experiment
+    from mlpkit.flows import experiment
 
     assert experiment.evaluate_run(run).scores == stored  # the test rows are drawn again
 

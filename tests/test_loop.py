@@ -1,10 +1,10 @@
 import pytest
 import torch
 
+from mlpkit.config.schema import BatchNormLayer, DenseLayer
 from mlpkit.errors import DivergedError
-from mlpkit.loop import Tensors, fit
-from mlpkit.model import build_model
-from mlpkit.schema import BatchNormLayer, DenseLayer
+from mlpkit.train.loop import Tensors, fit
+from mlpkit.train.model import build_model
 
 LAYERS = [DenseLayer(type="dense", units=8, activation="relu"), DenseLayer(type="dense", units=1)]
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk
 
-from mlpkit.components import regression_scores
+from mlpkit.config.registries import regression_scores
 
 SKLEARN = {
     "mae": sk.mean_absolute_error,

@@ -19,8 +19,9 @@ from matplotlib.figure import Figure
 from matplotlib.image import imread
 from sklearn import metrics as sk
 
-from mlpkit import experiment, plots
 from mlpkit.errors import EnvironmentFault, Problem
+from mlpkit.flows import experiment
+from mlpkit.report import plots
 
 pytestmark = pytest.mark.plots  # in-process runs draw their plots here (conftest.py)
 

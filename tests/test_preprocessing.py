@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlpkit.preprocessing import Preprocessor, fit_preprocessor
-from mlpkit.schema import DataConfig
+from mlpkit.config.schema import DataConfig
+from mlpkit.data.preprocessing import Preprocessor, fit_preprocessor
 
 DATA = DataConfig(
     path="x.csv",

@@ -19,11 +19,11 @@ import pytest
 import torch
 from conftest import Project, stop_at_poll
 
-from mlpkit import checkpoints, lock
+from mlpkit.config.schema import DenseLayer
 from mlpkit.errors import DivergedError
-from mlpkit.loop import Hooks, Tensors, fit
-from mlpkit.model import build_model
-from mlpkit.schema import DenseLayer
+from mlpkit.rundir import checkpoints, lock
+from mlpkit.train.loop import Hooks, Tensors, fit
+from mlpkit.train.model import build_model
 
 EPOCHS = 4  # the tiny config's 30 training rows in batches of 8: 4 steps an epoch, 16 in all
 
@@ -319,7 +319,7 @@ def test_a_nan_loss_stops_in_its_batch_before_the_update() -> None:
 def test_divergence_exits_3_keeps_the_last_good_checkpoint(  # type: ignore[no-untyped-def]
     cli, long_project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mlpkit import tasks
+    from mlpkit.train import tasks
 
     real_loss = tasks.Regression.loss
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mlpkit import runs
 from mlpkit.errors import EnvironmentFault
+from mlpkit.rundir import runs
 
 NOW = datetime(2026, 11, 21, 10, 15, 0)
 

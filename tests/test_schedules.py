@@ -16,8 +16,8 @@ import torch
 from conftest import Project, stop_at_poll
 from pydantic import TypeAdapter
 
-from mlpkit.schedules import Schedule
-from mlpkit.schema import Scheduler
+from mlpkit.config.schema import Scheduler
+from mlpkit.train.schedules import Schedule
 
 EPOCHS = 6
 LR = 0.01

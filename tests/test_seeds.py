@@ -11,7 +11,7 @@ import yaml
 from conftest import Project
 from rich.console import Console
 
-from mlpkit import seeds
+from mlpkit.flows import seeds
 
 
 def summary_of(path: Path) -> dict:  # type: ignore[type-arg]

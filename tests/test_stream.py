@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 from conftest import Project, tiny_csv
 
-from mlpkit import experiment
-from mlpkit.config import load_config
-from mlpkit.data import read_table
-from mlpkit.filestream import assign_parts, scan
-from mlpkit.preprocessing import TrainingRows, fit_preprocessor
-from mlpkit.schema import DataConfig, SplitConfig
+from mlpkit.config.load import load_config
+from mlpkit.config.schema import DataConfig, SplitConfig
+from mlpkit.data.filestream import assign_parts, scan
+from mlpkit.data.preprocessing import TrainingRows, fit_preprocessor
+from mlpkit.data.table import read_table
+from mlpkit.flows import experiment
 
 STREAM = "  path: data.csv\n  stream: true\n  chunk_rows: 40\n  workers: 0\n"
 

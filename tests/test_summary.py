@@ -1,8 +1,8 @@
 import pytest
 
-from mlpkit.model import build_model
-from mlpkit.schema import BatchNormLayer, DenseLayer, DropoutLayer, Layer
-from mlpkit.summary import render_text, summarize
+from mlpkit.config.schema import BatchNormLayer, DenseLayer, DropoutLayer, Layer
+from mlpkit.report.summary import render_text, summarize
+from mlpkit.train.model import build_model
 
 
 def dense(units: int, activation: str = "linear", bias: bool = True) -> DenseLayer:

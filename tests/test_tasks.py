@@ -11,10 +11,10 @@ from conftest import Project
 from sklearn import metrics as sk
 from sklearn.utils.class_weight import compute_class_weight
 
-from mlpkit.config import load_config
+from mlpkit.config.load import load_config
+from mlpkit.data.preprocessing import ClassLabels, sorted_labels
 from mlpkit.errors import ConfigError
-from mlpkit.preprocessing import ClassLabels, sorted_labels
-from mlpkit.tasks import Binary, Multiclass, make_task
+from mlpkit.train.tasks import Binary, Multiclass, make_task
 
 CLASSIFIER = """\
 name: species
@@ -350,7 +350,7 @@ def test_numeric_labels_have_one_spelling(cli, classifier: Project) -> None:  # 
 
 
 def test_f1_averages_over_the_classes_present() -> None:
-    from mlpkit.tasks import multiclass_scores
+    from mlpkit.train.tasks import multiclass_scores
 
     perfect = np.array([[0.9, 0.1, 0.0], [0.1, 0.9, 0.0]])  # class 2 never occurs
     scores = multiclass_scores(np.array([0, 1]), perfect, 2, None)

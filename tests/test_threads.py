@@ -1,6 +1,6 @@
 import torch
 
-from mlpkit import threads
+from mlpkit.train import threads
 
 
 def test_auto_takes_one_thread_for_small_steps_and_all_for_large() -> None:

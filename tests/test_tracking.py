@@ -24,9 +24,11 @@ import pytest
 import yaml
 from conftest import TINY_CONFIG, Project, stop_at_poll, tiny_csv
 
-from mlpkit import checkpoints, experiment, tracking
-from mlpkit.config import load_config
+from mlpkit.config.load import load_config
 from mlpkit.errors import ConfigError
+from mlpkit.flows import experiment
+from mlpkit.report import tracking
+from mlpkit.rundir import checkpoints
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

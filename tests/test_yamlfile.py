@@ -1,8 +1,8 @@
 import pytest
 import yaml
 
+from mlpkit.config.yamlfile import parse_yaml
 from mlpkit.errors import ConfigError
-from mlpkit.yamlfile import parse_yaml
 
 
 def test_exponent_without_dot_is_a_float() -> None:

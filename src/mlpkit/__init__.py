@@ -7,14 +7,14 @@ from typing import TYPE_CHECKING, Any
 from mlpkit.errors import MlpkitError
 
 if TYPE_CHECKING:
-    from mlpkit.config import load_config
-    from mlpkit.schema import Config
+    from mlpkit.config.load import load_config
+    from mlpkit.config.schema import Config
 
 __version__ = "0.1.0"
 __all__ = ["Config", "MlpkitError", "__version__", "load_config"]
 
 # Imported on first use, so `mlpkit --help` and `import mlpkit.errors` skip pydantic and YAML.
-_LAZY = {"Config": "mlpkit.schema", "load_config": "mlpkit.config"}
+_LAZY = {"Config": "mlpkit.config.schema", "load_config": "mlpkit.config.load"}
 
 
 def __getattr__(name: str) -> Any:

@@ -22,12 +22,12 @@ if TYPE_CHECKING:
     import torch
     from rich.console import Console
 
-    from mlpkit.experiment import TrainResult
-    from mlpkit.loop import Progress
-    from mlpkit.prepare import Prepared
-    from mlpkit.summary import Summary
+    from mlpkit.flows.experiment import TrainResult
+    from mlpkit.report.summary import Summary
+    from mlpkit.train.loop import Progress
+    from mlpkit.train.prepare import Prepared
 
-# Heavy modules (torch, pandas, sklearn, rich's renderers, mlpkit.experiment) are imported inside
+# Heavy modules (torch, pandas, sklearn, rich's renderers, the flows) are imported inside
 # the commands that use them, so `mlpkit --help`, `mlpkit COMMAND --help` and a config mistake
 # answer without importing torch (tests/test_startup.py). A config is loaded first, on its own
 # (config.py needs no torch), so its mistakes exit 2 before anything heavy is imported.
@@ -133,10 +133,11 @@ def train(
         return
     if config is not None and resume is None:
         _load_config(config, set_)  # config mistakes exit here, before torch is imported
-    from mlpkit import experiment, progress
+    from mlpkit.flows import experiment
+    from mlpkit.report import display
 
     console = _stdout()
-    printer = progress.EpochPrinter(console)
+    printer = display.EpochPrinter(console)
 
     def on_start(
         prepared: Prepared, device: torch.device, summary: Summary, position: Progress | None
@@ -163,7 +164,7 @@ def train(
     finally:
         printer.close()
     if not quiet:
-        console.print(progress.metrics_table(result.metrics))
+        console.print(display.metrics_table(result.metrics))
     print(result.run_dir)
 
 
@@ -174,7 +175,7 @@ def check(config: ConfigArg, set_: SetOpt = None) -> None:
     Example: mlpkit check configs/mpg.yaml
     """
     _load_config(config, set_)  # config mistakes exit here, before torch is imported
-    from mlpkit import experiment
+    from mlpkit.flows import experiment
 
     prepared = experiment.check(config, set_ or [])
     counts = prepared.split_counts
@@ -195,7 +196,7 @@ def summary(
 
     Example: mlpkit summary configs/mpg.yaml
     """
-    from mlpkit.summary import render_mermaid, render_table
+    from mlpkit.report.summary import render_mermaid, render_table
 
     if target.is_dir():
         if set_:
@@ -206,12 +207,12 @@ def summary(
                     hint=f"drop --set to summarize {target}",
                 )
             )
-        from mlpkit import experiment
+        from mlpkit.flows import experiment
 
         result = experiment.summary_of_run(target)
     else:
         _load_config(target, set_)  # config mistakes exit here, before torch is imported
-        from mlpkit import experiment
+        from mlpkit.flows import experiment
 
         result = experiment.summary_of_config(target, set_ or [])
     if graph:
@@ -230,14 +231,15 @@ def evaluate(
 
     Example: mlpkit eval runs/mpg/20261121-101500-1a2b3c
     """
-    from mlpkit import experiment, progress
+    from mlpkit.flows import experiment
+    from mlpkit.report import display
 
     result = experiment.evaluate_run(run, data, device)
     metrics = result.run.metrics
     reference = metrics.test if metrics is not None and data is None else None
     console = _stdout()
     console.print(f"{result.run.path}: {result.rows} rows of the {result.source}")
-    console.print(progress.scores_table(result.scores, reference))
+    console.print(display.scores_table(result.scores, reference))
 
 
 @app.command("predict")
@@ -258,7 +260,8 @@ def predict_command(
         raise MlpkitError(
             Problem("already exists", file=str(out), hint="pass --force to overwrite")
         )
-    from mlpkit import experiment, runs
+    from mlpkit.flows import experiment
+    from mlpkit.rundir import runs
 
     predictions = experiment.predict_run(run, data, device)
     if out is None:
@@ -288,7 +291,7 @@ def export_command(
 
     Example: mlpkit export runs/mpg/20261121-101500-1a2b3c --format onnx
     """
-    from mlpkit import export
+    from mlpkit.report import export
 
     done = export.export_run(run, format_, out, force)
     record = done.record
@@ -309,7 +312,7 @@ def runs_command(
     """
     from rich.table import Table
 
-    from mlpkit import catalog
+    from mlpkit.rundir import catalog
 
     rows = catalog.list_runs(folder)
     if not rows:
@@ -333,7 +336,7 @@ def plot_command(run: RunArg) -> None:
 
     Example: mlpkit plot runs/mpg/20261121-101500-1a2b3c
     """
-    from mlpkit import plots
+    from mlpkit.report import plots
 
     for path in plots.redraw(run):
         print(path)
@@ -355,7 +358,7 @@ def compare(
 
     Example: mlpkit compare runs/mpg/20261121-101500-1a2b3c runs/mpg/20261121-101700-4d5e6f
     """
-    from mlpkit import compare as comparing
+    from mlpkit.report import compare as comparing
 
     found = comparing.compare(paths)
     for path, status in found.skipped:
@@ -387,13 +390,14 @@ def init_command(
 
     from rich.table import Table
 
-    from mlpkit import starter, starter_yaml
+    from mlpkit.data import infer
+    from mlpkit.flows import init
 
-    out = out or Path(f"{starter_yaml.run_name(data)}.yaml")
-    starter_yaml.check_out(out, force)  # before reading the data
-    found = starter.infer(data, target)
+    out = out or Path(f"{init.run_name(data)}.yaml")
+    init.check_out(out, force)  # before reading the data
+    found = infer.infer(data, target)
     words = ["mlpkit", "init", str(data), "--target", target, "--out", str(out)]
-    starter_yaml.write(out, starter_yaml.render(found, out, shlex.join(words)), force)
+    init.write(out, init.render(found, out, shlex.join(words)), force)
     table = Table("column", "kind", "from its cells", box=None)
     table.add_row(found.target.name, f"target: {found.target.task}", found.target.note)
     for column in found.columns:
@@ -434,10 +438,11 @@ def _train_seeds(
         )
     assert config is not None  # train refused neither CONFIG nor --resume already
     _load_config(config, overrides)  # config mistakes exit here, before torch is imported
-    from mlpkit import progress, seeds
+    from mlpkit.flows import seeds
+    from mlpkit.report import display
 
     console = _stdout()
-    printer = progress.SeedsPrinter(console, count)
+    printer = display.SeedsPrinter(console, count)
 
     def on_start(
         prepared: Prepared, device: torch.device, summary: Summary, position: Progress | None
@@ -471,7 +476,7 @@ def _train_seeds(
 
 def _load_config(config: Path, overrides: list[str] | None) -> None:
     """Load and validate CONFIG with its --set overrides (raises ConfigError); torch-free."""
-    from mlpkit.config import load_config
+    from mlpkit.config.load import load_config
 
     load_config(config, overrides or [])
 

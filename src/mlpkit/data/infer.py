@@ -1,0 +1,229 @@
+"""`mlpkit init`, part one: what a data file says about each column and the task.
+
+`infer` reads the table (CSV or Parquet, whole, with the same reader and cell checks as
+training) and decides each column's kind and the task the target sets; starter_yaml.py turns
+that into the config's text. The rules, also written into the config's comments:
+
+- A feature whose every cell is a number is numeric (standardized). Integer columns with few
+  values (at most FEW_VALUES) stay numeric, since their order usually means something (counts,
+  years, ratings); they are named in a comment, because a number that is only a code (1 USA,
+  2 Europe, 3 Japan) is better listed under data.categorical.
+- Any other feature (text, true/false) is categorical (one-hot), unless it has more than
+  MAX_CATEGORIES values or more values than half the rows: such a column is an identifier or
+  free text, and is left out (named in a comment), since a one-hot code of it only memorizes
+  rows.
+- The target decides the task: two values -> binary (bce); integers with at most FEW_VALUES
+  values, or text with at most MAX_CATEGORIES values (and at most half the rows) -> multiclass
+  (cross_entropy); other numbers -> regression (mse). A target with one value, or with text
+  too varied to be classes, is refused.
+
+Nothing here prints or writes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from mlpkit.config.schema import DataConfig, Task
+from mlpkit.data.blocks import is_parquet, load_table
+from mlpkit.data.preprocessing import canonical_label
+from mlpkit.data.table import (
+    MISSING_NUMBERS,
+    NO_IMPUTING,
+    check_data_file,
+    parse_header,
+    read_bytes,
+)
+from mlpkit.errors import DataError, Problem, did_you_mean
+
+FEW_VALUES = 10  # integer features: named as possible codes; integer targets: classes
+MAX_CATEGORIES = 50  # more distinct texts than this: an identifier, not a category
+STRAY_SHARE = 0.05  # a column of numbers with at most this share of other cells: a data error
+
+Kind = Literal["numeric", "categorical", "left out"]
+
+
+@dataclass(frozen=True)
+class Column:
+    """A feature column as init sees it: its kind and why, in a few words."""
+
+    name: str
+    kind: Kind
+    note: str
+    code_like: bool = False  # an integer column with few values: maybe a code
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    task: Task
+    classes: int  # distinct values (the output units of a multiclass head)
+    note: str
+
+
+@dataclass(frozen=True)
+class Starter:
+    """What `render` needs: the file, its rows, the target and every other column."""
+
+    data_path: Path
+    rows: int
+    target: Target
+    columns: list[Column]
+
+    @property
+    def features(self) -> list[Column]:
+        return [column for column in self.columns if column.kind != "left out"]
+
+
+def infer(path: Path, target: str) -> Starter:
+    """Read `path` and infer each column's kind and the task `target` sets.
+
+    Raises:
+        DataError: the file is missing or unreadable, has fewer than two columns, lacks
+            `target`, has a missing or bad cell, or its target has a single value or too many
+            texts to be classes.
+    """
+    header = _header(path)
+    if target not in header:
+        raise DataError(
+            Problem(
+                f"column '{target}' is not in the header",
+                file=str(path),
+                where="--target",
+                hint=did_you_mean(target, header),
+            )
+        )
+    others = [name for name in header if name != target]
+    if not others:
+        raise DataError(
+            Problem(
+                f"has only the column '{target}'; a model needs feature columns to learn from",
+                file=str(path),
+            )
+        )
+    # Every column as text first (missing cells are refused as training refuses them).
+    as_text = DataConfig(target=target, features=others, categorical=others, task="multiclass")
+    table = load_table(path, as_text)
+    columns = [_column(path, table.frame[name], table.lines, table.unit) for name in others]
+    inferred = Starter(path, table.n_rows, _target(path, table.frame[target]), columns)
+    if not inferred.features:
+        raise DataError(
+            Problem(
+                "every column but the target looks like an identifier or free text "
+                "(more distinct texts than half the rows); nothing to learn from",
+                file=str(path),
+            )
+        )
+    _check_cells(path, inferred)
+    return inferred
+
+
+def _header(path: Path) -> list[str]:
+    if not is_parquet(path):
+        return parse_header(path, read_bytes(path, None), "utf-8", None)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    check_data_file(path, None)
+    try:
+        return list(pq.ParquetFile(path).schema_arrow.names)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(Problem(f"cannot read it as Parquet ({exc})", file=str(path))) from None
+
+
+def _numbers(cells: pd.Series) -> pd.Series:
+    """The cells as float64, NaN where a cell is not a number."""
+    return pd.to_numeric(cells, errors="coerce").astype("float64")
+
+
+def _column(path: Path, cells: pd.Series, lines: np.ndarray, unit: str) -> Column:
+    """A feature's kind from its cells (text, as read); `lines` locate rows as `unit` N."""
+    name = str(cells.name)
+    values = _numbers(cells)
+    distinct = cells.nunique()
+    if values.notna().all():
+        if bool((values == values.round()).all()) and distinct <= FEW_VALUES:
+            return Column(name, "numeric", f"integers, {distinct} values", code_like=distinct > 2)
+        return Column(name, "numeric", "numbers")
+    missing = cells.str.lower().isin(MISSING_NUMBERS)
+    if missing.any() and values[~missing].notna().all():  # numbers with 'NA' among them
+        first = int(missing.to_numpy().nonzero()[0][0])
+        raise DataError(
+            Problem(
+                f"missing value ({int(missing.sum())} cells)",
+                file=str(path),
+                where=f"column '{name}', {unit} {lines[first]}",
+                hint=NO_IMPUTING,
+            )
+        )
+    strays = values.isna()
+    if strays.mean() <= STRAY_SHARE:  # numbers but for a few cells, such as auto-mpg's '?'
+        first = int(strays.to_numpy().nonzero()[0][0])
+        raise DataError(
+            Problem(
+                f"'{cells.iloc[first]}' is not a number, in a column of numbers "
+                f"({int(strays.sum())} of its {len(cells)} cells are not)",
+                file=str(path),
+                where=f"column '{name}', {unit} {lines[first]}",
+                hint="fix or drop those rows, then run init again",
+            )
+        )
+    rows = len(cells)
+    if distinct > MAX_CATEGORIES or distinct > rows / 2:
+        note = f"text, {distinct} values in {rows} rows: an identifier or free text"
+        return Column(name, "left out", note)
+    kind = "true/false" if set(cells.str.lower()) <= {"true", "false"} else "text"
+    return Column(name, "categorical", f"{kind}, {distinct} categories")
+
+
+def _target(path: Path, cells: pd.Series) -> Target:
+    name = str(cells.name)
+    values = _numbers(cells)
+    numeric = bool(values.notna().all())
+    distinct = int(values.nunique()) if numeric else int(cells.nunique())
+    if distinct < 2:
+        raise DataError(
+            Problem(
+                f"has a single value ('{cells.iloc[0]}'), nothing to predict",
+                file=str(path),
+                where=f"column '{name}'",
+                hint="choose another --target",
+            )
+        )
+    integers = numeric and bool((values == values.round()).all())
+    if numeric and distinct > 2 and (distinct > FEW_VALUES or not integers):
+        return Target(name, "regression", distinct, f"numbers, {distinct} values: regression")
+    if not numeric and distinct > 2 and (distinct > MAX_CATEGORIES or distinct > len(cells) / 2):
+        raise DataError(
+            Problem(
+                f"has {distinct} different texts in {len(cells)} rows: too many to be classes",
+                file=str(path),
+                where=f"column '{name}'",
+                hint="choose a numeric column or one with a few labels as --target",
+            )
+        )
+    labels = [canonical_label(v) for v in sorted(set(values))] if numeric else sorted(set(cells))
+    shown = ", ".join(labels[:5]) + (", ..." if len(labels) > 5 else "")
+    if distinct == 2:
+        return Target(name, "binary", 2, f"2 classes: {shown} (the second is positive)")
+    kind = "integers" if numeric else "text"
+    return Target(name, "multiclass", distinct, f"{kind}, {distinct} classes: {shown}")
+
+
+def _check_cells(path: Path, starter: Starter) -> None:
+    """Read the file again as the written config will (numbers as numbers), so a cell training
+    would refuse (inf, beyond float32) is refused now, with training's own message."""
+    features = starter.features
+    categorical = [c.name for c in features if c.kind == "categorical"]
+    config = DataConfig(
+        target=starter.target.name,
+        features=[c.name for c in features],
+        categorical=categorical,
+        task=starter.target.task,
+    )
+    load_table(path, config)

@@ -1,0 +1,3 @@
+"""Reports on runs: layer summaries, terminal display, plots, comparisons, experiment trackers and
+export.
+"""

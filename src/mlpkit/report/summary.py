@@ -1,0 +1,192 @@
+"""Axon-style model summary: layer rows computed from shapes alone, then rendered.
+
+Nothing here builds a network, so `mlpkit summary` costs no weights; tests check the counts
+against the parameters of the model that model.py builds.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+from rich import box
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from mlpkit.config.schema import BatchNormLayer, DenseLayer, DropoutLayer, Layer
+
+BYTES_PER_PARAMETER = 4  # float32
+
+
+Shape = tuple[int | None, ...]
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    op: str
+    parents: tuple[str, ...]
+    input_shapes: tuple[Shape, ...]
+    output_shape: Shape
+    options: str
+    parameters: dict[str, tuple[int, ...]]
+
+    @property
+    def count(self) -> int:
+        total = 0
+        for shape in self.parameters.values():
+            size = 1
+            for dim in shape:
+                size *= dim
+            total += size
+        return total
+
+
+@dataclass(frozen=True)
+class Summary:
+    rows: list[Row]
+
+    @property
+    def total_parameters(self) -> int:
+        return sum(row.count for row in self.rows)
+
+    @property
+    def parameter_bytes(self) -> int:
+        return self.total_parameters * BYTES_PER_PARAMETER
+
+
+class _Graph:
+    """Rows being laid out, with Axon's op_N names counted across the whole model."""
+
+    def __init__(self) -> None:
+        self.rows: list[Row] = []
+        self.counts: dict[str, int] = {}
+
+    def input(self, name: str, width: int) -> Row:
+        row = Row(name, "input", (), (), (None, width), f"shape: (None, {width})", {})
+        self.rows.append(row)
+        return row
+
+    def add(
+        self,
+        op: str,
+        parents: list[Row],
+        width: int,
+        options: str = "",
+        parameters: dict[str, tuple[int, ...]] | None = None,
+    ) -> Row:
+        index = self.counts.get(op, 0)
+        self.counts[op] = index + 1
+        row = Row(
+            f"{op}_{index}",
+            op,
+            tuple(p.name for p in parents),
+            tuple(p.output_shape for p in parents),
+            (None, width),
+            options,
+            parameters or {},
+        )
+        self.rows.append(row)
+        return row
+
+    def stack(self, layers: list[Layer], row: Row) -> Row:
+        """Rows for a layer list fed by `row`; returns the last one."""
+        for layer in layers:
+            width = row.output_shape[-1] or 0
+            if isinstance(layer, DenseLayer):
+                parameters: dict[str, tuple[int, ...]] = {"weight": (layer.units, width)}
+                if layer.bias:
+                    parameters["bias"] = (layer.units,)
+                options = f"units: {layer.units}, bias: {str(layer.bias).lower()}"
+                row = self.add("dense", [row], layer.units, options, parameters)
+                if layer.activation != "linear":
+                    row = self.add(layer.activation, [row], layer.units)
+            elif isinstance(layer, DropoutLayer):
+                row = self.add("dropout", [row], width, f"rate: {layer.rate:g}")
+            elif isinstance(layer, BatchNormLayer):
+                options = f"momentum: {layer.momentum:g}, eps: {layer.eps:g}"
+                row = self.add(
+                    "batch_norm", [row], width, options, {"weight": (width,), "bias": (width,)}
+                )
+        return row
+
+
+def summarize(
+    layers: list[Layer],
+    in_features: int,
+    inputs: list[tuple[str, int, list[Layer]]] | None = None,
+) -> Summary:
+    """One row per graph node, as Axon lists them: inputs, their branches, the concatenation,
+    then each layer and its activation. `inputs` are (name, width, branch layers)."""
+    graph = _Graph()
+    if inputs is None:
+        graph.stack(layers, graph.input("input", in_features))
+        return Summary(graph.rows)
+    ends = [graph.stack(branch, graph.input(name, width)) for name, width, branch in inputs]
+    joined = graph.add(
+        "concatenate", ends, sum(end.output_shape[-1] or 0 for end in ends), "axis: -1"
+    )
+    graph.stack(layers, joined)
+    return Summary(graph.rows)
+
+
+def render_table(summary: Summary) -> Group:
+    """The layer table followed by the totals, as Axon prints them."""
+    table = Table(box=box.SQUARE)
+    for header in ("Layer", "Input shape", "Output shape"):
+        table.add_column(header, no_wrap=True)
+    table.add_column("Options")
+    table.add_column("Parameters")
+    for row in summary.rows:
+        parents = ", ".join(f'"{parent}"' for parent in row.parents)
+        label = f"{row.name} ( {row.op}[{parents}] )" if row.parents else f"{row.name} ( input )"
+        table.add_row(
+            label,
+            ", ".join(_shape(shape) for shape in row.input_shapes),
+            _shape(row.output_shape),
+            row.options,
+            _parameters(row),
+        )
+    totals = Text(
+        f"Total parameters: {summary.total_parameters:,}\n"
+        f"Parameter memory: {summary.parameter_bytes:,} bytes"
+    )
+    return Group(table, totals)
+
+
+def render_text(summary: Summary, width: int = 120) -> str:
+    """The table as plain text (no colour), as written to summary.txt."""
+    console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False)
+    console.print(render_table(summary))
+    assert isinstance(console.file, io.StringIO)
+    return console.file.getvalue()
+
+
+def _parameters(row: Row) -> str:
+    """`264 = weight f32[8,32] + bias f32[8]`: the count and where it comes from."""
+    if not row.parameters:
+        return ""
+    parts = " + ".join(
+        f"{name} f32[{','.join(map(str, shape))}]" for name, shape in row.parameters.items()
+    )
+    return f"{row.count:,} = {parts}"
+
+
+def _shape(shape: tuple[int | None, ...]) -> str:
+    return (
+        "" if not shape else "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
+    )
+
+
+def render_mermaid(summary: Summary) -> str:
+    """The model as a Mermaid flowchart, as Axon's as_graph draws it: one node per row."""
+    lines = ["flowchart TD"]
+    for row in summary.rows:
+        detail = f"{row.op} {_shape(row.output_shape)}"
+        if row.count:
+            detail += f" · {row.count:,} params"
+        lines.append(f'    {row.name}["{row.name}<br/>{detail}"]')
+    for row in summary.rows:
+        lines += [f"    {parent} --> {row.name}" for parent in row.parents]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,3 @@
+"""The run directory: its file format and atomic writes, the run lock, checkpoints and the catalog
+of runs under a folder.
+"""

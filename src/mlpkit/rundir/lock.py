@@ -1,0 +1,94 @@
+"""One process at a time in a run directory: an exclusive flock on run/.lock.
+
+The kernel drops an flock when its process dies, however it dies, so a lock is never stale:
+a run whose run.json says running while nobody holds its lock belongs to a dead process.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+from mlpkit.errors import Problem, RunDirError
+from mlpkit.rundir.runs import write_fault
+
+LOCK_FILE = ".lock"
+
+
+@contextmanager
+def hold(run_dir: Path) -> Iterator[None]:
+    """Hold the run's lock for the duration of the block.
+
+    Raises:
+        RunDirError: another process holds it (named by pid, host and start time).
+        EnvironmentFault: the lock file cannot be created.
+    """
+    path = run_dir / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise write_fault(exc, path) from None
+    try:
+        if not _take(fd):
+            raise RunDirError(
+                Problem(
+                    f"is locked by {_holder(path)}",
+                    file=str(run_dir),
+                    hint="wait for that process to finish, or stop it first",
+                )
+            )
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder).encode(), 0)
+        except OSError as exc:
+            raise write_fault(exc, path) from None
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def _take(fd: int, tries: int = 10) -> bool:
+    """The exclusive lock, retried for ~0.2 s: `mlpkit runs` takes a shared one for an instant."""
+    for attempt in range(tries):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if attempt < tries - 1:
+                time.sleep(0.02)
+    return False
+
+
+def is_held(run_dir: Path) -> bool:
+    """Whether a live process holds the run's lock (checked by trying to take it)."""
+    try:
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _holder(path: Path) -> str:
+    try:
+        holder = json.loads(path.read_text())
+        return f"process {holder['pid']} on {holder['host']} since {holder['since']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
+
+
+def _now() -> str:
+    return datetime.now().astimezone().isoformat(timespec="seconds")

@@ -1,0 +1,290 @@
+"""The run-directory format: create one exclusively, write its files atomically, open it safely.
+
+A run directory holds config.yaml, run.json, summary.txt, preprocessing.json, history.csv,
+metrics.json, predictions.csv, model.safetensors and plots/*.png (plots.py, drawn from those
+files), with checkpoints/ (checkpoints.py) and a .lock (lock.py) while it trains. run.json
+carries the status; `complete` is written last, so a directory whose run.json does not say
+complete is never treated as finished.
+Loading never executes code: JSON, a safe YAML loader, and safetensors for the weights.
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import io
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from mlpkit.data.preprocessing import Preprocessor
+from mlpkit.errors import EnvironmentFault, Problem, RunDirError
+
+RUN_FORMAT = "mlpkit.run/1"
+_FORMAT_HINT = f"expected a run written by mlpkit train (format {RUN_FORMAT})"
+Status = Literal["running", "interrupted", "failed", "diverged", "complete"]
+
+
+Scores = dict[str, float]
+
+
+class EarlyStoppingResult(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    monitor: str
+    best_value: float
+    best_epoch: int
+    stopped_epoch: int | None  # the last epoch trained when it stopped early, else None
+    restored_best: bool  # the weights are the best epoch's, not the last epoch's
+
+
+class MetricsFile(BaseModel):
+    """metrics.json: every metric per split in target units, the baselines' test metrics."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    train: Scores
+    val: Scores | None = None
+    test: Scores
+    baselines: dict[str, Scores]
+    best_epoch: int
+    early_stopping: EarlyStoppingResult | None = None
+    confusion_matrix: dict[str, list[str] | list[list[int]]] | None = None  # classification
+
+
+class DataInfo(BaseModel):
+    path: str
+    sha256: str
+    rows: int
+
+
+class TrainingInfo(BaseModel):
+    """How training ran: its engine (see direct.py), CPU threads, optimizer steps and seconds."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    engine: Literal["direct", "autograd"]
+    threads: int
+    why_not_direct: str | None = None  # with engine auto: what the direct step does not cover
+    steps: int | None = None  # once complete
+    seconds: float | None = None  # the epochs' time: training, validation and checkpoints
+
+
+class ExportInfo(BaseModel):
+    """One `mlpkit export`: the file written and how closely it matched `mlpkit predict`."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    format: Literal["onnx", "torchscript"]
+    path: str  # relative to the run directory when inside it, else absolute
+    sha256: str  # of the file as written
+    rows: int  # rows of the data file the check ran on
+    split: Literal["test", "val", "train"]  # which part they were (test unless it is empty)
+    max_abs_diff: float  # largest |exported - predict| over those rows and the outputs
+    exported: str  # when
+
+
+class RunInfo(BaseModel):
+    """run.json: what ran, where, on what data, and how it ended."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    format: Literal["mlpkit.run/1"] = "mlpkit.run/1"
+    name: str
+    status: Status
+    seed: int
+    device: str
+    data: DataInfo
+    versions: dict[str, str]
+    started: str
+    finished: str | None = None
+    error: str | None = None
+    resumed: list[str] = []  # when each `train --resume` started
+    training: TrainingInfo | None = None
+    exports: list[ExportInfo] = []  # each `mlpkit export` of the complete run, one per path
+
+
+def create_run_dir(runs_dir: Path, name: str, now: datetime | None = None) -> Path:
+    """Make `runs_dir/name/YYYYmmdd-HHMMSS-<id>` exclusively: never an existing directory.
+
+    Raises:
+        EnvironmentFault: the folder cannot be created (permissions, disk).
+    """
+    stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
+    parent = runs_dir / name
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            path = parent / f"{stamp}-{secrets.token_hex(3)}"
+            try:
+                path.mkdir()  # fails if it exists, so two runs never share a directory
+                return path
+            except FileExistsError:
+                continue
+    except OSError as exc:
+        raise write_fault(exc, parent) from None
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary name in the same folder, then rename: readers never see a torn file.
+
+    Raises:
+        EnvironmentFault: disk full, permission denied and the like; no temporary file is left.
+    """
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(temporary, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise write_fault(exc, path) from None
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Strict JSON (a NaN is a bug, not a literal), indented for people."""
+    write_bytes(path, (json.dumps(value, indent=2, allow_nan=False) + "\n").encode())
+
+
+def write_yaml(path: Path, value: Any) -> None:
+    write_bytes(path, yaml.safe_dump(value, sort_keys=False).encode())
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    # Every row's columns in first-seen order: a run resumed from an older mlpkit's checkpoint
+    # has history rows without the columns added since (lr); their cells stay empty.
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    writer = csv.DictWriter(buffer, fieldnames=columns, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_bytes(path, buffer.getvalue().encode())
+
+
+def write_weights(path: Path, model: torch.nn.Module) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    write_bytes(path, save_safetensors(state))
+
+
+def write_info(run_dir: Path, info: RunInfo) -> None:
+    write_json(run_dir / "run.json", info.model_dump(mode="json"))
+
+
+def write_fault(exc: OSError, path: Path) -> Exception:
+    """Any failed write is an error to report, never a traceback: the machine's (exit 4) or,
+    for a path whose folders are missing or are files, the user's (exit 2)."""
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR, errno.ENOENT):
+        hint = "every folder on the path must exist as a folder, or not exist at all for --runs-dir"
+        return RunDirError(Problem(f"cannot create it: {exc.strerror}", file=str(path), hint=hint))
+    return EnvironmentFault(Problem(f"cannot write: {exc.strerror}", file=str(path)))
+
+
+# --- reading a run --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run, opened and checked, ready to rebuild its model."""
+
+    path: Path
+    info: RunInfo
+    preprocessor: Preprocessor
+    metrics: MetricsFile | None  # None unless the run is complete
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    def load_weights(self, model: torch.nn.Module) -> None:
+        """Load model.safetensors into `model`.
+
+        Raises:
+            RunDirError: the file is missing, malformed, or does not fit the model.
+        """
+        path = self.path / "model.safetensors"
+        try:
+            state = load_safetensors(read_file(path))
+            model.load_state_dict(state)
+        except (SafetensorError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise RunDirError(Problem(f"unusable weights: {first}", file=str(path))) from None
+
+
+def open_run(path: Path, require_complete: bool = True) -> Run:
+    """Open a run directory made by `mlpkit train`.
+
+    Raises:
+        RunDirError: not a directory, not a run, an unknown format, or (by default) not complete.
+    """
+    if not path.is_dir():
+        what = "does not exist" if not path.exists() else "is not a directory"
+        raise RunDirError(Problem(f"{what}; expected a run directory", file=str(path)))
+    info_path = path / "run.json"
+    if not info_path.exists():
+        raise RunDirError(
+            Problem(
+                "not a run directory (no run.json)",
+                file=str(path),
+                hint="pass a folder that mlpkit train printed",
+            )
+        )
+    info = _validated(RunInfo, info_path)
+    if require_complete and info.status != "complete":
+        problem = f"the run is {info.status}, not complete"
+        raise RunDirError(Problem(problem, file=str(path), hint=next_step(path, info.status)))
+    preprocessor = _validated(Preprocessor, path / "preprocessing.json")
+    complete = info.status == "complete"
+    metrics = _validated(MetricsFile, path / "metrics.json") if complete else None
+    return Run(path=path, info=info, preprocessor=preprocessor, metrics=metrics)
+
+
+def next_step(path: Path, status: Status) -> str:
+    """What to do with a run that is not complete."""
+    if status == "diverged":
+        return "it cannot be resumed: lower training.optimizer.lr and train again"
+    resume = f"mlpkit train --resume {path}"
+    if status == "running":
+        return f"it is still training, or its process died (mlpkit runs tells); then: {resume}"
+    return f"resume it: {resume}"
+
+
+def _validated(model: type[Any], path: Path) -> Any:
+    raw = _read_json(path)
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        message = f"{first['msg'].lower()}" + (f" at {where}" if where else "")
+        problem = f"not a valid {path.name}: {message}"
+        raise RunDirError(Problem(problem, file=str(path), hint=_FORMAT_HINT)) from None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(read_file(path))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunDirError(Problem(f"malformed JSON: {exc}", file=str(path))) from None
+
+
+def read_file(path: Path) -> bytes:
+    """A run file's bytes; missing or unreadable is a one-line RunDirError."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise RunDirError(Problem("missing from the run directory", file=str(path))) from None
+    except OSError as exc:
+        raise RunDirError(Problem(f"cannot read: {exc.strerror}", file=str(path))) from None

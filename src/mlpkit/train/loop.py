@@ -1,0 +1,333 @@
+"""Fit, evaluate and predict on in-memory tensors or streams. Returns history; never prints.
+
+Batches come from the tensors by index: each epoch draws one permutation, gathers the rows once
+in that order, then takes contiguous slices (views, no copy). That is the whole "batch sampler",
+with no per-row __getitem__ or collate, and nothing leaves the device until the epoch ends.
+
+Training keeps its position in a Progress: the epoch, the batches of it already trained, the
+history, the shuffle generator's state at the epoch's start, the partial epoch's losses and
+early stopping's state. A checkpoint saves a Progress, and `fit` given one carries on from it:
+an epoch's batches are a pure function of the seed and the epoch, so the batches already
+trained are skipped and the rest are the very batches the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from mlpkit.errors import DivergedError, Problem
+from mlpkit.train.direct import DirectStep
+
+
+@dataclass(frozen=True)
+class Tensors:
+    """Inputs [rows, features] and targets as the task trains on them, on the device."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+EpochRecord = dict[str, float]
+# The task's scores of outputs against targets (see tasks.py), in the target's own terms.
+Scorer = Callable[[torch.Tensor, torch.Tensor], dict[str, float]]
+OnEpoch = Callable[[EpochRecord], None]
+EVAL_BATCH = 8192  # rows per forward pass when predicting; large enough to be one pass for mpg
+
+
+@dataclass(frozen=True)
+class Stream:
+    """Training batches (inputs, targets) on the device from a source other than tensors:
+    `epoch_batches(epoch)` yields the batches of that epoch (1-based), the same ones each call."""
+
+    epoch_batches: Callable[[int], Iterator[Batch]]
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    """Stop when `monitor` (a key of the epoch records) has not improved for `patience` epochs."""
+
+    monitor: str
+    lower_is_better: bool
+    patience: int
+    min_delta: float = 0.0
+    restore_best: bool = True
+
+    def improves(self, value: float, best: float | None) -> bool:
+        if best is None:
+            return value == value  # a NaN never becomes the best
+        if self.lower_is_better:
+            return value < best - self.min_delta
+        return value > best + self.min_delta
+
+
+@dataclass
+class Progress:
+    """Where training stands; with the model's and optimizer's state, all a checkpoint holds."""
+
+    epoch: int = 1  # the epoch in progress, or the next to begin
+    batches_done: int = 0  # batches of `epoch` already trained
+    steps: int = 0  # optimizer steps in all epochs
+    history: list[EpochRecord] = field(default_factory=list)
+    order_state: torch.Tensor | None = None  # the shuffle generator at the start of `epoch`
+    losses: list[torch.Tensor] = field(default_factory=list)  # each batch of `epoch`, on device
+    sizes: list[int] = field(default_factory=list)  # rows of each of those batches
+    best_value: float | None = None  # early stopping: the best monitored value so far
+    best_epoch: int = 0
+    stale_epochs: int = 0  # epochs since the best one
+    best_weights: dict[str, torch.Tensor] | None = None  # kept when restore_best is on
+    stopped_early: bool = False
+
+    def epoch_loss(self) -> float:
+        """The mean training loss per row of the epoch so far."""
+        if not self.sizes:
+            raise RuntimeError("an epoch yielded no training batches")
+        weights = torch.tensor(self.sizes, dtype=self.losses[0].dtype, device=self.losses[0].device)
+        return float(torch.stack(self.losses) @ weights) / sum(self.sizes)  # one sync an epoch
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """What the caller does between steps: report epochs, save checkpoints, stop when asked."""
+
+    on_epoch: OnEpoch | None = None
+    save: Callable[[Progress], None] | None = None
+    save_every_steps: int | None = None
+    stop_requested: Callable[[], bool] | None = None
+
+
+class Schedule(Protocol):
+    """The learning-rate schedule (schedules.py): stepped once at the end of each epoch."""
+
+    def step(self, record: EpochRecord) -> None: ...
+
+
+class StopRequested(Exception):
+    """Training stopped at a step boundary because the caller asked; a checkpoint was saved."""
+
+
+def fit(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train: Tensors | Stream,
+    val: Tensors | None,
+    *,
+    epochs: int,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    score: Scorer | None = None,
+    early_stopping: EarlyStopping | None = None,
+    hooks: Hooks | None = None,
+    progress: Progress | None = None,
+    direct: DirectStep | None = None,
+    schedule: Schedule | None = None,
+) -> Progress:
+    """Train up to `epochs` (from `progress` if given) and return where training ended.
+
+    `train` is in-memory rows (each epoch one pass in a seeded random order) or a stream.
+    With early stopping that restores the best, the model ends with the best epoch's weights.
+    With `direct`, steps run through it (see direct.py) instead of autograd and optimizer.step.
+    Each epoch's record holds the learning rate it trained at; `schedule` then sets the next.
+
+    Raises:
+        DivergedError: a batch's loss was NaN or infinite; it was not applied.
+        StopRequested: hooks.stop_requested said so; hooks.save has saved the position.
+    """
+    hooks = hooks or Hooks()
+    progress = progress or Progress()
+    generator = torch.Generator().manual_seed(seed)
+    if progress.order_state is not None:
+        generator.set_state(progress.order_state)
+    device = next(model.parameters()).device
+    progress.losses = [loss.to(device) for loss in progress.losses]  # a checkpoint's are on CPU
+    while progress.epoch <= epochs and not progress.stopped_early:
+        started = time.perf_counter()
+        progress.order_state = generator.get_state()
+        if isinstance(train, Stream):
+            batches = train.epoch_batches(progress.epoch)
+        else:
+            batches = _slices(model, train, batch_size, shuffle, generator)
+        remaining = islice(batches, progress.batches_done, None)
+        try:
+            _train_epoch(model, loss_fn, optimizer, remaining, progress, hooks, direct)
+        finally:  # whatever stops the epoch, the optimizer's state is left up to date
+            if direct is not None:
+                direct.settle()
+        _settle(progress, direct)
+        record: EpochRecord = {"epoch": progress.epoch, "train_loss": progress.epoch_loss()}
+        if val is not None:
+            record |= evaluate(model, loss_fn, val, score, prefix="val_")
+        record["lr"] = float(optimizer.param_groups[0]["lr"])  # the rate of the whole epoch
+        record["seconds"] = time.perf_counter() - started
+        _end_epoch(progress, record, model, early_stopping)
+        if schedule is not None:  # before the save: the checkpoint holds the next epoch's rate
+            schedule.step(record)
+        progress.order_state = generator.get_state()  # where the next epoch's shuffle begins
+        if hooks.save is not None:
+            hooks.save(progress)
+        if hooks.on_epoch is not None:
+            hooks.on_epoch(record)
+        if _asked_to_stop(hooks):
+            raise StopRequested()
+    if early_stopping is not None and progress.best_weights is not None:
+        model.load_state_dict(progress.best_weights)
+    return progress
+
+
+def _end_epoch(
+    progress: Progress, record: EpochRecord, model: nn.Module, stopping: EarlyStopping | None
+) -> None:
+    """Record the epoch, move to the next, and update early stopping's state."""
+    progress.history.append(record)
+    if stopping is not None:
+        value = record[stopping.monitor]
+        if stopping.improves(value, progress.best_value):
+            progress.best_value, progress.best_epoch, progress.stale_epochs = (
+                value,
+                progress.epoch,
+                0,
+            )
+            if stopping.restore_best:
+                progress.best_weights = {
+                    k: v.detach().clone() for k, v in model.state_dict().items()
+                }
+        else:
+            progress.stale_epochs += 1
+            progress.stopped_early = progress.stale_epochs >= stopping.patience
+    progress.epoch += 1
+    progress.batches_done = 0
+    progress.losses, progress.sizes = [], []
+
+
+def _slices(
+    model: nn.Module, data: Tensors, batch_size: int, shuffle: bool, generator: torch.Generator
+) -> Iterator[Batch]:
+    """One epoch of batches: the rows gathered once in a random order, then sliced (views)."""
+    n_rows = data.x.shape[0]
+    if shuffle:
+        order = torch.randperm(n_rows, generator=generator).to(data.x.device)
+        x, y = data.x[order], data.y[order]
+    else:
+        x, y = data.x, data.y
+    # Batch norm cannot take batch statistics of a single row: skip a last batch of one row
+    # (with shuffling, a different row each epoch).
+    if _has_batch_norm(model) and n_rows % batch_size == 1:
+        n_rows -= 1
+    # split: every batch's view in one call, cheaper than slicing each (matters at batch 1)
+    yield from zip(
+        torch.split(x[:n_rows], batch_size), torch.split(y[:n_rows], batch_size), strict=True
+    )
+
+
+def _train_epoch(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterator[Batch],
+    progress: Progress,
+    hooks: Hooks,
+    direct: DirectStep | None,
+) -> None:
+    """One optimizer step per batch, each loss kept (on the device) in `progress`."""
+    model.train()
+    every = hooks.save_every_steps
+    for xb, yb in batches:
+        if direct is None:
+            loss = _autograd_step(model, loss_fn, optimizer, xb, yb, progress)
+        else:
+            loss = direct(xb, yb)  # checks finiteness on the device; read in _settle
+        progress.losses.append(loss.detach())
+        progress.sizes.append(xb.shape[0])
+        progress.batches_done += 1
+        progress.steps += 1
+        stop = _asked_to_stop(hooks)  # read once: a signal between two reads would skip the save
+        due = every is not None and progress.steps % every == 0
+        if stop or (due and hooks.save is not None):
+            _settle(progress, direct)  # never save, or stop, past a divergence unreported
+            if hooks.save is not None:
+                hooks.save(progress)
+        if stop:
+            raise StopRequested()
+
+
+def _autograd_step(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    progress: Progress,
+) -> torch.Tensor:
+    loss = loss_fn(model(xb), yb)
+    if not torch.isfinite(loss):  # a host sync, so the bad batch never reaches the optimizer
+        raise _diverged(
+            f"the training loss became {loss.item()}", progress.epoch, progress.batches_done + 1
+        )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss  # type: ignore[no-any-return]
+
+
+def _settle(progress: Progress, direct: DirectStep | None) -> None:
+    """With the direct step, bring the optimizer's state up to date for a checkpoint or the
+    caller, and raise if a step of this epoch was not finite: that step and every one after
+    it were skipped on the device, so the weights are from before it."""
+    if direct is None:
+        return
+    direct.settle()
+    if not direct.diverged():
+        return
+    # The flag rises with the first non-finite loss (a resumed epoch's earlier losses are
+    # finite: checkpoints are only written while the flag is down).
+    batch = torch.isfinite(torch.stack(progress.losses)).tolist().index(False)
+    value = progress.losses[batch].item()
+    raise _diverged(f"the training loss became {value}", progress.epoch, batch + 1)
+
+
+def _diverged(what: str, epoch: int, batch: int) -> DivergedError:
+    return DivergedError(
+        Problem(
+            f"{what} in epoch {epoch}, batch {batch}; that batch was not applied",
+            where="training",
+            hint="lower training.optimizer.lr or scale the target",
+        )
+    )
+
+
+def _asked_to_stop(hooks: Hooks) -> bool:
+    return hooks.stop_requested is not None and hooks.stop_requested()
+
+
+def _has_batch_norm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Model outputs for all rows, [rows, outputs], in eval mode."""
+    model.eval()
+    return torch.cat([model(x[i : i + EVAL_BATCH]) for i in range(0, x.shape[0], EVAL_BATCH)])
+
+
+def evaluate(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    data: Tensors,
+    score: Scorer | None,
+    prefix: str = "",
+) -> EpochRecord:
+    """The loss on `data` and, if given, the task's scores of the outputs."""
+    outputs = predict(model, data.x)
+    record = {f"{prefix}loss": float(loss_fn(outputs, data.y))}
+    scores = score(data.y, outputs) if score is not None else {}
+    return record | {f"{prefix}{name}": value for name, value in scores.items()}

@@ -1,0 +1,110 @@
+"""Build the network the config describes, initialized from an explicit seed."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mlpkit.config import registries
+from mlpkit.config.schema import BatchNormLayer, DenseLayer, DropoutLayer, Layer
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """A named input: which model-input columns it takes, and its own layers."""
+
+    name: str
+    columns: list[int]  # positions among the preprocessed input columns
+    layers: list[Layer]
+
+
+class MultiInput(nn.Module):
+    """Named inputs, each its own columns through its own branch, concatenated, then a trunk.
+
+    The batch stays one tensor [rows, all input columns], so training slices it like any other;
+    each input's columns are gathered here.
+    """
+
+    def __init__(
+        self, columns: list[list[int]], branches: list[nn.Sequential], trunk: nn.Sequential
+    ) -> None:
+        super().__init__()
+        for index, positions in enumerate(columns):
+            # not persistent: derived from preprocessing, so not part of the saved weights
+            self.register_buffer(f"columns_{index}", torch.tensor(positions), persistent=False)
+        self.branches = nn.ModuleList(branches)
+        self.trunk = trunk
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = [
+            branch(x.index_select(1, self.get_buffer(f"columns_{index}")))  # [rows, width_i]
+            for index, branch in enumerate(self.branches)
+        ]
+        return self.trunk(torch.cat(parts, dim=1))  # type: ignore[no-any-return]
+
+
+def build_model(
+    layers: list[Layer],
+    in_features: int,
+    seed: int,
+    device: torch.device | str = "cpu",
+    logits: bool = False,
+    inputs: list[InputSpec] | None = None,
+) -> nn.Module:
+    """The configured network; the same seed gives the same weights anywhere.
+
+    Without `inputs`, a Sequential over all `in_features` columns; with them, a MultiInput.
+    With `logits`, a final sigmoid or softmax is left out (the task applies it after the loss).
+    Weights are drawn on the CPU from a generator of their own (PyTorch's default init scheme),
+    then moved, so a CUDA run starts from exactly the CPU run's weights.
+    """
+    if inputs is None:
+        model: nn.Module = nn.Sequential(*_trunk(layers, in_features, logits))
+    else:
+        branches, widths = [], []
+        for spec in inputs:
+            modules, width = _stack(spec.layers, len(spec.columns))
+            branches.append(nn.Sequential(*modules))  # no layers: passes the columns through
+            widths.append(width)
+        trunk = nn.Sequential(*_trunk(layers, sum(widths), logits))
+        model = MultiInput([spec.columns for spec in inputs], branches, trunk)
+    _initialize(model, torch.Generator().manual_seed(seed))
+    return model.to(device)
+
+
+def _trunk(layers: list[Layer], width: int, logits: bool) -> list[nn.Module]:
+    modules, _ = _stack(layers, width)
+    if logits and isinstance(modules[-1], nn.Sigmoid | nn.Softmax):
+        modules.pop()  # classification trains on logits; tasks.py applies sigmoid or softmax
+    return modules
+
+
+def _stack(layers: list[Layer], width: int) -> tuple[list[nn.Module], int]:
+    """The modules of a layer list fed `width` columns, and the width that comes out."""
+    modules: list[nn.Module] = []
+    for layer in layers:
+        if isinstance(layer, DenseLayer):
+            modules.append(nn.Linear(width, layer.units, bias=layer.bias))
+            make_activation = registries.ACTIVATIONS[layer.activation]
+            if make_activation is not None:
+                modules.append(make_activation())
+            width = layer.units
+        elif isinstance(layer, DropoutLayer):
+            modules.append(nn.Dropout(layer.rate))
+        elif isinstance(layer, BatchNormLayer):
+            modules.append(nn.BatchNorm1d(width, eps=layer.eps, momentum=layer.momentum))
+    return modules, width
+
+
+def _initialize(model: nn.Module, generator: torch.Generator) -> None:
+    # nn.Linear.reset_parameters, but drawing from our generator instead of the global one.
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5), generator=generator)
+                if module.bias is not None:
+                    bound = 1 / math.sqrt(module.in_features)
+                    nn.init.uniform_(module.bias, -bound, bound, generator=generator)

@@ -1,0 +1,394 @@
+"""From a validated config to everything training needs, with every check that needs the data.
+
+`prepare` reads (or, for a synthetic source, draws) the table, checks its columns and classes
+against the config, splits the rows (stratified by class for classification), fits
+preprocessing on the training rows and makes the task. Nothing here writes anything: a problem
+found here leaves runs/ untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mlpkit.config import registries
+from mlpkit.config.load import LoadedConfig, output_layer
+from mlpkit.config.schema import Config
+from mlpkit.data import filestream, synthetic
+from mlpkit.data.blocks import load_table
+from mlpkit.data.filestream import FileScan
+from mlpkit.data.preprocessing import (
+    NumericFeature,
+    Preprocessor,
+    TargetScale,
+    TrainingRows,
+    canonical_label,
+    sorted_labels,
+)
+from mlpkit.data.table import Split, Table, check_split, split_rows
+from mlpkit.errors import DataError, Problem
+from mlpkit.report.summary import Summary, summarize
+from mlpkit.train.loop import Stream, Tensors
+from mlpkit.train.model import InputSpec, build_model
+from mlpkit.train.tasks import Regression, Task, make_task
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A checked config with its table, split and fitted preprocessing: ready to train."""
+
+    loaded: LoadedConfig
+    table: Table
+    split: Split
+    preprocessor: Preprocessor
+    task: Task
+    scan: FileScan | None = None  # a streamed file: its blocks; `table` holds samples of it
+
+    @property
+    def config(self) -> Config:
+        return self.loaded.config
+
+    @property
+    def streams(self) -> bool:
+        """Training reads batches from a stream (a synthetic source or a streamed file)."""
+        return self.config.data.source is not None or self.scan is not None
+
+    @property
+    def data_rows(self) -> int:
+        return self.table.n_rows if self.scan is None else self.scan.rows
+
+    @property
+    def split_counts(self) -> dict[str, int]:
+        """Rows of train, val and test (a streamed file's whole parts, not its samples)."""
+        return self.split.counts() if self.scan is None else self.scan.counts
+
+    def describe_split(self) -> str:
+        counts = self.split_counts
+        text = f"{counts['train']} train / {counts['val']} val / {counts['test']} test"
+        if self.scan is not None:
+            text += f" (streamed; val and test scored on up to {self.config.data.eval_rows} rows)"
+        return text
+
+    def tensors(self, rows: np.ndarray, device: torch.device) -> Tensors:
+        return make_tensors(self.table.frame.iloc[rows], self.preprocessor, self.task, device)
+
+    def summary(self) -> Summary:
+        return model_summary(self.config, self.preprocessor)
+
+
+def model_summary(config: Config, preprocessor: Preprocessor) -> Summary:
+    """The layer table of the configured model, with its named inputs if it has them."""
+    specs = input_specs(config, preprocessor)
+    inputs = None if specs is None else [(s.name, len(s.columns), s.layers) for s in specs]
+    return summarize(config.model.layers, len(preprocessor.input_names), inputs)
+
+
+def make_tensors(
+    frame: Any, preprocessor: Preprocessor, task: Task, device: torch.device
+) -> Tensors:
+    """Model inputs and the task's targets for `frame`'s rows, on `device`."""
+    x = torch.from_numpy(preprocessor.transform(frame))  # [rows, inputs]
+    y = task.targets(frame[preprocessor.target.name].to_numpy())
+    return Tensors(x.to(device), y.to(device))
+
+
+def prepare(loaded: LoadedConfig) -> Prepared:
+    """Read, check and split the data and fit preprocessing: every check short of training.
+
+    Raises:
+        DataError: the table, the split or the output layer does not fit the config.
+    """
+    cfg = loaded.config
+    if cfg.data.source is not None:
+        table, split, classes = synthetic_table(loaded)
+        return _prepared(loaded, table, split, classes)
+    if cfg.data.stream:
+        return _streamed(loaded)
+    table = load_table(loaded.data_path, cfg.data, loaded)
+    split, classes = split_table(loaded, table)
+    return _prepared(loaded, table, split, classes)
+
+
+def split_table(loaded: LoadedConfig, table: Table) -> tuple[Split, list[str] | None]:
+    """The seeded split of a file's rows (stratified by class for classification) and the
+    classes, checked against the task and the output layer; eval derives the same split again.
+
+    Raises:
+        DataError: the target's classes do not fit the task or the output layer.
+    """
+    cfg = loaded.config
+    if cfg.data.task == "regression":
+        return split_rows(table.n_rows, cfg.data, cfg.seed), None
+    target = table.frame[cfg.data.target].to_numpy()
+    labels = np.asarray([canonical_label(v) for v in target])  # 1 and 1.0: one class
+    classes = sorted_labels(labels)
+    _check_classes(loaded, table, classes)
+    return split_rows(table.n_rows, cfg.data, cfg.seed, labels), classes
+
+
+def _prepared(
+    loaded: LoadedConfig, table: Table, split: Split, classes: list[str] | None
+) -> Prepared:
+    problems = check_split(split.counts(), loaded)
+    if problems:
+        raise DataError(problems)
+    training_rows = TrainingRows(loaded.config.data, classification=classes is not None)
+    training_rows.add(table.frame.iloc[split.train])
+    return prepared_from(loaded, table, split, classes, training_rows)
+
+
+def _streamed(loaded: LoadedConfig) -> Prepared:
+    """A streamed file: one scan fits preprocessing and keeps the evaluation samples."""
+    found = filestream.scan(loaded)
+    if found.classes is not None:
+        _check_classes(loaded, found.table, found.classes)
+    problems = check_split(found.counts, loaded)
+    if problems:
+        raise DataError(problems)
+    prepared = prepared_from(loaded, found.table, found.split, found.classes, found.training_rows)
+    return replace(prepared, scan=found)
+
+
+def prepared_from(
+    loaded: LoadedConfig,
+    table: Table,
+    split: Split,
+    classes: list[str] | None,
+    training_rows: TrainingRows,
+) -> Prepared:
+    """Fit preprocessing and the task from what the training rows showed, and check the head.
+
+    `table` holds the rows to validate, test and fit baselines on; for a streamed file the
+    training rows themselves were seen chunk by chunk and are not all in it.
+    """
+    counts = None
+    if classes is not None:
+        _check_training_classes(loaded, table, classes, set(training_rows.label_counts))
+        counts = training_rows.class_counts(classes)
+    preprocessor = training_rows.preprocessor(classes)
+    task = make_task(loaded.config, preprocessor.target, counts)
+    prepared = Prepared(loaded, table, split, preprocessor, task)
+    problems = _head_reaches_target(prepared, training_rows.target_range)
+    if problems:
+        raise DataError(problems)
+    return prepared
+
+
+SAMPLE_ROWS = 4096  # synthetic: rows drawn to fit preprocessing and the baselines
+
+
+def synthetic_table(loaded: LoadedConfig) -> tuple[Table, Split, list[str] | None]:
+    """A synthetic source's fixed rows: a sample to fit preprocessing and baselines on (the
+    split's train part; training itself reads the endless stream), then validation and test.
+
+    Raises:
+        DataError: the config names columns the source does not make, or a task it cannot serve.
+    """
+    cfg = loaded.config
+    source = cfg.data.source
+    assert source is not None
+    made = [*synthetic.columns(source), synthetic.TARGET]
+    missing = [c for c in [*cfg.data.features, cfg.data.target] if c not in made]
+    classes = synthetic.classes(source)
+    problems = []
+    if missing:
+        problems.append(
+            loaded.problem(
+                ("data", "features"),
+                f"the {source.name} source makes no column {', '.join(missing)}",
+                "it makes " + ", ".join(made),
+            )
+        )
+    if cfg.data.categorical:
+        problems.append(
+            loaded.problem(("data", "categorical"), "synthetic sources make numeric columns only")
+        )
+    if (classes is None) != (cfg.data.task == "regression"):
+        kind = "class labels" if classes else "numbers"
+        problems.append(
+            loaded.problem(
+                ("data", "task"),
+                f"the {source.name} source's target has {kind}, not a {cfg.data.task} target",
+                "choose the loss (and task) to match the source",
+            )
+        )
+    if problems:
+        raise DataError(problems)
+    n_eval = cfg.data.eval_rows
+    frame = synthetic.table(source, SAMPLE_ROWS + 2 * n_eval, cfg.seed + 1)
+    spec = json.dumps([source.model_dump(), n_eval, cfg.seed], sort_keys=True)
+    table = Table(
+        frame,
+        np.arange(1, len(frame) + 1),
+        Path(f"synthetic:{source.name}"),
+        hashlib.sha256(spec.encode()).hexdigest(),
+    )
+    rows = np.arange(len(frame))
+    split = Split(
+        rows[:SAMPLE_ROWS], rows[SAMPLE_ROWS : SAMPLE_ROWS + n_eval], rows[SAMPLE_ROWS + n_eval :]
+    )
+    return table, split, classes
+
+
+def training_stream(prepared: Prepared, device: torch.device, first_epoch: int = 1) -> Stream:
+    """Training batches from the synthetic source or the streamed file, preprocessed on the
+    fly; each epoch's batches depend on the seed and the epoch only, so a resumed run can begin
+    at `first_epoch`."""
+    cfg = prepared.config
+    if prepared.scan is not None:
+        dataset = filestream.TrainingBlocks(
+            prepared.scan,
+            prepared.preprocessor,
+            prepared.task,
+            cfg.data.split,
+            cfg.seed,
+            cfg.training.batch_size,
+            cfg.training.shuffle,
+            skip_single_row=_has_batch_norm(cfg),
+            epoch=first_epoch - 1,  # the dataset counts the epochs it has begun
+        )
+        return Stream(filestream.epoch_batches(dataset, cfg.data.workers, device))
+    source = cfg.data.source
+    assert source is not None and cfg.training.iterations_per_epoch is not None
+    made = synthetic.columns(source)
+    features = [f for f in prepared.preprocessor.features if isinstance(f, NumericFeature)]
+    positions = torch.tensor([made.index(f.name) for f in features])
+    mean = torch.tensor([f.mean for f in features], dtype=torch.float32)
+    std = torch.tensor([f.std for f in features], dtype=torch.float32)
+    steps = cfg.training.iterations_per_epoch
+    labels = synthetic.classes(source)
+    # Class targets as the task encodes each label, looked up by the drawn class index: the
+    # same values as encoding every batch's labels, without the per-batch text handling.
+    encoded = None if labels is None else prepared.task.targets(np.asarray(labels))
+
+    def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        seed = synthetic.epoch_seed(cfg.seed, epoch)
+        for x, y in islice(synthetic.batches(source, cfg.training.batch_size, seed), steps):
+            xb = (x.index_select(1, positions) - mean) / std  # [batch, inputs]
+            yb = prepared.task.targets(y.numpy()) if encoded is None else encoded[y]
+            yield xb.to(device), yb.to(device)
+
+    return Stream(batches)
+
+
+def _has_batch_norm(config: Config) -> bool:
+    branches = [spec.layers for spec in (config.model.inputs or {}).values()]
+    layers = [layer for group in [config.model.layers, *branches] for layer in group]
+    return any(layer.type == "batch_norm" for layer in layers)
+
+
+def _check_training_classes(
+    loaded: LoadedConfig, table: Table, classes: list[str], seen: set[str]
+) -> None:
+    """Every class has training rows, and class_weights name only real classes."""
+    absent = [label for label in classes if label not in seen]
+    if absent:
+        raise DataError(
+            Problem(
+                f"class {', '.join(absent)} has no rows in the training split",
+                file=str(table.path),
+                where=f"column '{loaded.config.data.target}'",
+                hint="add rows of it, raise data.split.train, or drop it",
+            )
+        )
+    weights = loaded.config.training.class_weights
+    keys = [] if weights is None or weights == "balanced" else list(weights)
+    unknown = [key for key in keys if canonical_label(key) not in classes]
+    if unknown:
+        raise DataError(
+            loaded.problem(
+                ("training", "class_weights"),
+                f"{', '.join(unknown)} is not a class",
+                "the classes are " + ", ".join(classes),
+            )
+        )
+
+
+def _check_classes(loaded: LoadedConfig, table: Table, classes: list[str]) -> None:
+    """A classification target has the classes its task and output layer expect."""
+    task, target = loaded.config.data.task, loaded.config.data.target
+    shown = ", ".join(classes[:6]) + (", ..." if len(classes) > 6 else "")
+    where = f"column '{target}'"
+    if len(classes) < 2:
+        raise DataError(
+            Problem(
+                f"a single class ({shown}); classification needs two or more",
+                file=str(table.path),
+                where=where,
+            )
+        )
+    if task == "binary" and len(classes) != 2:
+        raise DataError(
+            Problem(
+                f"{len(classes)} classes ({shown}); a binary task needs 2",
+                file=str(table.path),
+                where=where,
+                hint="set data.task: multiclass",
+            )
+        )
+    found = output_layer(loaded.config.model.layers)
+    assert found is not None  # load_config refuses a model without a dense layer
+    index, head = found
+    if task == "multiclass" and head.units != len(classes):
+        raise DataError(
+            loaded.problem(
+                ("model", "layers", index, "units"),
+                f"the output layer has {head.units} units but '{target}' has {len(classes)} "
+                f"classes ({shown})",
+                f"set units: {len(classes)}",
+            )
+        )
+
+
+def _head_reaches_target(prepared: Prepared, target_range: tuple[float, float]) -> list[Problem]:
+    """An output activation with a bounded range must be able to produce the training targets
+    (`target_range`: their lowest and highest value)."""
+    found = output_layer(prepared.config.model.layers)
+    assert found is not None  # load_config refuses a model without a dense layer
+    index, head = found
+    scale = prepared.preprocessor.target
+    if head.activation not in registries.ACTIVATION_RANGES or not isinstance(scale, TargetScale):
+        return []
+    low, high = registries.ACTIVATION_RANGES[head.activation]
+    target = prepared.config.data.target
+    scaled = scale.scale(np.asarray(target_range, dtype=np.float64))  # monotonic: min, max
+    if low <= scaled.min() and scaled.max() <= high:
+        return []
+    kind = "scaled target" if prepared.config.data.scale_target else "target"
+    return [
+        prepared.loaded.problem(
+            ("model", "layers", index, "activation"),
+            f"'{head.activation}' outputs lie in [{low:g}, {high:g}] but the {kind} '{target}' "
+            f"ranges over [{scaled.min():.4g}, {scaled.max():.4g}]",
+            "use activation: linear on the output",
+        )
+    ]
+
+
+def network(
+    config: Config, preprocessor: Preprocessor, task: Task, device: torch.device
+) -> nn.Module:
+    """The configured network; classification keeps logits as its output (see tasks.py)."""
+    logits = not isinstance(task, Regression)
+    width = len(preprocessor.input_names)
+    inputs = input_specs(config, preprocessor)
+    return build_model(config.model.layers, width, config.seed, device, logits, inputs)
+
+
+def input_specs(config: Config, preprocessor: Preprocessor) -> list[InputSpec] | None:
+    """The named inputs with the positions of their encoded columns, or None for one input."""
+    if config.model.inputs is None:
+        return None
+    return [
+        InputSpec(name, preprocessor.positions(spec.columns), spec.layers)
+        for name, spec in config.model.inputs.items()
+    ]
