@@ -17,7 +17,7 @@ from torch import nn
 from mlpkit.config.schema import BatchNormLayer, DenseLayer, DropoutLayer
 from mlpkit.errors import ConfigError, DivergedError
 from mlpkit.train.direct import DirectStep, Unsupported, unsupported
-from mlpkit.train.loop import Hooks, Progress, StopRequested, Tensors, fit
+from mlpkit.train.loop import Hooks, Position, StopRequested, Tensors, fit
 from mlpkit.train.model import InputSpec, build_model
 
 
@@ -226,7 +226,7 @@ def test_stopped_mid_epoch_and_resumed_it_matches_the_uninterrupted_run() -> Non
     layers = [dense(8, "relu"), dense(1)]
     data = regression()
 
-    def run(stop_after: int | None, progress: Progress | None = None, state=None):  # type: ignore[no-untyped-def]
+    def run(stop_after: int | None, progress: Position | None = None, state=None):  # type: ignore[no-untyped-def]
         model = build_model(layers, 3, seed=0)
         optimizer = adam(model)
         if state is not None:
@@ -234,7 +234,7 @@ def test_stopped_mid_epoch_and_resumed_it_matches_the_uninterrupted_run() -> Non
             optimizer.load_state_dict(state[1])
         saved = {}
 
-        def save(position: Progress) -> None:
+        def save(position: Position) -> None:
             saved["at"] = copy.deepcopy((position, model.state_dict(), optimizer.state_dict()))
 
         steps = iter(range(10**6))

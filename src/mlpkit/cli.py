@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from mlpkit.flows.experiment import TrainResult
     from mlpkit.report.summary import Summary
-    from mlpkit.train.loop import Progress
+    from mlpkit.train.loop import Position
     from mlpkit.train.prepare import Prepared
 
 # Heavy modules (torch, pandas, sklearn, rich's renderers, the flows) are imported inside
@@ -140,7 +140,7 @@ def train(
     printer = display.EpochPrinter(console)
 
     def on_start(
-        prepared: Prepared, device: torch.device, summary: Summary, position: Progress | None
+        prepared: Prepared, device: torch.device, summary: Summary, position: Position | None
     ) -> None:
         headline = _headline(prepared, device, summary)
         done = 0
@@ -445,7 +445,7 @@ def _train_seeds(
     printer = display.SeedsPrinter(console, count)
 
     def on_start(
-        prepared: Prepared, device: torch.device, summary: Summary, position: Progress | None
+        prepared: Prepared, device: torch.device, summary: Summary, position: Position | None
     ) -> None:
         headline = _headline(prepared, device, summary)
         printer.start(headline, prepared.config.seed, prepared.config.training.epochs)

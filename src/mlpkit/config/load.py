@@ -28,7 +28,7 @@ from mlpkit.config.schema import (
     OneCycleSchedule,
     PlateauSchedule,
     SGDConfig,
-    Task,
+    TaskKind,
     TrainingConfig,
 )
 from mlpkit.config.yamlfile import Path_, parse_yaml
@@ -82,7 +82,7 @@ def load_config(path: Path, overrides: tuple[str, ...] | list[str] = ()) -> Load
     return loaded
 
 
-def task_of(config: Config) -> Task:
+def task_of(config: Config) -> TaskKind:
     """data.task, or the task the loss implies when it is auto."""
     if config.data.task != "auto":
         return config.data.task

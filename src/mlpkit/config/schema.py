@@ -218,20 +218,20 @@ class CrossEntropyLoss(_Strict):
 Loss = Annotated[
     MSELoss | MAELoss | HuberLoss | BCELoss | CrossEntropyLoss, Field(discriminator="name")
 ]
-Task = Literal["regression", "binary", "multiclass"]
-LOSS_TASKS: dict[str, Task] = {
+TaskKind = Literal["regression", "binary", "multiclass"]
+LOSS_TASKS: dict[str, TaskKind] = {
     "mse": "regression",
     "mae": "regression",
     "huber": "regression",
     "bce": "binary",
     "cross_entropy": "multiclass",
 }
-DEFAULT_LOSSES: dict[Task, str] = {
+DEFAULT_LOSSES: dict[TaskKind, str] = {
     "regression": "mse",
     "binary": "bce",
     "multiclass": "cross_entropy",
 }
-DEFAULT_METRICS: dict[Task, list[str]] = {
+DEFAULT_METRICS: dict[TaskKind, list[str]] = {
     "regression": ["mae", "r2"],
     "binary": ["accuracy", "roc_auc"],
     "multiclass": ["accuracy", "f1_macro"],

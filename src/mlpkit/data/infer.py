@@ -29,7 +29,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from mlpkit.config.schema import DataConfig, Task
+from mlpkit.config.schema import DataConfig, TaskKind
 from mlpkit.data.blocks import is_parquet, load_table
 from mlpkit.data.preprocessing import canonical_label
 from mlpkit.data.table import (
@@ -61,7 +61,7 @@ class Column:
 @dataclass(frozen=True)
 class Target:
     name: str
-    task: Task
+    task: TaskKind
     classes: int  # distinct values (the output units of a multiclass head)
     note: str
 

@@ -65,7 +65,7 @@ def table(source: Source, rows: int, seed: int) -> pd.DataFrame:
     return frame
 
 
-class Stream(IterableDataset[tuple[torch.Tensor, torch.Tensor]]):
+class SyntheticBatches(IterableDataset[tuple[torch.Tensor, torch.Tensor]]):
     """Endless batches of raw rows: (features [batch, width], targets as `draw` gives them)."""
 
     def __init__(self, source: Source, batch_size: int, seed: int) -> None:
@@ -89,4 +89,4 @@ def batches(
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The stream's batches, read in this process: a DataLoader without workers would add its
     per-batch overhead (a third of a small model's step) and draw the very same rows."""
-    return iter(Stream(source, batch_size, seed))
+    return iter(SyntheticBatches(source, batch_size, seed))

@@ -52,7 +52,7 @@ from mlpkit.train.loop import (
     EpochRecord,
     Hooks,
     OnEpoch,
-    Progress,
+    Position,
     StopRequested,
     Tensors,
     fit,
@@ -73,7 +73,7 @@ from mlpkit.train.tasks import Regression, Task, make_task
 
 SPLITS = ("train", "val", "test")
 # (what will train, on which device, its layer table, and where a resumed run carries on)
-OnStart = Callable[[Prepared, torch.device, Summary, Progress | None], None]
+OnStart = Callable[[Prepared, torch.device, Summary, Position | None], None]
 
 
 @dataclass(frozen=True)
@@ -181,7 +181,7 @@ class Engine:
     threads: int
     why_not_direct: str | None = None
 
-    def describe(self, progress: Progress | None = None) -> runs.TrainingInfo:
+    def describe(self, progress: Position | None = None) -> runs.TrainingInfo:
         done = {}
         if progress is not None:
             seconds = sum(record["seconds"] for record in progress.history)
@@ -477,7 +477,7 @@ class _Session:
         )
         config = resolved_config(prepared.loaded)
 
-        def save(position: Progress) -> None:
+        def save(position: Position) -> None:
             schedule = trainer.schedule.state_dict() if trainer.schedule is not None else None
             checkpoints.save(
                 self.run_dir, trainer.model, trainer.optimizer, position, config, device, schedule
@@ -529,7 +529,7 @@ class _Session:
             runs.write_info(self.run_dir, self.info)
             return None
 
-    def _write(self, data: dict[str, Tensors], progress: Progress) -> TrainResult:
+    def _write(self, data: dict[str, Tensors], progress: Position) -> TrainResult:
         model, prepared, run_dir = self.trainer.model, self.prepared, self.run_dir
         metrics = final_metrics(model, prepared, data, progress)
         runs.write_csv(run_dir / "history.csv", progress.history)
@@ -572,7 +572,7 @@ def early_stopping(config: Config) -> EarlyStopping | None:
 
 
 def final_metrics(
-    model: nn.Module, prepared: Prepared, data: dict[str, Tensors], progress: Progress
+    model: nn.Module, prepared: Prepared, data: dict[str, Tensors], progress: Position
 ) -> dict[str, Any]:
     """Every metric of the task per split, the baselines' test metrics beside them, and for
     classification the confusion matrices (rows: true class, columns: predicted)."""

@@ -3,7 +3,7 @@
     run/checkpoints/ckpt-<steps>-<epoch>/   one checkpoint; names sort oldest to newest
         model.safetensors                   the weights
         best.safetensors                    early stopping's best weights, when kept
-        state.pt                            optimizer, scheduler, every RNG, the loop's Progress
+        state.pt                            optimizer, scheduler, every RNG, the loop's Position
         manifest.json                       format, position, config, sha256 of each file; last
 
 A checkpoint is written into checkpoints/.partial-<id>/ (each file fsynced, the manifest last)
@@ -35,14 +35,14 @@ from safetensors.torch import save as save_safetensors
 
 from mlpkit.errors import Problem, RunDirError
 from mlpkit.rundir.runs import write_fault
-from mlpkit.train.loop import Progress
+from mlpkit.train.loop import Position
 from mlpkit.train.schedules import Schedule
 
 FORMAT = "mlpkit.checkpoint/1"
 FOLDER = "checkpoints"
 PARTS = {"model.safetensors", "best.safetensors", "state.pt"}
 KEEP = 2  # the newest and the one before it, so a damaged newest still leaves one to resume
-_PLAIN = (  # the Progress fields that are plain values
+_PLAIN = (  # the Position fields that are plain values
     "epoch",
     "batches_done",
     "steps",
@@ -60,7 +60,7 @@ class Checkpoint:
     """A checkpoint read back and verified."""
 
     path: Path
-    progress: Progress
+    progress: Position
     model: dict[str, torch.Tensor]
     optimizer: dict[str, Any]
     rng: dict[str, Any]
@@ -72,7 +72,7 @@ def save(
     run_dir: Path,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    progress: Progress,
+    progress: Position,
     config: dict[str, Any],
     device: torch.device,
     scheduler: dict[str, Any] | None = None,
@@ -255,7 +255,7 @@ def _rng_states(device: torch.device) -> dict[str, Any]:
     }
 
 
-def _progress_state(progress: Progress) -> dict[str, Any]:
+def _progress_state(progress: Position) -> dict[str, Any]:
     state = {name: getattr(progress, name) for name in _PLAIN}
     state["history"] = [dict(record) for record in progress.history]
     state["order_state"] = progress.order_state
@@ -264,8 +264,8 @@ def _progress_state(progress: Progress) -> dict[str, Any]:
     return state
 
 
-def _progress(state: dict[str, Any]) -> Progress:
-    progress = Progress(**{name: state[name] for name in _PLAIN})
+def _progress(state: dict[str, Any]) -> Position:
+    progress = Position(**{name: state[name] for name in _PLAIN})
     counts = (progress.epoch, progress.batches_done, progress.steps, progress.best_epoch)
     if not all(isinstance(n, int) and n >= 0 for n in counts) or progress.epoch < 1:
         raise ValueError("epoch, batches_done, steps and best_epoch must be counts")

@@ -32,6 +32,33 @@ from mlpkit.data.preprocessing import Preprocessor
 from mlpkit.errors import EnvironmentFault, Problem, RunDirError
 
 RUN_FORMAT = "mlpkit.run/1"
+
+# Every name in a run directory, here and nowhere else: other modules ask for these.
+CONFIG = "config.yaml"  # the resolved config, every default filled in
+RUN_INFO = "run.json"  # status, data file, versions, engine; `complete` written last
+SUMMARY = "summary.txt"  # the layer table
+PREPROCESSING = "preprocessing.json"  # fitted scaling and encoding
+HISTORY = "history.csv"  # one row per epoch
+METRICS = "metrics.json"  # every metric per split, the baselines beside them
+PREDICTIONS = "predictions.csv"  # the test rows with their predictions
+WEIGHTS = "model.safetensors"  # the trained weights
+PLOTS = "plots"  # folder: the PNGs drawn from the files above
+CHECKPOINTS = "checkpoints"  # folder: one subfolder per checkpoint
+LOCK = ".lock"  # held by the process training the run
+TENSORBOARD = "tensorboard"  # folder: TensorBoard event files, when tracked
+MLFLOW_LINK = "mlflow.json"  # the MLflow store, experiment and run ids, when tracked
+# Inside each checkpoint folder.
+CHECKPOINT_MANIFEST = "manifest.json"  # written last: sizes and hashes of the other parts
+CHECKPOINT_WEIGHTS = "model.safetensors"
+CHECKPOINT_BEST = "best.safetensors"  # early stopping's best weights, when kept
+CHECKPOINT_STATE = "state.pt"  # optimizer, scheduler, RNGs, the loop's Position
+# `mlpkit export`'s default file per format.
+EXPORTS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
+# What mlpkit itself writes in a run: never a target for `export --out`.
+OWN_NAMES = frozenset(
+    {CONFIG, RUN_INFO, SUMMARY, PREPROCESSING, HISTORY, METRICS, PREDICTIONS, WEIGHTS, PLOTS}
+    | {CHECKPOINTS, LOCK, TENSORBOARD, MLFLOW_LINK}
+)
 _FORMAT_HINT = f"expected a run written by mlpkit train (format {RUN_FORMAT})"
 Status = Literal["running", "interrupted", "failed", "diverged", "complete"]
 

@@ -4,9 +4,9 @@ Batches come from the tensors by index: each epoch draws one permutation, gather
 in that order, then takes contiguous slices (views, no copy). That is the whole "batch sampler",
 with no per-row __getitem__ or collate, and nothing leaves the device until the epoch ends.
 
-Training keeps its position in a Progress: the epoch, the batches of it already trained, the
+Training keeps its position in a Position: the epoch, the batches of it already trained, the
 history, the shuffle generator's state at the epoch's start, the partial epoch's losses and
-early stopping's state. A checkpoint saves a Progress, and `fit` given one carries on from it:
+early stopping's state. A checkpoint saves a Position, and `fit` given one carries on from it:
 an epoch's batches are a pure function of the seed and the epoch, so the batches already
 trained are skipped and the rest are the very batches the uninterrupted run would have seen.
 """
@@ -43,7 +43,7 @@ EVAL_BATCH = 8192  # rows per forward pass when predicting; large enough to be o
 
 
 @dataclass(frozen=True)
-class Stream:
+class BatchStream:
     """Training batches (inputs, targets) on the device from a source other than tensors:
     `epoch_batches(epoch)` yields the batches of that epoch (1-based), the same ones each call."""
 
@@ -69,7 +69,7 @@ class EarlyStopping:
 
 
 @dataclass
-class Progress:
+class Position:
     """Where training stands; with the model's and optimizer's state, all a checkpoint holds."""
 
     epoch: int = 1  # the epoch in progress, or the next to begin
@@ -98,12 +98,12 @@ class Hooks:
     """What the caller does between steps: report epochs, save checkpoints, stop when asked."""
 
     on_epoch: OnEpoch | None = None
-    save: Callable[[Progress], None] | None = None
+    save: Callable[[Position], None] | None = None
     save_every_steps: int | None = None
     stop_requested: Callable[[], bool] | None = None
 
 
-class Schedule(Protocol):
+class EpochSchedule(Protocol):
     """The learning-rate schedule (schedules.py): stepped once at the end of each epoch."""
 
     def step(self, record: EpochRecord) -> None: ...
@@ -117,7 +117,7 @@ def fit(
     model: nn.Module,
     loss_fn: nn.Module,
     optimizer: torch.optim.Optimizer,
-    train: Tensors | Stream,
+    train: Tensors | BatchStream,
     val: Tensors | None,
     *,
     epochs: int,
@@ -127,10 +127,10 @@ def fit(
     score: Scorer | None = None,
     early_stopping: EarlyStopping | None = None,
     hooks: Hooks | None = None,
-    progress: Progress | None = None,
+    progress: Position | None = None,
     direct: DirectStep | None = None,
-    schedule: Schedule | None = None,
-) -> Progress:
+    schedule: EpochSchedule | None = None,
+) -> Position:
     """Train up to `epochs` (from `progress` if given) and return where training ended.
 
     `train` is in-memory rows (each epoch one pass in a seeded random order) or a stream.
@@ -143,7 +143,7 @@ def fit(
         StopRequested: hooks.stop_requested said so; hooks.save has saved the position.
     """
     hooks = hooks or Hooks()
-    progress = progress or Progress()
+    progress = progress or Position()
     generator = torch.Generator().manual_seed(seed)
     if progress.order_state is not None:
         generator.set_state(progress.order_state)
@@ -152,7 +152,7 @@ def fit(
     while progress.epoch <= epochs and not progress.stopped_early:
         started = time.perf_counter()
         progress.order_state = generator.get_state()
-        if isinstance(train, Stream):
+        if isinstance(train, BatchStream):
             batches = train.epoch_batches(progress.epoch)
         else:
             batches = _slices(model, train, batch_size, shuffle, generator)
@@ -184,7 +184,7 @@ def fit(
 
 
 def _end_epoch(
-    progress: Progress, record: EpochRecord, model: nn.Module, stopping: EarlyStopping | None
+    progress: Position, record: EpochRecord, model: nn.Module, stopping: EarlyStopping | None
 ) -> None:
     """Record the epoch, move to the next, and update early stopping's state."""
     progress.history.append(record)
@@ -233,7 +233,7 @@ def _train_epoch(
     loss_fn: nn.Module,
     optimizer: torch.optim.Optimizer,
     batches: Iterator[Batch],
-    progress: Progress,
+    progress: Position,
     hooks: Hooks,
     direct: DirectStep | None,
 ) -> None:
@@ -265,7 +265,7 @@ def _autograd_step(
     optimizer: torch.optim.Optimizer,
     xb: torch.Tensor,
     yb: torch.Tensor,
-    progress: Progress,
+    progress: Position,
 ) -> torch.Tensor:
     loss = loss_fn(model(xb), yb)
     if not torch.isfinite(loss):  # a host sync, so the bad batch never reaches the optimizer
@@ -278,7 +278,7 @@ def _autograd_step(
     return loss  # type: ignore[no-any-return]
 
 
-def _settle(progress: Progress, direct: DirectStep | None) -> None:
+def _settle(progress: Position, direct: DirectStep | None) -> None:
     """With the direct step, bring the optimizer's state up to date for a checkpoint or the
     caller, and raise if a step of this epoch was not finite: that step and every one after
     it were skipped on the device, so the weights are from before it."""

@@ -37,7 +37,7 @@ from mlpkit.data.preprocessing import (
 from mlpkit.data.table import Split, Table, check_split, split_rows
 from mlpkit.errors import DataError, Problem
 from mlpkit.report.summary import Summary, summarize
-from mlpkit.train.loop import Stream, Tensors
+from mlpkit.train.loop import BatchStream, Tensors
 from mlpkit.train.model import InputSpec, build_model
 from mlpkit.train.tasks import Regression, Task, make_task
 
@@ -239,7 +239,7 @@ def synthetic_table(loaded: LoadedConfig) -> tuple[Table, Split, list[str] | Non
     return table, split, classes
 
 
-def training_stream(prepared: Prepared, device: torch.device, first_epoch: int = 1) -> Stream:
+def training_stream(prepared: Prepared, device: torch.device, first_epoch: int = 1) -> BatchStream:
     """Training batches from the synthetic source or the streamed file, preprocessed on the
     fly; each epoch's batches depend on the seed and the epoch only, so a resumed run can begin
     at `first_epoch`."""
@@ -256,7 +256,7 @@ def training_stream(prepared: Prepared, device: torch.device, first_epoch: int =
             skip_single_row=_has_batch_norm(cfg),
             epoch=first_epoch - 1,  # the dataset counts the epochs it has begun
         )
-        return Stream(filestream.epoch_batches(dataset, cfg.data.workers, device))
+        return BatchStream(filestream.epoch_batches(dataset, cfg.data.workers, device))
     source = cfg.data.source
     assert source is not None and cfg.training.iterations_per_epoch is not None
     made = synthetic.columns(source)
@@ -277,7 +277,7 @@ def training_stream(prepared: Prepared, device: torch.device, first_epoch: int =
             yb = prepared.task.targets(y.numpy()) if encoded is None else encoded[y]
             yield xb.to(device), yb.to(device)
 
-    return Stream(batches)
+    return BatchStream(batches)
 
 
 def _has_batch_norm(config: Config) -> bool:
