@@ -20,7 +20,7 @@ from sklearn.neural_network import MLPClassifier
 
 from mlpkit.config.load import load_config
 from mlpkit.config.schema import DenseLayer
-from mlpkit.flows.experiment import train
+from mlpkit.flows.train import train
 from mlpkit.train.prepare import prepare
 
 CONFIGS = [Path("configs/breast-cancer.yaml"), Path("configs/wine.yaml")]
@@ -62,7 +62,7 @@ def main() -> None:
         for config in CONFIGS:
             ours, theirs = [], []
             for seed in args.seeds:
-                result = train(config, [f"seed={seed}"], Path(runs_dir))
+                result = train(load_config(config, [f"seed={seed}"]), Path(runs_dir))
                 ours.append(result.metrics["test"]["accuracy"])
                 theirs.append(sklearn_accuracy(config, seed))
                 print(f"| {config.name} | {seed} | {ours[-1]:.4f} | {theirs[-1]:.4f} |", flush=True)

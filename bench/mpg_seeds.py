@@ -14,7 +14,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from mlpkit.flows.experiment import train
+from mlpkit.config.load import load_config
+from mlpkit.flows.train import train
 
 
 def main() -> None:
@@ -30,7 +31,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as runs_dir:
         for seed in args.seeds:
-            result = train(args.config, [*args.overrides, f"seed={seed}"], Path(runs_dir))
+            loaded = load_config(args.config, [*args.overrides, f"seed={seed}"])
+            result = train(loaded, Path(runs_dir))
             test, linear = result.metrics["test"], result.metrics["baselines"]["linear_regression"]
             rows.append((test["r2"], test["mae"], linear["r2"], linear["mae"]))
             print(

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from mlpkit.config.load import load_config
-from mlpkit.flows.experiment import make_optimizer
+from mlpkit.train.build import make_optimizer
 from mlpkit.train.direct import DirectStep
 from mlpkit.train.loop import fit
 from mlpkit.train.model import build_model
@@ -44,7 +44,7 @@ def main() -> None:
 
     def fresh() -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.nn.Module]:
         model = build_model(cfg.model.layers, train.x.shape[1], cfg.seed)
-        return model, make_optimizer(model, loaded), prepared.task.loss(cpu)
+        return model, make_optimizer(model, loaded.config), prepared.task.loss(cpu)
 
     def mlpkit(direct: bool) -> float:
         model, optimizer, loss_fn = fresh()
@@ -52,7 +52,7 @@ def main() -> None:
         started = time.perf_counter()
         fit(
             model, loss_fn, optimizer, train, None, epochs=args.epochs, batch_size=1,
-            shuffle=True, seed=0, direct=step,
+            shuffle=True, seed=0, step=step,
         )  # fmt: skip
         return time.perf_counter() - started
 

@@ -202,13 +202,13 @@ Result = dict[str, Any]
 
 def run_mlpkit(work: Workload) -> Result:
     """mlpkit's real train flow, as `mlpkit train CONFIG --quiet --set ...` calls it."""
-    from mlpkit.flows.experiment import train
+    from mlpkit.flows.train import train
 
     # The config's own seed: it fixes the split the peers train on too (--seed is theirs).
     overrides = list(work.overrides)
     with tempfile.TemporaryDirectory(prefix="mlpkit-bench-") as runs:
         started = time.perf_counter()
-        result = train(work.config, overrides, Path(runs), "cpu")
+        result = train(load_config(work.config, overrides), Path(runs), "cpu")
         whole = time.perf_counter() - started
         rss = peak_rss_mb()
         metrics = json.loads((result.run_dir / "metrics.json").read_text())

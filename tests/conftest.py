@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,8 +48,20 @@ def tiny_csv(rows: int = 50, seed: int = 0) -> str:
     return "\n".join(lines) + "\n"
 
 
+@dataclass(frozen=True)
+class EpochListener:
+    """A train flow listener that only hears the epochs: a test's hook into a running fit."""
+
+    epoch: Callable[[dict[str, float]], None]
+
+    def started(self, start: object) -> None:
+        """Nothing to do at the start."""
+
+
 @dataclass
 class Project:
+    """A tiny project in a folder: config.yaml, data.csv beside it, runs/ to train into."""
+
     root: Path
 
     @property
@@ -75,6 +88,13 @@ class Project:
     def run_dirs(self) -> list[Path]:
         return sorted(self.runs.glob("*/*")) if self.runs.exists() else []
 
+    def train(self, cli: Cli, *extra: str | Path, runs: Path | None = None) -> Path:
+        """`mlpkit train CONFIG --runs-dir RUNS -q EXTRA...`, which must succeed: the run
+        directory it printed. RUNS is the project's runs folder unless `runs` names another."""
+        result = cli("train", self.config, "--runs-dir", runs or self.runs, "-q", *extra)
+        assert result.code == 0, result.err
+        return Path(result.last_line)
+
 
 @pytest.fixture(autouse=True)
 def _plots_only_where_asked(
@@ -84,7 +104,7 @@ def _plots_only_where_asked(
     trains a few hundred runs in process: only tests marked `plots` draw them (test_plots.py,
     the complete-run file list, the disk-full case). Subprocess runs always draw them."""
     if request.node.get_closest_marker("plots") is None:
-        monkeypatch.setattr("mlpkit.flows.experiment._draw_plots", lambda run_dir: None)
+        monkeypatch.setattr("mlpkit.flows.fit._draw_plots", lambda run_dir: None)
 
 
 @pytest.fixture
@@ -95,8 +115,10 @@ def project(tmp_path: Path) -> Project:
     return p
 
 
-@dataclass
+@dataclass(frozen=True)
 class Result:
+    """What one command did: its exit code and everything it printed."""
+
     code: int
     out: str
     err: str
@@ -106,14 +128,21 @@ class Result:
         return self.out.strip().splitlines()[-1]
 
 
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
-    def run(*args: object) -> Result:
+@dataclass(frozen=True)
+class Cli:
+    """`mlpkit ARGS...` run in this process, as a user's shell would run it, output captured."""
+
+    capsys: pytest.CaptureFixture[str]
+
+    def __call__(self, *args: str | Path) -> Result:
         code = run_cli([str(a) for a in args])
-        captured = capsys.readouterr()
+        captured = self.capsys.readouterr()
         return Result(code, captured.out, captured.err)
 
-    return run
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Cli:
+    return Cli(capsys)
 
 
 def stop_at_poll(monkeypatch: pytest.MonkeyPatch, poll: int, number: int = signal.SIGINT) -> None:

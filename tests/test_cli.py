@@ -10,11 +10,15 @@ import pytest
 import torch
 import typer
 import yaml
-from conftest import REPO, Project
+from conftest import REPO, Cli, Project
 
 from mlpkit.cli import app
 from mlpkit.config.load import load_config
-from mlpkit.flows import experiment
+from mlpkit.flows import check as check_flow
+from mlpkit.flows import fit as fit_flow
+from mlpkit.flows import train as train_flow
+from mlpkit.flows.evaluate import evaluate_run
+from mlpkit.flows.predict import predict_run
 
 RUN_FILES = {
     "config.yaml",
@@ -32,14 +36,8 @@ RUN_FILES = {
 REGRESSION_METRICS = {"mae", "mse", "rmse", "r2", "median_ae", "max_error"}
 
 
-def train(cli, project: Project, *args: object) -> Path:  # type: ignore[no-untyped-def]
-    result = cli("train", project.config, "--runs-dir", project.runs, *args)
-    assert result.code == 0, result.err
-    return Path(result.last_line)
-
-
 @pytest.mark.plots
-def test_train_writes_a_complete_run(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
+def test_train_writes_a_complete_run(cli: Cli, project: Project) -> None:
     result = cli("train", project.config, "--runs-dir", project.runs)
     assert result.code == 0, result.err
     run = Path(result.last_line)
@@ -87,49 +85,49 @@ def test_train_writes_a_complete_run(cli, project: Project) -> None:  # type: ig
     assert "Total parameters: 57" in (run / "summary.txt").read_text()
 
 
-def test_quiet_prints_only_the_run_directory(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
+def test_quiet_prints_only_the_run_directory(cli: Cli, project: Project) -> None:
     result = cli("train", project.config, "--runs-dir", project.runs, "--quiet")
     assert result.code == 0
     assert result.out.strip().splitlines() == [str(project.run_dirs()[0])]
 
 
-def test_same_seed_same_weights_different_directories(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
-    first, second = train(cli, project, "-q"), train(cli, project, "-q")
+def test_same_seed_same_weights_different_directories(cli: Cli, project: Project) -> None:
+    first, second = project.train(cli), project.train(cli)
     assert first != second
     assert (first / "model.safetensors").read_bytes() == (second / "model.safetensors").read_bytes()
     assert (first / "metrics.json").read_text() == (second / "metrics.json").read_text()
-    other = train(cli, project, "-q", "--set", "seed=1")
+    other = project.train(cli, "--set", "seed=1")
     assert (other / "model.safetensors").read_bytes() != (first / "model.safetensors").read_bytes()
 
 
-def test_eval_reproduces_metrics_json(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
-    run = train(cli, project, "-q")
+def test_eval_reproduces_metrics_json(cli: Cli, project: Project) -> None:
+    run = project.train(cli)
     stored = json.loads((run / "metrics.json").read_text())["test"]
-    assert experiment.evaluate_run(run).scores == stored  # exactly, not approximately
+    assert evaluate_run(run).scores == stored  # exactly, not approximately
     result = cli("eval", run)
     assert result.code == 0
     rows = [line.split() for line in result.out.splitlines() if line.startswith("│")]
     assert [row[-2] for row in rows] == ["yes"] * len(REGRESSION_METRICS)
 
 
-def test_eval_on_another_file_scores_every_row(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
-    run = train(cli, project, "-q")
+def test_eval_on_another_file_scores_every_row(cli: Cli, project: Project) -> None:
+    run = project.train(cli)
     other = project.root / "other.csv"
     other.write_text(project.data.read_text())
-    result = experiment.evaluate_run(run, other)
+    result = evaluate_run(run, other)
     assert result.rows == 50 and result.source == str(other)
     assert set(result.scores) == REGRESSION_METRICS
 
 
-def test_summary_of_config_and_of_run_agree(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
-    run = train(cli, project, "-q")
+def test_summary_of_config_and_of_run_agree(cli: Cli, project: Project) -> None:
+    run = project.train(cli)
     from_config, from_run = cli("summary", project.config), cli("summary", run)
     assert from_config.code == from_run.code == 0
     assert from_config.out == from_run.out
     assert "Total parameters: 57" in from_config.out  # (5 inputs * 8 + 8) + (8 + 1)
 
 
-def test_check_runs_every_check_without_training(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
+def test_check_runs_every_check_without_training(cli: Cli, project: Project) -> None:
     result = cli("check", project.config)
     assert result.code == 0
     assert (
@@ -176,14 +174,14 @@ BAD_INPUTS = {
 @pytest.mark.parametrize("command", ["train", "check"])
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=str)
 def test_bad_input_one_line_exit_2_nothing_written(
-    cli, project: Project, command: str, case: str
-) -> None:  # type: ignore[no-untyped-def]
+    cli: Cli, project: Project, command: str, case: str
+) -> None:
     config_edit, data_edit, expected = BAD_INPUTS[case]
     if config_edit:
         project.edit_config(*config_edit)
     if data_edit:
         project.data.write_text(project.data.read_text().replace(*data_edit, 1))
-    args = ["--runs-dir", project.runs] if command == "train" else []
+    args: list[str | Path] = ["--runs-dir", project.runs] if command == "train" else []
     result = cli(command, project.config, *args)
     assert result.code == 2
     assert result.out == ""
@@ -194,7 +192,7 @@ def test_bad_input_one_line_exit_2_nothing_written(
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_cuda_without_cuda_fails_before_reading_data(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
+def test_cuda_without_cuda_fails_before_reading_data(cli: Cli, project: Project) -> None:
     project.data.unlink()  # proves the data is never read
     result = cli("train", project.config, "--runs-dir", project.runs, "--device", "cuda")
     assert (result.code, result.err) == (
@@ -207,12 +205,12 @@ def test_cuda_without_cuda_fails_before_reading_data(cli, project: Project) -> N
     )
 
 
-def test_eval_refuses_what_is_not_a_complete_run(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
+def test_eval_refuses_what_is_not_a_complete_run(cli: Cli, project: Project) -> None:
     assert cli("eval", project.root).err == (
         f"Error: {project.root}: not a run directory (no run.json); "
         "pass a folder that mlpkit train printed\n"
     )
-    run = train(cli, project, "-q")
+    run = project.train(cli)
     info = json.loads((run / "run.json").read_text())
     (run / "run.json").write_text(json.dumps(info | {"status": "running"}))
     result = cli("eval", run)
@@ -225,7 +223,7 @@ def test_eval_refuses_what_is_not_a_complete_run(cli, project: Project) -> None:
     assert result.code == 2 and "model.safetensors: unusable weights" in result.err
 
 
-def test_runs_dir_that_is_a_file_is_a_usage_error(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
+def test_runs_dir_that_is_a_file_is_a_usage_error(cli: Cli, project: Project) -> None:
     blocker = project.root / "blocker"
     blocker.write_text("")
     result = cli("train", project.config, "--runs-dir", blocker / "runs")
@@ -236,16 +234,16 @@ def test_runs_dir_that_is_a_file_is_a_usage_error(cli, project: Project) -> None
     )
 
 
-def test_without_validation_rows_best_epoch_follows_train_loss(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
-    run = train(cli, project, "-q", "--set", "data.split={train: 0.8, val: 0, test: 0.2}")
+def test_without_validation_rows_best_epoch_follows_train_loss(cli: Cli, project: Project) -> None:
+    run = project.train(cli, "--set", "data.split={train: 0.8, val: 0, test: 0.2}")
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics) == {"train", "test", "baselines", "best_epoch"}
     with open(run / "history.csv") as f:
         assert set(next(csv.DictReader(f))) == {"epoch", "train_loss", "lr", "seconds"}
 
 
-def test_damaged_runs_are_refused_in_one_line(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
-    run = train(cli, project, "-q")
+def test_damaged_runs_are_refused_in_one_line(cli: Cli, project: Project) -> None:
+    run = project.train(cli)
     metrics, preprocessing = run / "metrics.json", run / "preprocessing.json"
     good_metrics, good_preprocessing = metrics.read_text(), preprocessing.read_text()
     for damage in ("null", '{"test": 5}', '{"test": {"mae": "x"}}'):
@@ -268,16 +266,15 @@ def test_damaged_runs_are_refused_in_one_line(cli, project: Project) -> None:  #
     assert "does not match" in cli("eval", run).err
 
 
-def test_paths_with_brackets_are_text_not_markup(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
+def test_paths_with_brackets_are_text_not_markup(cli: Cli, project: Project) -> None:
     runs_dir = project.root / "x[bold]"
-    result = cli("train", project.config, "--runs-dir", runs_dir, "-q")
-    run = Path(result.last_line)
+    run = project.train(cli, runs=runs_dir)
     assert run.parent.parent == runs_dir
     assert cli("eval", run).out.startswith(f"{run}: 10 rows of the test split")
 
 
-def test_summary_of_a_run_refuses_set(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
-    run = train(cli, project, "-q")
+def test_summary_of_a_run_refuses_set(cli: Cli, project: Project) -> None:
+    run = project.train(cli)
     result = cli("summary", run, "--set", "training.epochs=1")
     assert (result.code, result.err) == (
         2,
@@ -285,33 +282,33 @@ def test_summary_of_a_run_refuses_set(cli, project: Project) -> None:  # type: i
     )
 
 
-def test_debug_works_after_the_command(cli, project: Project, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_debug_works_after_the_command(cli: Cli, project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(experiment, "check", broken)
+    monkeypatch.setattr(check_flow, "check", broken)
     result = cli("check", project.config, "--debug")
     assert result.code == 1
     assert "Traceback" in result.err and "RuntimeError: boom" in result.err
     Path(result.err.rsplit(" ", 1)[-1].strip()).unlink()
 
 
-def test_predict_matches_columns_by_name_and_needs_no_target(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
-    run = train(cli, project, "-q")
+def test_predict_matches_columns_by_name_and_needs_no_target(cli: Cli, project: Project) -> None:
+    run = project.train(cli)
     new = project.root / "new.csv"
     new.write_text("color,id,b,a\nred,7,2.0,1.0\npurple,8,2.0,1.0\n")  # reordered, extra id
     result = cli("predict", run, "--data", new)
     assert result.code == 0, result.err
     lines = result.out.splitlines()
     assert lines[0] == "line,prediction" and [row.split(",")[0] for row in lines[1:]] == ["2", "3"]
-    reference = experiment.predict_run(run, new)
+    reference = predict_run(run, new)
     assert [float(row.split(",")[1]) for row in lines[1:]] == list(reference.columns["prediction"])
     # an unseen category ("purple") encodes as all zeros: a different prediction from red's
     assert reference.columns["prediction"][0] != reference.columns["prediction"][1]
 
 
-def test_predict_errors(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
-    run = train(cli, project, "-q")
+def test_predict_refuses_missing_columns_and_overwrites_only_with_force(cli: Cli, project: Project) -> None:
+    run = project.train(cli)
     new, out = project.root / "new.csv", project.root / "preds.csv"
     new.write_text("a,c\n1,2\n")
     result = cli("predict", run, "--data", new)
@@ -335,7 +332,7 @@ def test_predict_errors(cli, project: Project) -> None:  # type: ignore[no-untyp
     assert cli("predict", project.root, "--data", new).code == 2  # not a run
 
 
-def test_divergence_exits_3_and_marks_the_run(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
+def test_divergence_exits_3_and_marks_the_run(cli: Cli, project: Project) -> None:
     result = cli(
         "train",
         project.config,
@@ -354,11 +351,11 @@ def test_divergence_exits_3_and_marks_the_run(cli, project: Project) -> None:  #
     assert "metrics.json" not in {p.name for p in run.iterdir()}
 
 
-def test_ctrl_c_marks_the_run_interrupted_exit_130(cli, project: Project, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_ctrl_c_marks_the_run_interrupted_exit_130(cli: Cli, project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(experiment, "fit", interrupted)
+    monkeypatch.setattr(fit_flow, "fit", interrupted)
     result = cli("train", project.config, "--runs-dir", project.runs, "-q")
     (run,) = project.run_dirs()
     assert result.code == 130
@@ -370,11 +367,11 @@ def test_ctrl_c_marks_the_run_interrupted_exit_130(cli, project: Project, monkey
     assert cli("eval", run).code == 2  # never treated as complete
 
 
-def test_internal_error_is_one_line_and_a_report(cli, project: Project, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_internal_error_is_one_line_and_a_report(cli: Cli, project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(experiment, "train", broken)
+    monkeypatch.setattr(train_flow, "train", broken)
     result = cli("train", project.config)
     assert result.code == 1
     (line,) = result.err.splitlines()
@@ -386,7 +383,7 @@ def test_internal_error_is_one_line_and_a_report(cli, project: Project, monkeypa
     report.unlink()
 
 
-def test_usage_mistakes_get_one_line_and_a_suggestion(cli) -> None:  # type: ignore[no-untyped-def]
+def test_usage_mistakes_get_one_line_and_a_suggestion(cli: Cli) -> None:
     result = cli("trian", "x.yaml")
     assert result.code == 2
     assert result.err.splitlines() == [
@@ -400,10 +397,10 @@ def test_usage_mistakes_get_one_line_and_a_suggestion(cli) -> None:  # type: ign
     assert result.code == 2 and "No such option: --quite" in result.err and "--quiet" in result.err
 
 
-def test_every_command_has_help_with_an_example(cli) -> None:  # type: ignore[no-untyped-def]
+def test_every_command_has_help_with_an_example(cli: Cli) -> None:
     top = cli("--help")
     assert top.code == 0
-    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    commands = typer.main.get_group(app).commands
     assert len(commands) == 10
     for command in commands:
         assert command in top.out
@@ -432,8 +429,7 @@ def test_console_script_errors_have_no_traceback(tmp_path: Path) -> None:
     ]
 
 
-@pytest.mark.slow
-def test_mpg_reaches_the_write_up(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_mpg_reaches_the_write_up(cli: Cli, tmp_path: Path) -> None:
     result = cli("train", REPO / "configs" / "mpg.yaml", "--runs-dir", tmp_path, "--quiet")
     assert result.code == 0, result.err
     run = Path(result.last_line)
@@ -458,8 +454,7 @@ def test_mpg_reaches_the_write_up(cli, tmp_path: Path) -> None:  # type: ignore[
     assert [p["prediction"] for p in predicted] == [row["prediction"] for row in stored]
 
 
-@pytest.mark.slow
-def test_mpg_tiny_learns_with_a_scaled_target(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_mpg_tiny_learns_with_a_scaled_target(cli: Cli, tmp_path: Path) -> None:
     result = cli("train", REPO / "configs" / "mpg-tiny.yaml", "--runs-dir", tmp_path, "--quiet")
     assert result.code == 0, result.err
     metrics = json.loads((Path(result.last_line) / "metrics.json").read_text())
@@ -468,13 +463,13 @@ def test_mpg_tiny_learns_with_a_scaled_target(cli, tmp_path: Path) -> None:  # t
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_run_matches_the_cpu_run_closely(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
-    cpu = train(cli, project, "-q", "--device", "cpu")
-    cuda = train(cli, project, "-q", "--device", "cuda")
+def test_cuda_run_matches_the_cpu_run_closely(cli: Cli, project: Project) -> None:
+    cpu = project.train(cli, "--device", "cpu")
+    cuda = project.train(cli, "--device", "cuda")
     assert json.loads((cuda / "run.json").read_text())["device"].startswith("cuda")
     cpu_metrics = json.loads((cpu / "metrics.json").read_text())["test"]
     cuda_metrics = json.loads((cuda / "metrics.json").read_text())["test"]
     for name, value in cpu_metrics.items():
         assert cuda_metrics[name] == pytest.approx(value, rel=1e-3, abs=1e-4), name
     # A CUDA-trained run evaluates on the CPU too (weights are saved from the CPU side).
-    assert set(experiment.evaluate_run(cuda, device_name="cpu").scores) == REGRESSION_METRICS
+    assert set(evaluate_run(cuda, device_name="cpu").scores) == REGRESSION_METRICS

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
-from conftest import Project
+from conftest import Cli, Project
 from torch import nn
 
-from mlpkit.config.schema import BatchNormLayer, DenseLayer, DropoutLayer
-from mlpkit.errors import ConfigError, DivergedError
+from mlpkit.config.schema import BatchNormLayer, DenseLayer, DropoutLayer, Layer
+from mlpkit.errors import DivergedError
 from mlpkit.train.direct import DirectStep, Unsupported, unsupported
 from mlpkit.train.loop import Hooks, Position, StopRequested, Tensors, fit
 from mlpkit.train.model import InputSpec, build_model
@@ -33,7 +35,17 @@ def adam(model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=1e-2, fused=True)
 
 
-def train_both_ways(make_model, make_optimizer, loss_fn, data, epochs=3, batch_size=4):  # type: ignore[no-untyped-def]
+Trained = tuple[nn.Module, torch.optim.Optimizer, Position]
+
+
+def train_both_ways(
+    make_model: Callable[[], nn.Module],
+    make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
+    loss_fn: nn.Module,
+    data: Tensors,
+    epochs: int = 3,
+    batch_size: int = 4,
+) -> list[Trained]:
     """(model, optimizer, progress) trained with autograd, then the same with the direct step."""
     results = []
     for use_direct in (False, True):
@@ -42,13 +54,13 @@ def train_both_ways(make_model, make_optimizer, loss_fn, data, epochs=3, batch_s
         step = DirectStep(model, loss_fn, optimizer) if use_direct else None
         progress = fit(
             model, loss_fn, optimizer, data, None,
-            epochs=epochs, batch_size=batch_size, shuffle=True, seed=0, direct=step,
+            epochs=epochs, batch_size=batch_size, shuffle=True, seed=0, step=step,
         )  # fmt: skip
         results.append((model, optimizer, progress))
     return results
 
 
-def assert_identical(autograd, direct) -> None:  # type: ignore[no-untyped-def]
+def assert_identical(autograd: Trained, direct: Trained) -> None:
     (model_a, optimizer_a, progress_a), (model_d, optimizer_d, progress_d) = autograd, direct
     for (name, a), b in zip(
         model_a.state_dict().items(), model_d.state_dict().values(), strict=True
@@ -70,7 +82,7 @@ def assert_identical(autograd, direct) -> None:  # type: ignore[no-untyped-def]
     "activation", ["relu", "tanh", "sigmoid", "gelu", "silu", "elu", "leaky_relu", "linear"]
 )
 def test_each_activation_trains_bit_identically(activation: str) -> None:
-    layers = [dense(6, activation), dense(5, activation), dense(1)]
+    layers: list[Layer] = [dense(6, activation), dense(5, activation), dense(1)]
     x = rows()
     data = Tensors(x, x.sum(1, keepdim=True))
     autograd, direct = train_both_ways(
@@ -81,7 +93,7 @@ def test_each_activation_trains_bit_identically(activation: str) -> None:
 
 @pytest.mark.parametrize("batch_size", [1, 7])  # one row a batch (mpg's), a ragged last batch
 def test_batch_sizes_train_bit_identically(batch_size: int) -> None:
-    layers = [dense(32, "relu"), dense(8, "relu"), dense(1)]
+    layers: list[Layer] = [dense(32, "relu"), dense(8, "relu"), dense(1)]
     autograd, direct = train_both_ways(
         lambda: build_model(layers, 3, seed=0), adam, nn.MSELoss(), regression(), 2, batch_size
     )
@@ -117,7 +129,7 @@ def multiclass() -> Tensors:
     ids=["mse", "mae", "huber", "bce", "bce-pos-weight", "cross-entropy", "ce-weighted"],
 )
 def test_each_loss_trains_bit_identically(loss_fn: nn.Module, data: Tensors, outputs: int) -> None:
-    layers = [dense(8, "relu"), dense(outputs)]
+    layers: list[Layer] = [dense(8, "relu"), dense(outputs)]
     autograd, direct = train_both_ways(lambda: build_model(layers, 3, seed=1), adam, loss_fn, data)
     assert_identical(autograd, direct)
 
@@ -136,8 +148,10 @@ def test_each_loss_trains_bit_identically(loss_fn: nn.Module, data: Tensors, out
     ],
     ids=["adam-amsgrad", "adam-l2", "adamw", "sgd", "sgd-nesterov", "sgd-dampening"],
 )
-def test_each_optimizer_trains_bit_identically(make_optimizer) -> None:  # type: ignore[no-untyped-def]
-    layers = [dense(8, "tanh"), dense(4, "relu", bias=False), dense(1)]
+def test_each_optimizer_trains_bit_identically(
+    make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
+) -> None:
+    layers: list[Layer] = [dense(8, "tanh"), dense(4, "relu", bias=False), dense(1)]
     autograd, direct = train_both_ways(
         lambda: build_model(layers, 3, seed=2), make_optimizer, nn.MSELoss(), regression()
     )
@@ -147,7 +161,7 @@ def test_each_optimizer_trains_bit_identically(make_optimizer) -> None:  # type:
 def test_named_inputs_without_layers_gather_their_columns() -> None:
     # The XOR model: inputs in a different order from the columns, concatenated, then the trunk.
     inputs = [InputSpec("second", [2], []), InputSpec("first", [0, 1], [])]
-    layers = [dense(8, "tanh"), dense(1)]
+    layers: list[Layer] = [dense(8, "tanh"), dense(1)]
     autograd, direct = train_both_ways(
         lambda: build_model(layers, 3, seed=0, inputs=inputs),
         lambda m: torch.optim.SGD(m.parameters(), lr=0.1, fused=True),
@@ -196,7 +210,7 @@ def test_a_non_finite_loss_is_found_without_a_per_step_sync_and_never_applied() 
         with pytest.raises(DivergedError, match="in epoch 1, batch 6; that batch was not applied"):
             fit(
                 model, nn.MSELoss(), optimizer, data, None,
-                epochs=2, batch_size=4, shuffle=False, seed=0, direct=step,
+                epochs=2, batch_size=4, shuffle=False, seed=0, step=step,
             )  # fmt: skip
         finals.append((model, optimizer))
     (model_a, _), (model_d, optimizer_d) = finals
@@ -217,22 +231,32 @@ def test_no_checkpoint_is_saved_past_a_divergence() -> None:
         fit(
             model, nn.MSELoss(), optimizer, Tensors(x, x[:, :1]), None,
             epochs=1, batch_size=4, shuffle=False, seed=0, hooks=hooks,
-            direct=DirectStep(model, nn.MSELoss(), optimizer),
+            step=DirectStep(model, nn.MSELoss(), optimizer),
         )  # fmt: skip
     assert saved == [2]  # the save due after step 4 found the flag up and stopped instead
 
 
+Weights = dict[str, Any]  # a model's or an optimizer's state_dict()
+Saved = tuple[Position, Weights, Weights]
+
+
 def test_stopped_mid_epoch_and_resumed_it_matches_the_uninterrupted_run() -> None:
-    layers = [dense(8, "relu"), dense(1)]
+    layers: list[Layer] = [dense(8, "relu"), dense(1)]
     data = regression()
 
-    def run(stop_after: int | None, progress: Position | None = None, state=None):  # type: ignore[no-untyped-def]
+    def run(
+        stop_after: int | None,
+        progress: Position | None = None,
+        state: tuple[Weights, Weights] | None = None,
+    ) -> tuple[nn.Module | None, Saved | None]:
+        """(the trained model, None), or (None, the last save) when stopped after `stop_after`
+        polls."""
         model = build_model(layers, 3, seed=0)
         optimizer = adam(model)
         if state is not None:
             model.load_state_dict(state[0])
             optimizer.load_state_dict(state[1])
-        saved = {}
+        saved: dict[str, Saved] = {}
 
         def save(position: Position) -> None:
             saved["at"] = copy.deepcopy((position, model.state_dict(), optimizer.state_dict()))
@@ -245,28 +269,28 @@ def test_stopped_mid_epoch_and_resumed_it_matches_the_uninterrupted_run() -> Non
             fit(
                 model, nn.MSELoss(), optimizer, data, None, epochs=3, batch_size=4, shuffle=True,
                 seed=0, hooks=hooks, progress=progress,
-                direct=DirectStep(model, nn.MSELoss(), optimizer),
+                step=DirectStep(model, nn.MSELoss(), optimizer),
             )  # fmt: skip
         except StopRequested:
             return None, saved["at"]
         return model, None
 
-    _, (position, weights, optimizer_state) = run(stop_after=11)  # 8 steps, the epoch end, 3 steps
+    _, stopped = run(stop_after=11)  # 8 steps, the epoch end, 3 steps
+    assert stopped is not None
+    position, weights, optimizer_state = stopped
     assert (position.epoch, position.batches_done) == (2, 3)
     resumed, _ = run(None, position, (weights, optimizer_state))
     uninterrupted, _ = run(None)
+    assert resumed is not None and uninterrupted is not None
     for a, b in zip(resumed.parameters(), uninterrupted.parameters(), strict=True):
         assert torch.equal(a, b)
 
 
-def test_train_records_the_engine_and_threads(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
-    assert cli("train", project.config, "--runs-dir", project.root / "plain", "-q").code == 0
+def test_train_records_the_engine_and_threads(cli: Cli, project: Project) -> None:
+    runs = [project.train(cli, runs=project.root / "plain")]
     project.edit_config("  layers:\n", "  layers:\n    - {type: dropout, rate: 0.1}\n")
-    assert cli("train", project.config, "--runs-dir", project.root / "dropout", "-q").code == 0
-    plain, with_dropout = (
-        json.loads(next((project.root / kind).glob("*/*/run.json")).read_text())["training"]
-        for kind in ("plain", "dropout")
-    )
+    runs.append(project.train(cli, runs=project.root / "dropout"))
+    plain, with_dropout = (json.loads((run / "run.json").read_text())["training"] for run in runs)
     assert plain["engine"] == "direct" and plain["threads"] == 1 and plain["steps"] == 3 * 4
     assert plain["seconds"] > 0 and plain["why_not_direct"] is None
     assert with_dropout["engine"] == "autograd"
@@ -274,8 +298,8 @@ def test_train_records_the_engine_and_threads(cli, project: Project) -> None:  #
 
 
 def test_engine_direct_on_a_model_it_does_not_cover_is_a_config_error(
-    cli, project: Project
-) -> None:  # type: ignore[no-untyped-def]
+    cli: Cli, project: Project
+) -> None:
     project.edit_config("  layers:\n", "  layers:\n    - {type: dropout, rate: 0.1}\n")
     project.edit_config("  loss: mse\n", "  loss: mse\n  engine: direct\n")
     result = cli("train", project.config, "--runs-dir", project.runs)
@@ -285,13 +309,10 @@ def test_engine_direct_on_a_model_it_does_not_cover_is_a_config_error(
     assert "the direct step does not cover a Dropout layer" in result.err
 
 
-def test_both_engines_give_the_same_run(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
-    assert cli("train", project.config, "--runs-dir", project.root / "direct", "-q").code == 0
+def test_both_engines_give_the_same_run(cli: Cli, project: Project) -> None:
+    direct_run = project.train(cli, runs=project.root / "direct")
     project.edit_config("  loss: mse\n", "  loss: mse\n  engine: autograd\n")
-    assert cli("train", project.config, "--runs-dir", project.root / "autograd", "-q").code == 0
-    direct_run, autograd_run = (
-        next((project.root / kind).glob("*/*")) for kind in ("direct", "autograd")
-    )
+    autograd_run = project.train(cli, runs=project.root / "autograd")
     for name in ("model.safetensors", "metrics.json", "predictions.csv"):
         assert (direct_run / name).read_bytes() == (autograd_run / name).read_bytes(), name
     history = [(run / "history.csv").read_text().splitlines() for run in (direct_run, autograd_run)]
@@ -302,7 +323,7 @@ def test_both_engines_give_the_same_run(cli, project: Project) -> None:  # type:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_on_cuda_the_direct_step_matches_autograd_without_host_syncs() -> None:
-    layers = [dense(32, "relu"), dense(8, "relu"), dense(1)]
+    layers: list[Layer] = [dense(32, "relu"), dense(8, "relu"), dense(1)]
     x = rows(64).cuda()
     data = Tensors(x, x[:, :1] * 2 - x[:, 1:2])
     autograd, direct = train_both_ways(
@@ -312,7 +333,7 @@ def test_on_cuda_the_direct_step_matches_autograd_without_host_syncs() -> None:
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     model, optimizer, _ = direct
     step = DirectStep(model, nn.MSELoss(), optimizer)
-    batches = list(zip(data.x.split(1), data.y.split(1), strict=True))
+    batches = list(zip(torch.split(data.x, 1), torch.split(data.y, 1), strict=True))
     step(*batches[0])  # the first step makes its scalar constants on the device
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")  # any host sync inside a step raises
@@ -327,7 +348,7 @@ def test_on_cuda_the_direct_step_matches_autograd_without_host_syncs() -> None:
 def test_a_one_unit_layer_fed_one_row_trains_bit_identically() -> None:
     # A [1, 1] activation counts as column-major to autograd, which then takes the input
     # gradient as (W^T g^T)^T: summed in another order than g W for a wide next layer.
-    layers = [dense(1, "tanh"), dense(257, "tanh"), dense(1)]
+    layers: list[Layer] = [dense(1, "tanh"), dense(257, "tanh"), dense(1)]
     autograd, direct = train_both_ways(
         lambda: build_model(layers, 3, seed=0), adam, nn.MSELoss(), regression(), 2, 1
     )
@@ -336,7 +357,7 @@ def test_a_one_unit_layer_fed_one_row_trains_bit_identically() -> None:
 
 def test_batch_norm_after_named_inputs_is_not_covered_and_does_not_crash() -> None:
     inputs = [InputSpec("a", [0], []), InputSpec("b", [1, 2], [])]
-    layers = [dense(4, "relu"), BatchNormLayer(type="batch_norm"), dense(1)]
+    layers: list[Layer] = [dense(4, "relu"), BatchNormLayer(type="batch_norm"), dense(1)]
     model = build_model(layers, 3, seed=0, inputs=inputs)
     assert unsupported(model, nn.MSELoss(), adam(model)) == "a BatchNorm1d layer at that place"
 
@@ -350,36 +371,22 @@ def test_the_optimizer_state_is_settled_however_fit_stops() -> None:
         fit(
             model, nn.MSELoss(), optimizer, regression(), None,
             epochs=2, batch_size=4, shuffle=True, seed=0, hooks=hooks,
-            direct=DirectStep(model, nn.MSELoss(), optimizer),
+            step=DirectStep(model, nn.MSELoss(), optimizer),
         )  # fmt: skip
     assert {int(state["step"]) for state in optimizer.state.values()} == {6}
 
 
-def test_a_restored_optimizer_the_direct_step_refuses_trains_through_autograd(  # type: ignore[no-untyped-def]
-    cli, project: Project, monkeypatch: pytest.MonkeyPatch
+def test_a_restored_optimizer_the_direct_step_refuses_trains_through_autograd(
+    cli: Cli, project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def refuse(self, model, loss_fn, optimizer):  # type: ignore[no-untyped-def]
+    def refuse(
+        self: DirectStep, model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer
+    ) -> None:
         raise Unsupported("Adam without fused=True")
 
     monkeypatch.setattr(DirectStep, "__init__", refuse)
-    assert cli("train", project.config, "--runs-dir", project.runs, "-q").code == 0
-    (run,) = project.run_dirs()
+    run = project.train(cli)
     training = json.loads((run / "run.json").read_text())["training"]
     assert training["engine"] == "autograd"
     assert training["why_not_direct"] == "Adam without fused=True"
     assert training["steps"] == 12
-
-
-def test_a_run_checkpointed_before_engine_and_threads_existed_resumes(project: Project) -> None:
-    from types import SimpleNamespace
-
-    from mlpkit.config.load import load_config
-    from mlpkit.flows.experiment import _refuse_changes, resolved_config
-
-    loaded = load_config(project.config, [])
-    old = resolved_config(loaded)
-    del old["training"]["engine"], old["training"]["threads"]
-    _refuse_changes(loaded, SimpleNamespace(config=old), project.config)  # type: ignore[arg-type]
-    old["training"]["epochs"] = 99
-    with pytest.raises(ConfigError, match=r"training\.epochs"):
-        _refuse_changes(loaded, SimpleNamespace(config=old), project.config)  # type: ignore[arg-type]

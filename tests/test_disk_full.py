@@ -11,10 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Project
+from conftest import EpochListener, Project
 
+from mlpkit.config.load import load_config
 from mlpkit.errors import EnvironmentFault
-from mlpkit.flows import experiment
+from mlpkit.flows.train import train
 from mlpkit.rundir import catalog, checkpoints
 from mlpkit.train.loop import EpochRecord
 
@@ -63,7 +64,7 @@ def test_disk_full_mid_training_exits_4_and_resumes_exactly(  # type: ignore[no-
 
     runs = small_disk / "runs"
     with pytest.raises(EnvironmentFault) as caught:
-        experiment.train(project.config, [], runs, on_epoch=full_after_epoch_2)
+        train(load_config(project.config), runs, listener=EpochListener(full_after_epoch_2))
     assert caught.value.exit_code == 4
     (run,) = runs.glob("*/*")
     assert caught.value.render() == (

@@ -25,10 +25,12 @@ from conftest import REPO, Project
 
 from mlpkit import MlpkitError
 from mlpkit.config import registries
+from mlpkit.config.load import load_config
 from mlpkit.config.schema import BatchNormLayer, DenseLayer, DropoutLayer, Layer
 from mlpkit.data.preprocessing import CategoricalFeature, NumericFeature, Preprocessor, TargetScale
-from mlpkit.flows import experiment
-from mlpkit.report import export
+from mlpkit.flows import export
+from mlpkit.flows.train import train
+from mlpkit.report import onnx_graph, torchscript
 from mlpkit.rundir import runs
 from mlpkit.train.model import InputSpec, build_model
 from mlpkit.train.tasks import Regression
@@ -59,7 +61,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("runs")
     done = {}
     for name, (config, overrides) in RUNS.items():
-        result = experiment.train(REPO / "configs" / config, [*overrides, f"name={name}"], folder)
+        result = train(load_config(REPO / "configs" / config, [*overrides, f"name={name}"]), folder)
         done[name] = result.run_dir
     return done
 
@@ -77,11 +79,11 @@ def test_every_export_passes_its_check_and_is_recorded_in_run_json(
 ) -> None:
     for (name, fmt), done in exported.items():
         run = trained[name]
-        assert done.path == run / export.FILE_NAMES[fmt]
+        assert done.path == run / runs.EXPORTS[fmt]
         info = runs.open_run(run).info  # run.json with its exports still validates
         records = {record.path: record for record in info.exports}
         assert set(records) == {"model.onnx", "model.torchscript.pt"}
-        record = records[export.FILE_NAMES[fmt]]
+        record = records[runs.EXPORTS[fmt]]
         assert record == done.record
         assert record.format == fmt and record.split == "test"
         assert 0 <= record.max_abs_diff <= TOLERANCE, (name, fmt, record.max_abs_diff)
@@ -259,9 +261,11 @@ def test_every_layer_model_py_builds_exports(tmp_path: Path) -> None:
     task = Regression(preprocessor.target, "mse", {})
     want = export.reference(preprocessor, model, task, frame)
     assert np.unique(want).size == 64  # not a constant: every row tells
-    onnx_got = export.run_onnx(export.onnx_bytes(preprocessor, model, task), preprocessor, frame)
-    script_got = export.run_torchscript(
-        export.torchscript_bytes(preprocessor, model, task), preprocessor, frame
+    onnx_got = onnx_graph.run_onnx(
+        onnx_graph.onnx_bytes(preprocessor, model, task), preprocessor, frame
+    )
+    script_got = torchscript.run_torchscript(
+        torchscript.torchscript_bytes(preprocessor, model, task), preprocessor, frame
     )
     assert np.abs(onnx_got - want).max() <= TOLERANCE
     assert np.abs(script_got - want).max() <= TOLERANCE
@@ -277,13 +281,15 @@ def test_column_names_never_clash_with_the_graph_s_own() -> None:
     model = build_model([DenseLayer(type="dense", units=1)], 2, seed=0).eval()
     task = Regression(preprocessor.target, "mse", {})
     frame = pd.DataFrame({"/c0": [0.0, 5.0, 7.0], "/0/Unsqueeze": [1.0, -2.0, 4.0]})
-    got = export.run_onnx(export.onnx_bytes(preprocessor, model, task), preprocessor, frame)
+    got = onnx_graph.run_onnx(onnx_graph.onnx_bytes(preprocessor, model, task), preprocessor, frame)
     assert np.abs(got - export.reference(preprocessor, model, task, frame)).max() <= TOLERANCE
     named = preprocessor.model_copy(
         update={"features": [NumericFeature(name="prediction", mean=0, std=1)]}
     )
     with pytest.raises(MlpkitError, match="a feature column is named 'prediction'"):
-        export.onnx_model(named, build_model([DenseLayer(type="dense", units=1)], 1, seed=0), task)
+        onnx_graph.onnx_model(
+            named, build_model([DenseLayer(type="dense", units=1)], 1, seed=0), task
+        )
 
 
 def test_without_the_export_extra_onnx_says_what_to_install(

@@ -218,7 +218,7 @@ def test_mpg_starter_reaches_r2_085(cli, tmp_path: Path) -> None:  # type: ignor
 def test_init_needs_no_torch(mixed: Path) -> None:
     code, imported, _, err = probe("init", mixed, "--target", "y", cwd=mixed.parent)
     assert (code, err) == (0, "")
-    assert "torch" not in imported and "mlpkit.flows.experiment" not in imported
+    assert "torch" not in imported and "mlpkit.flows.train" not in imported
 
 
 def test_a_parquet_file_works_too(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -138,9 +138,9 @@ def test_a_multi_input_run_end_to_end(cli, two: Project) -> None:  # type: ignor
     assert 'concatenate_0 ( concatenate["tanh_0", "color"] )' in cli("summary", run).out
     stored = json.loads((run / "metrics.json").read_text())["test"]
     assert cli("eval", run).code == 0
-    from mlpkit.flows import experiment
+    from mlpkit.flows.evaluate import evaluate_run
 
-    assert experiment.evaluate_run(run).scores == stored
+    assert evaluate_run(run).scores == stored
     new = two.root / "new.csv"
     new.write_text("color,b,a\nred,2,1\n")
     assert cli("predict", run, "--data", new).out.startswith("line,prediction\n2,")
@@ -194,9 +194,9 @@ def test_synthetic_sources_are_checked(cli, project: Project) -> None:  # type: 
     assert result.code == 0, result.err
     run = Path(result.last_line)
     stored = json.loads((run / "metrics.json").read_text())["test"]
-    from mlpkit.flows import experiment
+    from mlpkit.flows.evaluate import evaluate_run
 
-    assert experiment.evaluate_run(run).scores == stored  # the test rows are drawn again
+    assert evaluate_run(run).scores == stored  # the test rows are drawn again
 
 
 SHAPES = """\

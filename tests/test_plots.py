@@ -19,9 +19,10 @@ from matplotlib.figure import Figure
 from matplotlib.image import imread
 from sklearn import metrics as sk
 
+from mlpkit.config.load import load_config
 from mlpkit.errors import EnvironmentFault, Problem
-from mlpkit.flows import experiment
-from mlpkit.report import plots
+from mlpkit.flows.train import train
+from mlpkit.report import charts, plots
 
 pytestmark = pytest.mark.plots  # in-process runs draw their plots here (conftest.py)
 
@@ -72,7 +73,7 @@ def trained(root: Path, config: str, data: str, *overrides: str) -> Path:
     root.mkdir()
     (root / "config.yaml").write_text(config)
     (root / "data.csv").write_text(data)
-    return experiment.train(root / "config.yaml", list(overrides), root / "runs").run_dir
+    return train(load_config(root / "config.yaml", list(overrides)), root / "runs").run_dir
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +99,7 @@ def stream(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """configs/xor.yaml, shortened: a synthetic source, binary, labels 0 and 1."""
     runs = tmp_path_factory.mktemp("plots") / "runs"
     overrides = ["training.epochs=3", "training.iterations_per_epoch=20", "data.eval_rows=200"]
-    return experiment.train(REPO / "configs" / "xor.yaml", overrides, runs).run_dir
+    return train(load_config(REPO / "configs" / "xor.yaml", overrides), runs).run_dir
 
 
 def copy_run(run: Path, root: Path) -> Path:
@@ -159,7 +160,7 @@ def test_train_draws_the_plots_of_its_task(
 def test_the_best_epoch_is_marked_on_every_panel(regression: Path) -> None:
     data = plots.read_run(regression)
     best = data.metrics.best_epoch
-    figure = plots.learning_curves(data)
+    figure = charts.learning_curves(data)
     titles = [ax.get_title() for ax in figure.axes]
     assert [t.split(" (")[0] for t in titles] == ["loss", "mae", "r2"]  # the config's metrics
     legends = lines_labelled(figure)
@@ -193,11 +194,11 @@ def test_a_changing_lr_gets_a_panel_a_constant_one_a_note(regression: Path) -> N
     data = plots.read_run(regression)
     epochs = len(data.history["epoch"])
     data.history["lr"] = np.full(epochs, 0.01)
-    figure = plots.learning_curves(data)
+    figure = charts.learning_curves(data)
     assert "lr 0.01 throughout" in figure.get_suptitle()
     assert len(figure.axes) == 3
     data.history["lr"] = 0.01 * 0.5 ** np.arange(epochs)
-    figure = plots.learning_curves(data)
+    figure = charts.learning_curves(data)
     assert [ax.get_title() for ax in figure.axes][-1] == "learning rate (log scale)"
     assert "throughout" not in figure.get_suptitle()
 
@@ -206,7 +207,7 @@ def test_a_run_without_validation_plots_train_loss_only(tmp_path: Path) -> None:
     run = trained(
         tmp_path / "noval", TINY_CONFIG, tiny_csv(), "data.split={train: 0.8, val: 0, test: 0.2}"
     )
-    figure = plots.learning_curves(plots.read_run(run))
+    figure = charts.learning_curves(plots.read_run(run))
     assert "no validation split" in figure.get_suptitle()
     best = json.loads((run / "metrics.json").read_text())["best_epoch"]
     assert lines_labelled(figure) == [["train", f"best epoch {best}"]]
@@ -216,13 +217,13 @@ def test_a_run_without_validation_plots_train_loss_only(tmp_path: Path) -> None:
 def test_regression_plots_show_every_test_row(regression: Path) -> None:
     data = plots.read_run(regression)
     actual, predicted = data.column("y"), data.column("prediction")
-    figure = plots.predicted_vs_actual(data, actual, predicted)
+    figure = charts.predicted_vs_actual(data, actual, predicted)
     (ax,) = figure.axes
     points = ax.collections[0].get_offsets()
     assert np.array_equal(np.asarray(points), np.column_stack([actual, predicted]))
     assert "predicted vs actual, test split (10 rows)" in figure.get_suptitle()
     assert ax.get_xlabel() == "actual y" and ax.get_ylabel() == "predicted y"
-    residual_ax = plots.residuals(data, actual, predicted).axes[0]
+    residual_ax = charts.residuals(data, actual, predicted).axes[0]
     residual = np.asarray(residual_ax.collections[0].get_offsets())[:, 1]
     assert np.allclose(residual, actual - predicted)
 
@@ -230,10 +231,10 @@ def test_regression_plots_show_every_test_row(regression: Path) -> None:
 def test_large_test_splits_show_a_fixed_sample(
     regression: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(plots, "MAX_POINTS", 4)
+    monkeypatch.setattr(charts, "MAX_POINTS", 4)
     data = plots.read_run(regression)
     actual, predicted = data.column("y"), data.column("prediction")
-    first, again = (plots.predicted_vs_actual(data, actual, predicted) for _ in range(2))
+    first, again = (charts.predicted_vs_actual(data, actual, predicted) for _ in range(2))
     points = np.asarray(first.axes[0].collections[0].get_offsets())
     assert len(points) == 4 and "(4 of 10 rows shown)" in first.get_suptitle()
     assert np.array_equal(points, np.asarray(again.axes[0].collections[0].get_offsets()))
@@ -259,7 +260,7 @@ def test_roc_and_pr_agree_with_sklearn(binary: Path, multiclass: Path) -> None:
 
 def test_the_confusion_matrix_shows_each_split_labelled(multiclass: Path) -> None:
     confusion = json.loads((multiclass / "metrics.json").read_text())["confusion_matrix"]
-    figure = plots.confusion_matrix(plots.read_run(multiclass), confusion["labels"])
+    figure = charts.confusion_matrix(plots.read_run(multiclass), confusion["labels"])
     panels, bar = figure.axes[:3], figure.axes[3]
     assert [ax.get_title().split(":")[0] for ax in panels] == ["train", "val", "test"]
     assert bar.get_ylabel() == "share of the true class"
@@ -339,7 +340,7 @@ def test_names_and_labels_are_shown_as_they_are(multiclass: Path) -> None:
     """A pair of $ in a class label would be mathtext to matplotlib, and this one an error."""
     data = plots.read_run(multiclass)
     labels = [r"$\q$", "low", "mid"]
-    figure = plots.confusion_matrix(data, labels)
+    figure = charts.confusion_matrix(data, labels)
     assert plots.png(figure).startswith(PNG_SIGNATURE)
     assert figure.axes[0].get_yticklabels()[0].get_text() == r"\$\q\$"
 

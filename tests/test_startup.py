@@ -23,7 +23,7 @@ PROBE = """\
 import json, sys
 from mlpkit.cli import run_cli
 code = run_cli(sys.argv[1:])
-heavy = ["torch", "pandas", "numpy", "sklearn", "pyarrow", "matplotlib", "mlpkit.flows.experiment"]
+heavy = ["torch", "pandas", "numpy", "sklearn", "pyarrow", "matplotlib", "mlpkit.flows.train"]
 print(json.dumps({"code": code, "imported": [m for m in heavy if m in sys.modules]}))
 """
 
@@ -79,7 +79,7 @@ def test_a_misspelt_key_exits_2_before_torch(command: str, config: Path, tmp_pat
     assert len(err.splitlines()) == 1
     assert f"Error: {config}:14: {MISSPELT_KEY}" in err
     assert "torch" not in imported
-    assert "mlpkit.flows.experiment" not in imported
+    assert "mlpkit.flows.train" not in imported
     assert not (tmp_path / "runs").exists()  # train made no run directory
 
 

@@ -15,7 +15,7 @@ from mlpkit.config.schema import DataConfig, SplitConfig
 from mlpkit.data.filestream import assign_parts, scan
 from mlpkit.data.preprocessing import TrainingRows, fit_preprocessor
 from mlpkit.data.table import read_table
-from mlpkit.flows import experiment
+from mlpkit.flows.evaluate import evaluate_run
 
 STREAM = "  path: data.csv\n  stream: true\n  chunk_rows: 40\n  workers: 0\n"
 
@@ -95,7 +95,7 @@ def test_streamed_training_writes_a_run_eval_reproduces(cli, streamed: Project) 
     assert info["status"] == "complete" and info["data"]["rows"] == 400
     predictions = pd.read_csv(run / "predictions.csv")
     assert len(predictions) == metrics_rows(streamed) and predictions.columns[0] == "line"
-    assert experiment.evaluate_run(run).scores == metrics["test"]  # the same test sample, exactly
+    assert evaluate_run(run).scores == metrics["test"]  # the same test sample, exactly
     streamed.data.write_text(streamed.data.read_text() + "1,2,red,3\n")
     changed = cli("eval", run)
     assert changed.code == 2 and "the data file changed since the run was trained" in changed.err

@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import Project
+from conftest import REPO, Cli, Project
 from sklearn import metrics as sk
 from sklearn.utils.class_weight import compute_class_weight
 
 from mlpkit.config.load import load_config
 from mlpkit.data.preprocessing import ClassLabels, sorted_labels
 from mlpkit.errors import ConfigError
-from mlpkit.train.tasks import Binary, Multiclass, make_task
+from mlpkit.train.tasks import Binary, Multiclass, make_task, multiclass_scores
 
 CLASSIFIER = """\
 name: species
@@ -101,7 +101,7 @@ def test_the_task_follows_the_loss_and_fills_its_defaults(classifier: Project) -
         ),
     ],
 )
-def test_task_rules(classifier: Project, overrides: list[str], expected: str) -> None:
+def test_settings_that_do_not_fit_the_task_are_refused(classifier: Project, overrides: list[str], expected: str) -> None:
     lines = config_errors(classifier, *overrides)
     assert any(expected in line for line in lines), lines
 
@@ -157,10 +157,8 @@ def test_multiclass_scores_from_logits_match_sklearn() -> None:
     assert ours["log_loss"] == pytest.approx(sk.log_loss(truth, probabilities))
 
 
-def test_classification_run_end_to_end(cli, classifier: Project) -> None:  # type: ignore[no-untyped-def]
-    result = cli("train", classifier.config, "--runs-dir", classifier.runs, "-q")
-    assert result.code == 0, result.err
-    run = Path(result.last_line)
+def test_classification_run_end_to_end(cli: Cli, classifier: Project) -> None:
+    run = classifier.train(cli)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["test"]["accuracy"] >= 0.8
     assert set(metrics["baselines"]) == {"majority", "logistic_regression"}
@@ -195,8 +193,8 @@ def test_classification_run_end_to_end(cli, classifier: Project) -> None:  # typ
     assert predicted.out.splitlines()[1].startswith("2,setosa,")
 
 
-def test_eval_on_a_file_with_an_unknown_label(cli, classifier: Project) -> None:  # type: ignore[no-untyped-def]
-    run = Path(cli("train", classifier.config, "--runs-dir", classifier.runs, "-q").last_line)
+def test_eval_refuses_a_label_unseen_in_training(cli: Cli, classifier: Project) -> None:
+    run = classifier.train(cli)
     other = classifier.root / "other.csv"
     other.write_text("a,b,species\n1,2,setosa\n1,2,tulip\n")
     result = cli("eval", run, "--data", other)
@@ -223,8 +221,8 @@ def test_eval_on_a_file_with_an_unknown_label(cli, classifier: Project) -> None:
     ],
 )
 def test_class_problems_found_before_training(
-    cli, classifier: Project, overrides: list[str], expected: str
-) -> None:  # type: ignore[no-untyped-def]
+    cli: Cli, classifier: Project, overrides: list[str], expected: str
+) -> None:
     args = [arg for override in overrides for arg in ("--set", override)]
     result = cli("train", classifier.config, "--runs-dir", classifier.runs, *args)
     assert result.code == 2 and len(result.err.splitlines()) == 1, result.err
@@ -232,7 +230,7 @@ def test_class_problems_found_before_training(
     assert not classifier.runs.exists()
 
 
-def test_a_single_class_is_refused(cli, classifier: Project) -> None:  # type: ignore[no-untyped-def]
+def test_a_single_class_is_refused(cli: Cli, classifier: Project) -> None:
     classifier.data.write_text("a,b,species\n" + "1,2,setosa\n" * 20)
     result = cli("check", classifier.config)
     assert result.err == (
@@ -241,11 +239,8 @@ def test_a_single_class_is_refused(cli, classifier: Project) -> None:  # type: i
     )
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", ["breast-cancer", "wine"])
-def test_shipped_classification_examples_learn(cli, tmp_path: Path, name: str) -> None:  # type: ignore[no-untyped-def]
-    from conftest import REPO
-
+def test_shipped_classification_examples_learn(cli: Cli, tmp_path: Path, name: str) -> None:
     result = cli("train", REPO / "configs" / f"{name}.yaml", "--runs-dir", tmp_path, "-q")
     assert result.code == 0, result.err
     metrics = json.loads((Path(result.last_line) / "metrics.json").read_text())
@@ -253,14 +248,12 @@ def test_shipped_classification_examples_learn(cli, tmp_path: Path, name: str) -
     assert metrics["test"]["accuracy"] > metrics["baselines"]["majority"]["accuracy"] + 0.3
 
 
-def test_review_fixes_two_class_multiclass_and_rare_classes(cli, classifier: Project) -> None:  # type: ignore[no-untyped-def]
+def test_multiclass_over_two_classes_trains_with_top_k_accuracy(
+    cli: Cli, classifier: Project
+) -> None:
     # multiclass over two classes (top_k 2 = all classes) trains and scores
-    result = cli(
-        "train",
-        classifier.config,
-        "--runs-dir",
-        classifier.runs,
-        "-q",
+    classifier.train(
+        cli,
         "--set",
         "data.target=sick",
         "--set",
@@ -268,8 +261,11 @@ def test_review_fixes_two_class_multiclass_and_rare_classes(cli, classifier: Pro
         "--set",
         "training.metrics=[accuracy, top_k_accuracy]",
     )
-    assert result.code == 0, result.err
-    # a class that gets no training rows is refused before any run exists
+
+
+def test_a_class_without_training_rows_is_refused_before_any_run(
+    cli: Cli, classifier: Project
+) -> None:
     classifier.data.write_text(classifier.data.read_text() + "0.0,0.0,rare,0\n")
     result = cli(
         "train",
@@ -283,7 +279,9 @@ def test_review_fixes_two_class_multiclass_and_rare_classes(cli, classifier: Pro
     assert not (classifier.runs / "x").exists()
 
 
-def test_review_fixes_roc_auc_undefined_on_one_split(cli, classifier: Project) -> None:  # type: ignore[no-untyped-def]
+def test_roc_auc_undefined_on_a_split_is_left_out_and_shown_as_a_dash(
+    cli: Cli, classifier: Project
+) -> None:
     rows = classifier.data.read_text().splitlines()
     # two positives only: stratified, one lands in train, one in test, none in val
     body = [r.rsplit(",", 1)[0] + ",0" for r in rows[1:]]
@@ -311,13 +309,16 @@ def test_review_fixes_roc_auc_undefined_on_one_split(cli, classifier: Project) -
     assert any(line.startswith("│ roc_auc") and " - " in line for line in result.out.splitlines())
 
 
-def test_review_fixes_config_checks(cli, classifier: Project) -> None:  # type: ignore[no-untyped-def]
+def test_class_weights_must_name_classes(cli: Cli, classifier: Project) -> None:
     result = cli("check", classifier.config, "--set", "training.class_weights={cat: 5}")
     assert result.code == 2
     assert (
         "training.class_weights: cat is not a class; the classes are setosa, versicolor"
         in result.err
     )
+
+
+def test_check_finds_named_input_mistakes(cli: Cli, classifier: Project) -> None:
     two = "model.inputs={p: {columns: [a], layers: [{type: batch_norm}]}, q: {columns: [b]}}"
     result = cli("check", classifier.config, "--set", two, "--set", "training.batch_size=1")
     assert "batch_norm needs batches of at least 2 rows" in result.err
@@ -327,31 +328,17 @@ def test_review_fixes_config_checks(cli, classifier: Project) -> None:  # type: 
     assert "'dense_0' cannot name an input" in result.err
 
 
-def test_numeric_labels_have_one_spelling(cli, classifier: Project) -> None:  # type: ignore[no-untyped-def]
+def test_numeric_labels_have_one_spelling(cli: Cli, classifier: Project) -> None:
     assert sorted_labels(np.array(["1", "1.0", "01", "2"])) == ["1", "2"]
     labels = ClassLabels(name="y", classes=["0", "1"])
     assert labels.encode(np.array(["1.0", "0", "1"])).tolist() == [1, 0, 1]
-    run = Path(
-        cli(
-            "train",
-            classifier.config,
-            "--runs-dir",
-            classifier.runs,
-            "-q",
-            "--set",
-            "data.target=sick",
-            "--set",
-            "model.layers.1.units=2",
-        ).last_line
-    )
+    run = classifier.train(cli, "--set", "data.target=sick", "--set", "model.layers.1.units=2")
     spelled = classifier.root / "spelled.csv"
     spelled.write_text("a,b,sick\n1,1,1.0\n-1,-1,0.0\n")
     assert cli("eval", run, "--data", spelled).code == 0
 
 
 def test_f1_averages_over_the_classes_present() -> None:
-    from mlpkit.train.tasks import multiclass_scores
-
     perfect = np.array([[0.9, 0.1, 0.0], [0.1, 0.9, 0.0]])  # class 2 never occurs
     scores = multiclass_scores(np.array([0, 1]), perfect, 2, None)
     assert scores["f1_macro"] == 1.0 == sk.f1_score([0, 1], [0, 1], average="macro")

@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pytest
 import yaml
-from conftest import TINY_CONFIG, Project, stop_at_poll, tiny_csv
+from conftest import TINY_CONFIG, EpochListener, Project, stop_at_poll, tiny_csv
 
 from mlpkit.config.load import load_config
 from mlpkit.errors import ConfigError
-from mlpkit.flows import experiment
+from mlpkit.flows.train import train
 from mlpkit.report import tracking
 from mlpkit.rundir import checkpoints
 
@@ -268,7 +268,8 @@ def test_a_tracker_failing_mid_training_warns_once_and_the_run_completes(
             client, run_id = client_of(link.parent)
             client.delete_run(run_id)
 
-    result = experiment.train(project.config, [], shared / "runs", on_epoch=break_the_mlflow_run)
+    listener = EpochListener(break_the_mlflow_run)
+    result = train(load_config(project.config), shared / "runs", listener=listener)
     (warning,) = capsys.readouterr().err.splitlines()
     assert warning.startswith("Warning: tracking.mlflow: ")
     assert "must be in the 'active' state" in warning

@@ -1,4 +1,5 @@
-"""The `mlpkit` command line: parse, call a flow in experiment.py, render. Nothing else.
+"""The `mlpkit` command line: parse, call a flow (flows/, one module per verb), render. Nothing
+else.
 
 Expected failures (MlpkitError) print one line per problem on stderr with their exit code; a
 usage mistake prints one line with exit 2; anything else is a bug: one line, the traceback saved
@@ -19,13 +20,12 @@ from typer._click import exceptions as click_exceptions  # typer's vendored clic
 from mlpkit.errors import MlpkitError, Problem
 
 if TYPE_CHECKING:
-    import torch
     from rich.console import Console
 
-    from mlpkit.flows.experiment import TrainResult
-    from mlpkit.report.summary import Summary
-    from mlpkit.train.loop import Position
-    from mlpkit.train.prepare import Prepared
+    from mlpkit.config.load import LoadedConfig
+    from mlpkit.flows.fit import Listener, Start, TrainResult
+    from mlpkit.report.display import EpochPrinter, SeedsPrinter
+    from mlpkit.train.loop import EpochRecord
 
 # Heavy modules (torch, pandas, sklearn, rich's renderers, the flows) are imported inside
 # the commands that use them, so `mlpkit --help`, `mlpkit COMMAND --help` and a config mistake
@@ -131,36 +131,24 @@ def train(
     if seeds is not None:
         _train_seeds(config, resume, set_ or [], Path(runs_dir), device, quiet, seeds)
         return
+    loaded = None
     if config is not None and resume is None:
-        _load_config(config, set_)  # config mistakes exit here, before torch is imported
-    from mlpkit.flows import experiment
+        loaded = _load_config(config, set_)  # config mistakes exit here, before torch is imported
     from mlpkit.report import display
 
     console = _stdout()
     printer = display.EpochPrinter(console)
-
-    def on_start(
-        prepared: Prepared, device: torch.device, summary: Summary, position: Position | None
-    ) -> None:
-        headline = _headline(prepared, device, summary)
-        done = 0
-        if position is not None:  # a resumed run: say where it carries on
-            done = position.epoch - 1
-            headline += f"; resuming at epoch {position.epoch}, batch {position.batches_done + 1}"
-        has_val = len(prepared.split.val) > 0
-        training = prepared.config.training
-        scheduled = training.scheduler is not None
-        printer.start(headline, training.epochs, has_val, epochs_done=done, show_lr=scheduled)
-
-    starting, each_epoch = (None, None) if quiet else (on_start, printer)
+    listener = None if quiet else _EpochLines(printer)
     try:
-        if resume is not None:
-            result = experiment.resume(resume, config, set_ or [], device, starting, each_epoch)
+        if loaded is None:
+            assert resume is not None
+            from mlpkit.flows.resume import resume as resume_run
+
+            result = resume_run(resume, config, set_ or [], device, listener)
         else:
-            assert config is not None
-            result = experiment.train(
-                config, set_ or [], Path(runs_dir), device, starting, each_epoch
-            )
+            from mlpkit.flows.train import train as train_run
+
+            result = train_run(loaded, Path(runs_dir), device, listener)
     finally:
         printer.close()
     if not quiet:
@@ -174,15 +162,16 @@ def check(config: ConfigArg, set_: SetOpt = None) -> None:
 
     Example: mlpkit check configs/mpg.yaml
     """
-    _load_config(config, set_)  # config mistakes exit here, before torch is imported
-    from mlpkit.flows import experiment
+    loaded = _load_config(config, set_)  # config mistakes exit here, before torch is imported
+    from mlpkit.flows.check import check as check_config
 
-    prepared = experiment.check(config, set_ or [])
+    checked = check_config(loaded)
+    prepared = checked.prepared
     counts = prepared.split_counts
     print(
         f"ok: {config}: {prepared.data_rows} rows, split {counts['train']}/{counts['val']}/"
         f"{counts['test']}, {len(prepared.preprocessor.input_names)} inputs, "
-        f"{prepared.summary().total_parameters:,} parameters"
+        f"{checked.summary.total_parameters:,} parameters"
     )
 
 
@@ -207,14 +196,14 @@ def summary(
                     hint=f"drop --set to summarize {target}",
                 )
             )
-        from mlpkit.flows import experiment
+        from mlpkit.flows.check import summary_of_run
 
-        result = experiment.summary_of_run(target)
+        result = summary_of_run(target)
     else:
-        _load_config(target, set_)  # config mistakes exit here, before torch is imported
-        from mlpkit.flows import experiment
+        loaded = _load_config(target, set_)  # config mistakes exit here, before torch
+        from mlpkit.flows.check import summary_of_config
 
-        result = experiment.summary_of_config(target, set_ or [])
+        result = summary_of_config(loaded)
     if graph:
         sys.stdout.write(render_mermaid(result))
     else:
@@ -231,10 +220,10 @@ def evaluate(
 
     Example: mlpkit eval runs/mpg/20261121-101500-1a2b3c
     """
-    from mlpkit.flows import experiment
+    from mlpkit.flows.evaluate import evaluate_run
     from mlpkit.report import display
 
-    result = experiment.evaluate_run(run, data, device)
+    result = evaluate_run(run, data, device)
     metrics = result.run.metrics
     reference = metrics.test if metrics is not None and data is None else None
     console = _stdout()
@@ -260,10 +249,10 @@ def predict_command(
         raise MlpkitError(
             Problem("already exists", file=str(out), hint="pass --force to overwrite")
         )
-    from mlpkit.flows import experiment
+    from mlpkit.flows.predict import predict_run
     from mlpkit.rundir import runs
 
-    predictions = experiment.predict_run(run, data, device)
+    predictions = predict_run(run, data, device)
     if out is None:
         sys.stdout.write(predictions.to_csv())
     else:
@@ -291,7 +280,7 @@ def export_command(
 
     Example: mlpkit export runs/mpg/20261121-101500-1a2b3c --format onnx
     """
-    from mlpkit.report import export
+    from mlpkit.flows import export
 
     done = export.export_run(run, format_, out, force)
     record = done.record
@@ -407,14 +396,49 @@ def init_command(
     console.print(f"wrote {out}; check it with: mlpkit check {out}; train: mlpkit train {out}")
 
 
-def _headline(prepared: Prepared, device: torch.device, summary: Summary) -> str:
+def _headline(start: Start) -> str:
     """What is about to train, in one line."""
+    prepared = start.prepared
     return (
         f"{prepared.config.name}: {prepared.data_rows} rows of {prepared.table.path.name}"
         f" -> {prepared.describe_split()}; "
         f"{len(prepared.preprocessor.input_names)} inputs; "
-        f"{summary.total_parameters:,} parameters; device {device}"
+        f"{start.summary.total_parameters:,} parameters; device {start.device}"
     )
+
+
+class _EpochLines:
+    """train's listener: the headline, then a line per epoch under a progress bar."""
+
+    def __init__(self, printer: EpochPrinter) -> None:
+        self.printer = printer
+
+    def started(self, start: Start) -> None:
+        headline, done, position = _headline(start), 0, start.position
+        if position is not None:  # a resumed run: say where it carries on
+            done = position.epoch - 1
+            headline += f"; resuming at epoch {position.epoch}, batch {position.batches_done + 1}"
+        has_val = len(start.prepared.split.val) > 0
+        training = start.prepared.config.training
+        scheduled = training.scheduler is not None
+        self.printer.start(headline, training.epochs, has_val, epochs_done=done, show_lr=scheduled)
+
+    def epoch(self, record: EpochRecord) -> None:
+        self.printer(record)
+
+
+class _SeedLines:
+    """train --seeds' listener: each run's headline and its epochs under one bar."""
+
+    def __init__(self, printer: SeedsPrinter) -> None:
+        self.printer = printer
+
+    def started(self, start: Start) -> None:
+        config = start.prepared.config
+        self.printer.start(_headline(start), config.seed, config.training.epochs)
+
+    def epoch(self, record: EpochRecord) -> None:
+        self.printer(record)
 
 
 def _train_seeds(
@@ -443,12 +467,7 @@ def _train_seeds(
 
     console = _stdout()
     printer = display.SeedsPrinter(console, count)
-
-    def on_start(
-        prepared: Prepared, device: torch.device, summary: Summary, position: Position | None
-    ) -> None:
-        headline = _headline(prepared, device, summary)
-        printer.start(headline, prepared.config.seed, prepared.config.training.epochs)
+    listener: Listener | None = None if quiet else _SeedLines(printer)
 
     def on_run(seed: int, place: int, result: TrainResult) -> None:
         if quiet:
@@ -457,16 +476,7 @@ def _train_seeds(
             printer.finished(seed, place, result.run_dir, result.metrics["test"])
 
     try:
-        found, path = seeds.repeat(
-            config,
-            overrides,
-            runs_dir,
-            count,
-            device,
-            None if quiet else on_start,
-            None if quiet else printer,
-            on_run,
-        )
+        found, path = seeds.repeat(config, overrides, runs_dir, count, device, listener, on_run)
     finally:
         printer.close()
     if not quiet:
@@ -474,11 +484,11 @@ def _train_seeds(
     print(path)
 
 
-def _load_config(config: Path, overrides: list[str] | None) -> None:
+def _load_config(config: Path, overrides: list[str] | None) -> LoadedConfig:
     """Load and validate CONFIG with its --set overrides (raises ConfigError); torch-free."""
     from mlpkit.config.load import load_config
 
-    load_config(config, overrides or [])
+    return load_config(config, overrides or [])
 
 
 def run_cli(argv: list[str]) -> int:
@@ -531,9 +541,10 @@ def _bug(debug: bool) -> int:
 
 def _write_report(text: str) -> str:
     import tempfile
-    from datetime import datetime
 
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    from mlpkit.rundir.runs import stamp as time_stamp
+
+    stamp = time_stamp()
     fd, path = tempfile.mkstemp(prefix=f"mlpkit-crash-{stamp}-", suffix=".txt")
     with os.fdopen(fd, "w") as out:
         out.write(text)

@@ -105,3 +105,12 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     if close:
         return f"did you mean '{by_case[close[0]]}'? {listed}"
     return listed
+
+
+def one_line(exc: BaseException) -> str:
+    """Any exception as one line: ours as we render them, another as Python's last line."""
+    if isinstance(exc, MlpkitError):
+        return exc.problems[0].render()
+    import traceback  # only on a failure path
+
+    return traceback.format_exception_only(exc)[-1].strip() or type(exc).__name__

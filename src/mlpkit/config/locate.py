@@ -1,7 +1,7 @@
 """Locate config problems: the file and line (or `--set`) of a key, and pydantic's validation
 errors turned into one-line Problems with a did-you-mean or an example value.
 
-Kept apart from config.py so the models there read as a plain schema; the root model is passed
+Kept apart from schema.py so the models there read as a plain schema; the root model is passed
 in, so this module knows pydantic and YAML lines but no particular config.
 """
 
@@ -144,6 +144,7 @@ class _Schema:
         return [str(_tag_of(model)) for model in _members(annotation)]
 
     def fields_at(self, path: Path_) -> list[str]:
+        """The keys the mapping at `path` accepts; none where no model validates it."""
         model = self.model_at(path)
         return list(model.model_fields) if model else []
 

@@ -62,7 +62,7 @@ LOSSES: dict[str, Callable[..., nn.Module]] = {
 }
 
 # Called as the class was: OPTIMIZERS[name](params, **options). Every option torch's
-# constructor refuses is refused earlier by schema.py and config.py (no torch needed).
+# constructor refuses is refused earlier by schema.py and rules.py (no torch needed).
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "sgd": torch_class("torch.optim.SGD"),
     "adam": torch_class("torch.optim.Adam"),
@@ -106,7 +106,8 @@ def _max_error(y: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
     return (pred - y).abs().max()
 
 
-# The metric names each task offers (tasks.py computes the classification ones with sklearn).
+# The metric names each task offers (train/tasks.py computes the classification ones with
+# sklearn).
 METRICS_BY_TASK: dict[str, list[str]] = {
     "regression": ["mae", "mse", "rmse", "r2", "median_ae", "max_error"],
     "binary": ["accuracy", "precision", "recall", "f1", "roc_auc", "log_loss"],
@@ -115,6 +116,15 @@ METRICS_BY_TASK: dict[str, list[str]] = {
 ALL_METRICS = {name: None for names in METRICS_BY_TASK.values() for name in names}
 # Metrics where lower is better (with every loss); early stopping's mode `auto` reads this.
 LOWER_IS_BETTER = {"loss", "mae", "mse", "rmse", "median_ae", "max_error", "log_loss"}
+
+
+def lower_is_better(monitor: str, mode: str) -> bool:
+    """Whether smaller values of an epoch column (val_mae, train_loss...) are better: mode min
+    or max says so; auto reads the metric's own direction."""
+    if mode != "auto":
+        return mode == "min"
+    return monitor.removeprefix("val_").removeprefix("train_") in LOWER_IS_BETTER
+
 
 # Regression metrics, all in the target's original units; inputs are 1-D tensors.
 REGRESSION_METRICS: dict[str, Metric] = {

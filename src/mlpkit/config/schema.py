@@ -2,8 +2,11 @@
 
 Each field is the single source of its default, its range and its validation. Unknown keys are
 refused at every level; names of activations, losses, optimizers and metrics are checked
-against the registries in components.py. Loading, overrides and the rules that span several
-fields live in config.py.
+against the registries in registries.py. Loading and overrides live in load.py, the rules that
+span several fields in rules.py.
+
+One module on purpose, though near 400 lines: it is the config's reference, read section by
+section in the order of a config file; split up, a key's default would be harder to find.
 """
 
 from __future__ import annotations
@@ -75,7 +78,7 @@ class DataConfig(_Strict):
     # a CSV or Parquet file, relative to this config; or a synthetic `source` instead
     path: str | None = Field(None, examples=["../data/mpg.csv"], min_length=1)
     source: Source | None = None
-    # read the file block by block, never whole (files larger than memory); see filestream.py
+    # read the file block by block, never whole (files larger than memory); see data/filestream.py
     stream: bool = False
     chunk_rows: int = Field(65536, ge=1)  # stream: CSV lines per block (Parquet: row groups)
     workers: int = Field(1, ge=0, le=64)  # stream: DataLoader processes reading blocks
@@ -251,7 +254,7 @@ class EarlyStoppingConfig(_Strict):
 
 
 # --- learning-rate schedules ----------------------------------------------------------------
-# Each steps once at the end of an epoch (schedules.py), so history.csv's `lr` is the rate of
+# Each steps once at the end of an epoch (train/schedules.py), so history.csv's `lr` is the rate of
 # the whole epoch and a resumed run carries on the same schedule.
 
 
@@ -352,7 +355,8 @@ class TrainingConfig(_Strict):
 
 
 # --- tracking -------------------------------------------------------------------------------
-# Copies of each epoch's record for dashboards (tracking.py); history.csv is written either way.
+# Copies of each epoch's record for dashboards (report/tracking.py); history.csv is written
+# either way.
 
 
 class MlflowConfig(_Strict):
@@ -395,3 +399,10 @@ class Config(_Strict):
                 {"value": value, "hint": "use letters, digits, '.', '_' and '-', e.g. mpg-small"},
             )
         return value
+
+
+def task_of(config: Config) -> TaskKind:
+    """data.task, or the task the loss implies when it is auto."""
+    if config.data.task != "auto":
+        return config.data.task
+    return LOSS_TASKS[config.training.loss.name] if config.training.loss else "regression"

@@ -1,11 +1,11 @@
 """Read a data file block by block: CSV in runs of lines, Parquet one row group at a time.
 
-Every block is checked and converted exactly as read_table checks a whole file (the same
-convert_columns), so a streamed file and an in-memory one accept the same cells and report the
-same problems. A CSV block is parsed by pyarrow (fast, and strict about the field count); if
-pyarrow refuses it, the block is parsed again by data.parse_text, which names the exact line and
-cell. Streamed CSV rows may not span lines (no newline inside a quoted field): a block boundary
-would cut them.
+Every block is checked and converted exactly as table.read_table checks a whole file (the same
+columns.convert_columns), so a streamed file and an in-memory one accept the same cells and
+report the same problems. A CSV block is parsed by pyarrow (fast, and strict about the field
+count); if pyarrow refuses it, the block is parsed again by csvtext.parse_text, which names the
+exact line and cell. Streamed CSV rows may not span lines (no newline inside a quoted field):
+a block boundary would cut them.
 """
 
 from __future__ import annotations
@@ -23,17 +23,9 @@ import pandas as pd
 
 from mlpkit.config.load import LoadedConfig
 from mlpkit.config.schema import DataConfig
-from mlpkit.data.table import (
-    Table,
-    check_data_file,
-    convert_columns,
-    file_error,
-    locate_columns,
-    numeric_and_categorical,
-    parse_header,
-    parse_text,
-    read_table,
-)
+from mlpkit.data.columns import convert_columns, locate_columns, numeric_and_categorical
+from mlpkit.data.csvtext import parse_header, parse_text
+from mlpkit.data.table import Table, check_data_file, file_error, read_table
 from mlpkit.errors import DataError, Problem
 
 # What the in-memory reader treats as a missing number; other spellings fall back to it.
@@ -60,6 +52,7 @@ class Block:
 
 
 def is_parquet(path: Path) -> bool:
+    """Whether `path` is read as Parquet (by its suffix, .parquet or .pq) rather than CSV."""
     return path.suffix.lower() in (".parquet", ".pq")
 
 
@@ -127,6 +120,7 @@ class CsvBlocks:
         self.sha256 = digest.hexdigest()
 
     def read(self, ref: BlockRef) -> Block:
+        """The block at `ref` again, alone, as scan() gave it (how a worker reads its share)."""
         with self.path.open("rb") as file:
             file.seek(ref.start)
             raw = file.read(ref.end - ref.start)
@@ -216,6 +210,7 @@ class ParquetBlocks:
             raise file_error(self.path, origin, f"cannot read it as Parquet ({exc})") from None
 
     def scan(self) -> Iterator[Block]:
+        """Every row group in file order; the file's sha256 is known when this ends."""
         file = self._open()
         first = 1
         for group, rows in enumerate(self.group_rows):
@@ -224,6 +219,7 @@ class ParquetBlocks:
         self.sha256 = _file_sha256(self.path)
 
     def read(self, ref: BlockRef) -> Block:
+        """The row group at `ref` again, alone, as scan() gave it."""
         return self._convert(ref, self._open())
 
     def _convert(self, ref: BlockRef, file: Any) -> Block:

@@ -1,6 +1,6 @@
 """Data files larger than memory (data.stream: true): a scan, then epochs read block by block.
 
-The scan reads every block once (blocks.py checks each cell as read_table would). It assigns
+The scan reads every block once (blocks.py checks each cell as table.read_table would). It assigns
 each row to train, val or test by a seeded hash of its values, so the assignment is the same on
 every pass, in every worker and for any block size, and duplicate rows share a part. It adds the
 training rows to TrainingRows (preprocessing statistics, class counts) and keeps bounded samples:
@@ -32,7 +32,6 @@ from mlpkit.data.blocks import Block, BlockRef, CsvBlocks, ParquetBlocks, open_b
 from mlpkit.data.preprocessing import Preprocessor, TrainingRows, canonical_label, sorted_labels
 from mlpkit.data.table import Split, Table
 from mlpkit.errors import DataError, Problem
-from mlpkit.train.tasks import Task
 
 PARTS = ("train", "val", "test")
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -185,7 +184,8 @@ class TrainingBlocks(IterableDataset[Batch]):
 
     scan: FileScan
     preprocessor: Preprocessor
-    task: Task
+    # a block's target column -> the tensor the loss wants (the task's own encoding)
+    targets: Callable[[np.ndarray], torch.Tensor]
     split: SplitConfig
     seed: int
     batch_size: int
@@ -216,7 +216,7 @@ class TrainingBlocks(IterableDataset[Batch]):
         part, _ = assign_parts(block.frame, self.split, self.seed)
         rows = block.frame[part == 0]
         x = torch.from_numpy(self.preprocessor.transform(rows))  # [rows, inputs]
-        return x, self.task.targets(rows[self.preprocessor.target.name].to_numpy())
+        return x, self.targets(rows[self.preprocessor.target.name].to_numpy())
 
 
 def epoch_batches(

@@ -1,7 +1,7 @@
 """`mlpkit init`, part one: what a data file says about each column and the task.
 
 `infer` reads the table (CSV or Parquet, whole, with the same reader and cell checks as
-training) and decides each column's kind and the task the target sets; starter_yaml.py turns
+training) and decides each column's kind and the task the target sets; flows/init.py turns
 that into the config's text. The rules, also written into the config's comments:
 
 - A feature whose every cell is a number is numeric (standardized). Integer columns with few
@@ -31,14 +31,10 @@ import pandas as pd
 
 from mlpkit.config.schema import DataConfig, TaskKind
 from mlpkit.data.blocks import is_parquet, load_table
+from mlpkit.data.columns import MISSING_NUMBERS, NO_IMPUTING
+from mlpkit.data.csvtext import parse_header
 from mlpkit.data.preprocessing import canonical_label
-from mlpkit.data.table import (
-    MISSING_NUMBERS,
-    NO_IMPUTING,
-    check_data_file,
-    parse_header,
-    read_bytes,
-)
+from mlpkit.data.table import check_data_file, read_bytes
 from mlpkit.errors import DataError, Problem, did_you_mean
 
 FEW_VALUES = 10  # integer features: named as possible codes; integer targets: classes
@@ -60,6 +56,8 @@ class Column:
 
 @dataclass(frozen=True)
 class Target:
+    """The target column as init sees it: the task it sets and why, in a few words."""
+
     name: str
     task: TaskKind
     classes: int  # distinct values (the output units of a multiclass head)
@@ -77,6 +75,7 @@ class Starter:
 
     @property
     def features(self) -> list[Column]:
+        """The columns the config lists as features: all but those left out."""
         return [column for column in self.columns if column.kind != "left out"]
 
 

@@ -50,9 +50,11 @@ class TargetScale(_Frozen):
     std: float = Field(1.0, gt=0)
 
     def scale(self, values: np.ndarray) -> np.ndarray:
+        """Target values as the model trains on them, float32."""
         return ((values - self.mean) / self.std).astype(np.float32)
 
     def unscale(self, values: np.ndarray) -> np.ndarray:
+        """Model outputs back in the target's own units, float64."""
         return values.astype(np.float64) * self.std + self.mean
 
 
@@ -189,6 +191,7 @@ class TrainingRows:
         self.target_range = (math.inf, -math.inf)  # regression: the target's min and max
 
     def add(self, train: pd.DataFrame) -> None:
+        """Take in one more chunk of training rows."""
         self.rows += len(train)
         for name in self.data.features:
             if name in self.data.categorical:
@@ -207,6 +210,8 @@ class TrainingRows:
                 self.moments[self.data.target].add(values)
 
     def preprocessor(self, classes: list[str] | None = None) -> Preprocessor:
+        """The fitted state of the rows added so far; `classes`: a classification target's
+        labels (from every row, see fit_preprocessor), else the target is scaled or kept."""
         data = self.data
         features: list[Feature] = []
         for name in data.features:

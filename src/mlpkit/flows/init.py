@@ -1,6 +1,6 @@
 """`mlpkit init`, part two: the starter config as YAML text, and writing it.
 
-`render` writes what starter.infer found (column kinds, the task) with a default model and
+`render` writes what data/infer.py found (column kinds, the task) with a default model and
 training for small tables, and a short comment on every key: what it does, or what to try
 instead. The text is written by hand (PyYAML cannot write comments); every column name is
 quoted wherever mlpkit's own YAML loader would not read it back as the same text.
@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 from pathlib import Path
 
 from mlpkit.config.schema import DEFAULT_LOSSES, DEFAULT_METRICS
 from mlpkit.config.yamlfile import parse_yaml
 from mlpkit.data.infer import FEW_VALUES, MAX_CATEGORIES, Starter
 from mlpkit.errors import ConfigError, EnvironmentFault, MlpkitError, Problem
+from mlpkit.rundir import runs
 
 # The starter model and training, for tables of hundreds to hundreds of thousands of rows; see
 # docs/RESULTS.md ("mlpkit init's defaults") for the runs behind these choices.
@@ -184,17 +184,15 @@ def check_out(out: Path, force: bool) -> None:
 
 
 def write(out: Path, text: str, force: bool) -> None:
-    """Write the config to `out` atomically (a temporary name in its folder, then a rename).
+    """Write the config to `out` atomically (runs.write_atomic: a temporary name in its folder,
+    then a rename).
 
     Raises:
         MlpkitError: as check_out.
         EnvironmentFault: the write failed (permissions, disk).
     """
     check_out(out, force)
-    temporary = out.with_name(f".{out.name}.{secrets.token_hex(4)}.tmp")
     try:
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, out)
-    except OSError as exc:
-        temporary.unlink(missing_ok=True)
+        runs.write_atomic(out, text.encode("utf-8"))
+    except OSError as exc:  # not runs.write_fault: its hints are about run directories
         raise EnvironmentFault(Problem(f"cannot write: {exc.strerror}", file=str(out))) from None

@@ -11,10 +11,8 @@ it is noise.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,11 +20,10 @@ import numpy as np
 from rich.table import Table
 from rich.text import Text
 
-from mlpkit.rundir import catalog
+from mlpkit.rundir import catalog, runs
 
 if TYPE_CHECKING:
-    from mlpkit.flows.experiment import OnStart, TrainResult
-    from mlpkit.train.loop import OnEpoch
+    from mlpkit.flows.fit import Listener, TrainResult
 
 SUMMARY_FORMAT = "mlpkit.seeds/1"
 # (the seed, its place from 1, the finished run)
@@ -90,8 +87,7 @@ def repeat(
     runs_dir: Path,
     count: int,
     device_name: str | None = None,
-    on_start: OnStart | None = None,
-    on_epoch: OnEpoch | None = None,
+    listener: Listener | None = None,
     on_run: OnRun | None = None,
 ) -> tuple[SeedsSummary, Path]:
     """Train the config once per seed, then write the summary beside the runs.
@@ -100,16 +96,15 @@ def repeat(
     finished before it stay (on_run has seen each).
 
     Raises:
-        MlpkitError: as experiment.train, for whichever seed fails.
+        MlpkitError: as flows.train.train, for whichever seed fails.
     """
-    from mlpkit.flows import experiment
-    from mlpkit.rundir import runs
+    from mlpkit.config.load import load_config
+    from mlpkit.flows.train import train
 
     results = []
     for place, seed in enumerate(seeds_for(config_path, overrides, count), start=1):
-        result = experiment.train(
-            config_path, [*overrides, f"seed={seed}"], runs_dir, device_name, on_start, on_epoch
-        )
+        loaded = load_config(config_path, [*overrides, f"seed={seed}"])
+        result = train(loaded, runs_dir, device_name, listener)
         results.append((seed, result))
         if on_run is not None:
             on_run(seed, place, result)
@@ -120,8 +115,7 @@ def repeat(
         [result.run_dir for _, result in results],
         [result.metrics for _, result in results],
     )
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = results[0][1].run_dir.parent / f"seeds-{stamp}-{secrets.token_hex(3)}.json"
+    path = results[0][1].run_dir.parent / f"{runs.unique_name('seeds-')}.json"
     runs.write_json(path, summary.to_json())
     return summary, path
 

@@ -20,9 +20,9 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from mlpkit.config import registries
-from mlpkit.config.load import differences
+from mlpkit.config.load import differences, load_config
 from mlpkit.errors import MlpkitError, Problem, RunDirError
-from mlpkit.rundir import catalog
+from mlpkit.rundir import catalog, runs
 
 BEST_MARK = "*"
 
@@ -51,9 +51,6 @@ def compare(paths: list[Path]) -> Comparison:
         ConfigError: a run's config.yaml is not a valid config.
         MlpkitError: the runs are of different tasks.
     """
-    from mlpkit.config.load import load_config
-    from mlpkit.rundir import runs
-
     found, skipped = expand(paths)
     opened = [runs.open_run(path) for path in found]
     configs = [load_config(run.config_path).config.model_dump(mode="json") for run in opened]
@@ -86,7 +83,7 @@ def expand(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
     found: list[Path] = []
     skipped: list[tuple[Path, str]] = []
     for path in paths:
-        if (path / "run.json").exists() or not path.is_dir():
+        if (path / runs.RUN_INFO).exists() or not path.is_dir():
             found.append(path)  # a run, or a mistake runs.open_run names
             continue
         rows = catalog.list_runs(path)

@@ -20,6 +20,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from mlpkit.rundir import catalog, runs
+
 if TYPE_CHECKING:
     from mlpkit.train.loop import EpochRecord
 
@@ -114,7 +116,7 @@ def metrics_table(metrics: dict[str, Any]) -> Table:
 
 def scores_table(scores: dict[str, float], reference: dict[str, float] | None) -> Table:
     """Eval's scores, beside the run's metrics.json when scoring its own test split."""
-    columns = ["metric", "value"] + (["metrics.json", "same"] if reference else [])
+    columns = ["metric", "value"] + ([runs.METRICS, "same"] if reference else [])
     table = Table(*columns)
     for name, value in scores.items():
         row = [name, f"{value:.6g}"]
@@ -156,9 +158,7 @@ class SeedsPrinter:
 
     def finished(self, seed: int, place: int, run_dir: object, test: dict[str, float]) -> None:
         """A run ended: `seed N (i/count): test <key metrics>  <run directory>`."""
-        from mlpkit.rundir.catalog import KEY_METRICS
-
-        keys = [name for name in KEY_METRICS if name in test][:2]
+        keys = [name for name in catalog.KEY_METRICS if name in test][:2]
         scores = ", ".join(f"{name} {test[name]:.4f}" for name in keys)
         self.console.print(f"seed {seed} ({place}/{self.count}): test {scores}  {run_dir}")
 

@@ -13,10 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from mlpkit.errors import Problem, RunDirError
-from mlpkit.rundir import lock
+from mlpkit.rundir import lock, runs
 
 KEY_METRICS = ("r2", "mae", "accuracy", "f1", "f1_macro")  # the first two a run has are shown
 MAX_DEPTH = 3  # runs/<name>/<stamp>/run.json below the folder given
@@ -42,7 +40,8 @@ def list_runs(root: Path) -> list[RunRow]:
     if not root.is_dir():
         what = "does not exist" if not root.exists() else "is not a folder"
         raise RunDirError(Problem(f"{what}; expected a folder of runs", file=str(root)))
-    found = [root / "run.json"] if (root / "run.json").is_file() else _run_files(root)
+    here = root / runs.RUN_INFO
+    found = [here] if here.is_file() else _run_files(root)
     rows = [read_row(path.parent) for path in found]
     return sorted(rows, key=lambda row: (row.started, str(row.path)))
 
@@ -50,19 +49,20 @@ def list_runs(root: Path) -> list[RunRow]:
 def _run_files(root: Path) -> list[Path]:
     found = []
     for depth in range(1, MAX_DEPTH + 1):
-        found += [p for p in root.glob("/".join(["*"] * depth) + "/run.json") if p.is_file()]
+        pattern = "/".join(["*"] * depth + [runs.RUN_INFO])
+        found += [p for p in root.glob(pattern) if p.is_file()]
     return found
 
 
 def read_row(run_dir: Path) -> RunRow:
     """One run's row; whatever cannot be read is said in the row."""
-    try:
-        info = json.loads((run_dir / "run.json").read_text())
+    try:  # read here rather than with runs.read_json_or_empty: the row says what is wrong
+        info = json.loads((run_dir / runs.RUN_INFO).read_text())
         if not isinstance(info, dict) or not str(info.get("format", "")).startswith("mlpkit.run/"):
             raise ValueError("not an mlpkit run.json")
         status, note = str(info["status"]), str(info.get("error") or "")
     except (OSError, ValueError, KeyError) as exc:
-        return RunRow(run_dir, "?", "unreadable", "?", {}, f"run.json: {exc}", "")
+        return RunRow(run_dir, "?", "unreadable", "?", {}, f"{runs.RUN_INFO}: {exc}", "")
     if status == "running" and not lock.is_held(run_dir):
         status, note = "interrupted", "process died"
     metrics = _key_metrics(run_dir) if status == "complete" else {}
@@ -78,7 +78,7 @@ def read_row(run_dir: Path) -> RunRow:
 
 
 def _key_metrics(run_dir: Path) -> dict[str, float]:
-    test = _json(run_dir / "metrics.json").get("test", {})
+    test = runs.read_json_or_empty(run_dir / runs.METRICS).get("test", {})
     if not isinstance(test, dict):
         return {}
     names = [name for name in KEY_METRICS if isinstance(test.get(name), int | float)]
@@ -87,30 +87,16 @@ def _key_metrics(run_dir: Path) -> dict[str, float]:
 
 def _epochs(run_dir: Path, status: str) -> str:
     """Epochs trained / configured: history.csv of a complete run, else the newest checkpoint."""
-    config = _yaml(run_dir / "config.yaml")
+    config = runs.read_yaml_or_none(run_dir / runs.CONFIG)
     training = config.get("training") if isinstance(config, dict) else None
     planned = training.get("epochs", "?") if isinstance(training, dict) else "?"
     done: Any = "?"
     if status == "complete":
         with contextlib.suppress(OSError):
-            done = len((run_dir / "history.csv").read_text().splitlines()) - 1
+            done = len((run_dir / runs.HISTORY).read_text().splitlines()) - 1
     else:
-        newest = sorted((run_dir / "checkpoints").glob("ckpt-*/manifest.json"))
-        epoch = _json(newest[-1]).get("epoch") if newest else 1  # the epoch in progress
+        manifests = f"ckpt-*/{runs.CHECKPOINT_MANIFEST}"
+        newest = sorted((run_dir / runs.CHECKPOINTS).glob(manifests))
+        epoch = runs.read_json_or_empty(newest[-1]).get("epoch") if newest else 1  # in progress
         done = epoch - 1 if isinstance(epoch, int) else "?"
     return f"{done}/{planned}"
-
-
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def _yaml(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text())
-    except (OSError, ValueError, yaml.YAMLError):
-        return None

@@ -23,7 +23,6 @@ import random
 import secrets
 import shutil
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -31,16 +30,14 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
 
 from mlpkit.errors import Problem, RunDirError
-from mlpkit.rundir.runs import write_fault
+from mlpkit.rundir import runs
 from mlpkit.train.loop import Position
 from mlpkit.train.schedules import Schedule
 
 FORMAT = "mlpkit.checkpoint/1"
-FOLDER = "checkpoints"
-PARTS = {"model.safetensors", "best.safetensors", "state.pt"}
+PARTS = {runs.CHECKPOINT_WEIGHTS, runs.CHECKPOINT_BEST, runs.CHECKPOINT_STATE}
 KEEP = 2  # the newest and the one before it, so a damaged newest still leaves one to resume
 _PLAIN = (  # the Position fields that are plain values
     "epoch",
@@ -83,11 +80,11 @@ def save(
         EnvironmentFault: a write failed (disk full...); the partial folder is removed and the
             previous checkpoints are untouched.
     """
-    root = run_dir / FOLDER
+    root = run_dir / runs.CHECKPOINTS
     final = root / f"ckpt-{progress.steps:012d}-{progress.epoch:06d}"
-    files = {"model.safetensors": _safetensors(model.state_dict())}
+    files = {runs.CHECKPOINT_WEIGHTS: runs.weights_bytes(model.state_dict())}
     if progress.best_weights is not None:
-        files["best.safetensors"] = _safetensors(progress.best_weights)
+        files[runs.CHECKPOINT_BEST] = runs.weights_bytes(progress.best_weights)
     state = {
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler,
@@ -96,30 +93,30 @@ def save(
     state["progress"] = _progress_state(progress)
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    files["state.pt"] = buffer.getvalue()
+    files[runs.CHECKPOINT_STATE] = buffer.getvalue()
     manifest = {
         "format": FORMAT,
         "epoch": progress.epoch,
         "batches_done": progress.batches_done,
         "steps": progress.steps,
-        "written": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "written": runs.now(),
         "config": config,
         "files": {name: _digest(data) for name, data in files.items()},
     }
-    files["manifest.json"] = (json.dumps(manifest, indent=2, allow_nan=False) + "\n").encode()
+    files[runs.CHECKPOINT_MANIFEST] = runs.json_bytes(manifest)
     partial = root / f".partial-{secrets.token_hex(4)}"
     try:
         root.mkdir(exist_ok=True)
         partial.mkdir()
-        for name, data in files.items():  # manifest.json last
-            _write_synced(partial / name, data)
+        for name, data in files.items():  # the manifest last
+            runs.write_atomic(partial / name, data)
         if final.exists():  # the same position saved again, or a damaged one passed over
             shutil.rmtree(final)
         os.rename(partial, final)
-        _sync_folder(root)
+        runs.sync_folder(root)
     except OSError as exc:
         shutil.rmtree(partial, ignore_errors=True)
-        raise write_fault(exc, final) from None  # the checkpoint that could not be written
+        raise runs.write_fault(exc, final) from None  # the checkpoint that could not be written
     for old in sorted(root.glob("ckpt-*"))[:-KEEP]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -131,7 +128,7 @@ def latest(run_dir: Path) -> tuple[Checkpoint, list[Problem]]:
     Raises:
         RunDirError: no checkpoint, or none usable (each one's problem is named).
     """
-    found = sorted((run_dir / FOLDER).glob("ckpt-*"), reverse=True)
+    found = sorted((run_dir / runs.CHECKPOINTS).glob("ckpt-*"), reverse=True)
     skipped: list[Problem] = []
     for path in found:
         try:
@@ -155,26 +152,17 @@ def read(path: Path) -> Checkpoint:
     Raises:
         RunDirError: a file is missing, damaged, altered, or not of this format.
     """
-    manifest = _manifest(path / "manifest.json")
-    listed = manifest["files"]
-    if not isinstance(listed, dict) or not {"model.safetensors", "state.pt"} <= set(listed):
-        raise RunDirError(
-            Problem("lists no model and state files", file=str(path / "manifest.json"))
-        )
-    unknown = set(listed) - PARTS
-    if unknown:  # never read a path the manifest makes up
-        problem = f"lists unknown files: {', '.join(sorted(unknown))}"
-        raise RunDirError(Problem(problem, file=str(path / "manifest.json")))
-    data = {name: _verified(path / name, expected) for name, expected in listed.items()}
-    state = _torch_state(path / "state.pt", data["state.pt"])
+    manifest = _manifest(path / runs.CHECKPOINT_MANIFEST)
+    data = _verified_parts(path, manifest["files"])
+    state = _torch_state(path / runs.CHECKPOINT_STATE, data[runs.CHECKPOINT_STATE])
     try:
         progress = _progress(state["progress"])
-        if "best.safetensors" in data:
-            progress.best_weights = _tensors(path / "best.safetensors", data["best.safetensors"])
+        if runs.CHECKPOINT_BEST in data:
+            progress.best_weights = _tensors(path, runs.CHECKPOINT_BEST, data)
         return Checkpoint(
             path=path,
             progress=progress,
-            model=_tensors(path / "model.safetensors", data["model.safetensors"]),
+            model=_tensors(path, runs.CHECKPOINT_WEIGHTS, data),
             optimizer=state["optimizer"],
             rng=state["rng"],
             config=manifest["config"],
@@ -182,7 +170,25 @@ def read(path: Path) -> Checkpoint:
         )
     except Exception as exc:  # any shape a damaged or hostile state.pt may take
         problem = f"not a {FORMAT} state: {type(exc).__name__} {exc}"
-        raise RunDirError(Problem(problem, file=str(path / "state.pt"))) from None
+        raise RunDirError(Problem(problem, file=str(path / runs.CHECKPOINT_STATE))) from None
+
+
+def _verified_parts(path: Path, listed: Any) -> dict[str, bytes]:
+    """Each part the manifest lists, read and checked against its size and sha256.
+
+    Raises:
+        RunDirError: the list lacks the weights or the state, names a file no checkpoint has,
+            or a part is unreadable or damaged.
+    """
+    manifest = path / runs.CHECKPOINT_MANIFEST
+    needed = {runs.CHECKPOINT_WEIGHTS, runs.CHECKPOINT_STATE}
+    if not isinstance(listed, dict) or not needed <= set(listed):
+        raise RunDirError(Problem("lists no model and state files", file=str(manifest)))
+    unknown = set(listed) - PARTS
+    if unknown:  # never read a path the manifest makes up
+        problem = f"lists unknown files: {', '.join(sorted(unknown))}"
+        raise RunDirError(Problem(problem, file=str(manifest)))
+    return {name: _verified(path / name, expected) for name, expected in listed.items()}
 
 
 def load_into(
@@ -235,7 +241,7 @@ def restore_rng(rng: dict[str, Any], device: torch.device) -> None:
 
 def clean_partials(run_dir: Path) -> None:
     """Remove what a crash left half-written: partial checkpoints and temporary files."""
-    for partial in (run_dir / FOLDER).glob(".partial-*"):
+    for partial in (run_dir / runs.CHECKPOINTS).glob(".partial-*"):
         shutil.rmtree(partial, ignore_errors=True)
     for temporary in run_dir.glob(".*.tmp"):
         temporary.unlink(missing_ok=True)
@@ -279,28 +285,8 @@ def _progress(state: dict[str, Any]) -> Position:
     return progress
 
 
-def _safetensors(state: dict[str, torch.Tensor]) -> bytes:
-    return save_safetensors({k: v.detach().cpu().contiguous() for k, v in state.items()})
-
-
 def _digest(data: bytes) -> dict[str, Any]:
     return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-
-
-def _sync_folder(path: Path) -> None:
-    """Make a rename inside `path` durable: fsync the folder itself."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _manifest(path: Path) -> dict[str, Any]:
@@ -327,7 +313,7 @@ def _verified(path: Path, expected: Any) -> bytes:
     except OSError as exc:
         raise RunDirError(Problem(f"unreadable: {exc.strerror}", file=str(path))) from None
     if not isinstance(expected, dict) or _digest(data) != expected:
-        problem = "damaged: its size or sha256 differs from manifest.json"
+        problem = f"damaged: its size or sha256 differs from {runs.CHECKPOINT_MANIFEST}"
         raise RunDirError(Problem(problem, file=str(path))) from None
     return data
 
@@ -346,8 +332,9 @@ def _torch_state(path: Path, data: bytes) -> dict[str, Any]:
     return state
 
 
-def _tensors(path: Path, data: bytes) -> dict[str, torch.Tensor]:
+def _tensors(path: Path, name: str, data: dict[str, bytes]) -> dict[str, torch.Tensor]:
+    """The checkpoint's part `name` (verified bytes in `data`) as tensors."""
     try:
-        return load_safetensors(data)
+        return load_safetensors(data[name])
     except SafetensorError as exc:
-        raise RunDirError(Problem(f"unusable tensors: {exc}", file=str(path))) from None
+        raise RunDirError(Problem(f"unusable tensors: {exc}", file=str(path / name))) from None

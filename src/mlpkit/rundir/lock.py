@@ -13,13 +13,10 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 
 from mlpkit.errors import Problem, RunDirError
-from mlpkit.rundir.runs import write_fault
-
-LOCK_FILE = ".lock"
+from mlpkit.rundir import runs
 
 
 @contextmanager
@@ -30,11 +27,11 @@ def hold(run_dir: Path) -> Iterator[None]:
         RunDirError: another process holds it (named by pid, host and start time).
         EnvironmentFault: the lock file cannot be created.
     """
-    path = run_dir / LOCK_FILE
+    path = run_dir / runs.LOCK
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as exc:
-        raise write_fault(exc, path) from None
+        raise runs.write_fault(exc, path) from None
     try:
         if not _take(fd):
             raise RunDirError(
@@ -44,12 +41,12 @@ def hold(run_dir: Path) -> Iterator[None]:
                     hint="wait for that process to finish, or stop it first",
                 )
             )
-        holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": runs.now()}
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(holder).encode(), 0)
         except OSError as exc:
-            raise write_fault(exc, path) from None
+            raise runs.write_fault(exc, path) from None
         yield
     finally:
         os.close(fd)  # releases the flock
@@ -70,7 +67,7 @@ def _take(fd: int, tries: int = 10) -> bool:
 def is_held(run_dir: Path) -> bool:
     """Whether a live process holds the run's lock (checked by trying to take it)."""
     try:
-        fd = os.open(run_dir / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(run_dir / runs.LOCK, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return False
     try:
@@ -83,12 +80,7 @@ def is_held(run_dir: Path) -> bool:
 
 
 def _holder(path: Path) -> str:
-    try:
-        holder = json.loads(path.read_text())
-        return f"process {holder['pid']} on {holder['host']} since {holder['since']}"
-    except (OSError, ValueError, KeyError, TypeError):
+    holder = runs.read_json_or_empty(path)  # {} while the holder has yet to write itself
+    if not {"pid", "host", "since"} <= holder.keys():
         return "another process"
-
-
-def _now() -> str:
-    return datetime.now().astimezone().isoformat(timespec="seconds")
+    return f"process {holder['pid']} on {holder['host']} since {holder['since']}"

@@ -1,11 +1,14 @@
-"""The run-directory format: create one exclusively, write its files atomically, open it safely.
+"""The run-directory format: every file name, the one atomic writer, the readers of run files.
 
 A run directory holds config.yaml, run.json, summary.txt, preprocessing.json, history.csv,
-metrics.json, predictions.csv, model.safetensors and plots/*.png (plots.py, drawn from those
-files), with checkpoints/ (checkpoints.py) and a .lock (lock.py) while it trains. run.json
-carries the status; `complete` is written last, so a directory whose run.json does not say
-complete is never treated as finished.
+metrics.json, predictions.csv, model.safetensors and plots/*.png (report/plots.py, drawn from
+those files), with checkpoints/ (rundir/checkpoints.py) and a .lock (rundir/lock.py) while it
+trains. run.json carries the status; `complete` is written last, so a directory whose run.json
+does not say complete is never treated as finished. The names below are the only spelling of
+those files: other modules ask for them.
 Loading never executes code: JSON, a safe YAML loader, and safetensors for the weights.
+torch is imported only where weights are written or loaded: `mlpkit init` and `mlpkit runs`
+use this module without a model.
 """
 
 from __future__ import annotations
@@ -19,17 +22,17 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
 
 from mlpkit.data.preprocessing import Preprocessor
 from mlpkit.errors import EnvironmentFault, Problem, RunDirError
+
+if TYPE_CHECKING:
+    import torch
 
 RUN_FORMAT = "mlpkit.run/1"
 
@@ -97,7 +100,7 @@ class DataInfo(BaseModel):
 
 
 class TrainingInfo(BaseModel):
-    """How training ran: its engine (see direct.py), CPU threads, optimizer steps and seconds."""
+    """How training ran: its engine (train/direct.py), CPU threads, optimizer steps and seconds."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -142,18 +145,32 @@ class RunInfo(BaseModel):
     exports: list[ExportInfo] = []  # each `mlpkit export` of the complete run, one per path
 
 
-def create_run_dir(runs_dir: Path, name: str, now: datetime | None = None) -> Path:
+def now() -> str:
+    """The time as run files record it: ISO 8601 to the second, with the local UTC offset."""
+    return datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def stamp(when: datetime | None = None) -> str:
+    """The time in a file or folder name, `YYYYmmdd-HHMMSS`: names sort oldest first."""
+    return (when or datetime.now()).strftime("%Y%m%d-%H%M%S")
+
+
+def unique_name(prefix: str = "", when: datetime | None = None) -> str:
+    """`<prefix><stamp>-<6 hex digits>`: the random part keeps two names of one second apart."""
+    return f"{prefix}{stamp(when)}-{secrets.token_hex(3)}"
+
+
+def create_run_dir(runs_dir: Path, name: str, when: datetime | None = None) -> Path:
     """Make `runs_dir/name/YYYYmmdd-HHMMSS-<id>` exclusively: never an existing directory.
 
     Raises:
         EnvironmentFault: the folder cannot be created (permissions, disk).
     """
-    stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
     parent = runs_dir / name
     try:
         parent.mkdir(parents=True, exist_ok=True)
         while True:
-            path = parent / f"{stamp}-{secrets.token_hex(3)}"
+            path = parent / unique_name(when=when)
             try:
                 path.mkdir()  # fails if it exists, so two runs never share a directory
                 return path
@@ -163,11 +180,14 @@ def create_run_dir(runs_dir: Path, name: str, now: datetime | None = None) -> Pa
         raise write_fault(exc, parent) from None
 
 
-def write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same folder, then rename: readers never see a torn file.
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary name in the same folder, fsync, then rename: readers never see a
+    torn file, and after a crash the file is the old one or the new one, whole.
+
+    For callers that report a failure their own way; write_bytes reports it for a run.
 
     Raises:
-        EnvironmentFault: disk full, permission denied and the like; no temporary file is left.
+        OSError: as the system raised it; no temporary file is left.
     """
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
@@ -176,14 +196,43 @@ def write_bytes(path: Path, data: bytes) -> None:
             out.flush()
             os.fsync(out.fileno())
         os.replace(temporary, path)
-    except OSError as exc:
+    except OSError:
         temporary.unlink(missing_ok=True)
+        raise
+
+
+def sync_folder(path: Path) -> None:
+    """Make a rename inside `path` durable: fsync the folder itself.
+
+    Raises:
+        OSError: as the system raised it.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """A run file, written atomically (write_atomic).
+
+    Raises:
+        EnvironmentFault: disk full, permission denied and the like; no temporary file is left.
+    """
+    try:
+        write_atomic(path, data)
+    except OSError as exc:
         raise write_fault(exc, path) from None
 
 
-def write_json(path: Path, value: Any) -> None:
+def json_bytes(value: Any) -> bytes:
     """Strict JSON (a NaN is a bug, not a literal), indented for people."""
-    write_bytes(path, (json.dumps(value, indent=2, allow_nan=False) + "\n").encode())
+    return (json.dumps(value, indent=2, allow_nan=False) + "\n").encode()
+
+
+def write_json(path: Path, value: Any) -> None:
+    write_bytes(path, json_bytes(value))
 
 
 def write_yaml(path: Path, value: Any) -> None:
@@ -201,13 +250,19 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     write_bytes(path, buffer.getvalue().encode())
 
 
+def weights_bytes(state: dict[str, torch.Tensor]) -> bytes:
+    """Tensors as safetensors bytes, on the CPU and contiguous, whatever device they are on."""
+    from safetensors.torch import save  # imports torch: see the module docstring
+
+    return save({k: v.detach().cpu().contiguous() for k, v in state.items()})
+
+
 def write_weights(path: Path, model: torch.nn.Module) -> None:
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    write_bytes(path, save_safetensors(state))
+    write_bytes(path, weights_bytes(model.state_dict()))
 
 
 def write_info(run_dir: Path, info: RunInfo) -> None:
-    write_json(run_dir / "run.json", info.model_dump(mode="json"))
+    write_json(run_dir / RUN_INFO, info.model_dump(mode="json"))
 
 
 def write_fault(exc: OSError, path: Path) -> Exception:
@@ -233,7 +288,7 @@ class Run:
 
     @property
     def config_path(self) -> Path:
-        return self.path / "config.yaml"
+        return self.path / CONFIG
 
     def load_weights(self, model: torch.nn.Module) -> None:
         """Load model.safetensors into `model`.
@@ -241,10 +296,11 @@ class Run:
         Raises:
             RunDirError: the file is missing, malformed, or does not fit the model.
         """
-        path = self.path / "model.safetensors"
+        from safetensors.torch import load  # imports torch: see the module docstring
+
+        path = self.path / WEIGHTS
         try:
-            state = load_safetensors(read_file(path))
-            model.load_state_dict(state)
+            model.load_state_dict(load(read_file(path)))
         except (SafetensorError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0]
             raise RunDirError(Problem(f"unusable weights: {first}", file=str(path))) from None
@@ -259,11 +315,11 @@ def open_run(path: Path, require_complete: bool = True) -> Run:
     if not path.is_dir():
         what = "does not exist" if not path.exists() else "is not a directory"
         raise RunDirError(Problem(f"{what}; expected a run directory", file=str(path)))
-    info_path = path / "run.json"
+    info_path = path / RUN_INFO
     if not info_path.exists():
         raise RunDirError(
             Problem(
-                "not a run directory (no run.json)",
+                f"not a run directory (no {RUN_INFO})",
                 file=str(path),
                 hint="pass a folder that mlpkit train printed",
             )
@@ -272,9 +328,9 @@ def open_run(path: Path, require_complete: bool = True) -> Run:
     if require_complete and info.status != "complete":
         problem = f"the run is {info.status}, not complete"
         raise RunDirError(Problem(problem, file=str(path), hint=next_step(path, info.status)))
-    preprocessor = _validated(Preprocessor, path / "preprocessing.json")
+    preprocessor = _validated(Preprocessor, path / PREPROCESSING)
     complete = info.status == "complete"
-    metrics = _validated(MetricsFile, path / "metrics.json") if complete else None
+    metrics = _validated(MetricsFile, path / METRICS) if complete else None
     return Run(path=path, info=info, preprocessor=preprocessor, metrics=metrics)
 
 
@@ -289,7 +345,7 @@ def next_step(path: Path, status: Status) -> str:
 
 
 def _validated(model: type[Any], path: Path) -> Any:
-    raw = _read_json(path)
+    raw = read_json(path)
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
@@ -300,13 +356,6 @@ def _validated(model: type[Any], path: Path) -> Any:
         raise RunDirError(Problem(problem, file=str(path), hint=_FORMAT_HINT)) from None
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(read_file(path))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RunDirError(Problem(f"malformed JSON: {exc}", file=str(path))) from None
-
-
 def read_file(path: Path) -> bytes:
     """A run file's bytes; missing or unreadable is a one-line RunDirError."""
     try:
@@ -315,3 +364,52 @@ def read_file(path: Path) -> bytes:
         raise RunDirError(Problem("missing from the run directory", file=str(path))) from None
     except OSError as exc:
         raise RunDirError(Problem(f"cannot read: {exc.strerror}", file=str(path))) from None
+
+
+def read_json(path: Path) -> Any:
+    """A run file's JSON value.
+
+    Raises:
+        RunDirError: the file is missing, unreadable, or not JSON.
+    """
+    try:
+        return json.loads(read_file(path))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunDirError(Problem(f"malformed JSON: {exc}", file=str(path))) from None
+
+
+def read_csv(path: Path) -> dict[str, list[str]]:
+    """A CSV run file (history.csv, predictions.csv) as column -> cells: every row as long as
+    the header, at least one row.
+
+    Raises:
+        RunDirError: the file is missing, unreadable, or not such a table.
+    """
+    try:
+        rows = list(csv.reader(io.StringIO(read_file(path).decode())))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise RunDirError(Problem(f"not a readable CSV file: {exc}", file=str(path))) from None
+    if len(rows) < 2 or any(len(row) != len(rows[0]) for row in rows):
+        problem = "not a CSV file written by mlpkit train (no rows, or rows of unequal length)"
+        raise RunDirError(Problem(problem, file=str(path)))
+    return {name: list(cells) for name, *cells in zip(*rows, strict=True)}
+
+
+# Forgiving readers, for listing runs and finding links: whatever is wrong reads as nothing.
+
+
+def read_json_or_empty(path: Path) -> dict[str, Any]:
+    """The JSON object in `path`, or {} when it is missing, unreadable or not an object."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def read_yaml_or_none(path: Path) -> Any:
+    """The YAML value in `path` (safe loader), or None when it is missing or unreadable."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return None

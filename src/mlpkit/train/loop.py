@@ -17,13 +17,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 from torch import nn
 
 from mlpkit.errors import DivergedError, Problem
-from mlpkit.train.direct import DirectStep
+from mlpkit.train.steps import AutogradStep, NonFiniteLoss, Step
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,13 @@ class Tensors:
     y: torch.Tensor
 
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+class Batch(NamedTuple):
+    """One training batch on the device: inputs [rows, features] and targets."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+
 EpochRecord = dict[str, float]
 # The task's scores of outputs against targets (see tasks.py), in the target's own terms.
 Scorer = Callable[[torch.Tensor, torch.Tensor], dict[str, float]]
@@ -47,7 +53,7 @@ class BatchStream:
     """Training batches (inputs, targets) on the device from a source other than tensors:
     `epoch_batches(epoch)` yields the batches of that epoch (1-based), the same ones each call."""
 
-    epoch_batches: Callable[[int], Iterator[Batch]]
+    epoch_batches: Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]
 
 
 @dataclass(frozen=True)
@@ -128,14 +134,14 @@ def fit(
     early_stopping: EarlyStopping | None = None,
     hooks: Hooks | None = None,
     progress: Position | None = None,
-    direct: DirectStep | None = None,
+    step: Step | None = None,
     schedule: EpochSchedule | None = None,
 ) -> Position:
     """Train up to `epochs` (from `progress` if given) and return where training ended.
 
     `train` is in-memory rows (each epoch one pass in a seeded random order) or a stream.
     With early stopping that restores the best, the model ends with the best epoch's weights.
-    With `direct`, steps run through it (see direct.py) instead of autograd and optimizer.step.
+    Each batch trains through `step` (steps.py; autograd with `optimizer` when not given).
     Each epoch's record holds the learning rate it trained at; `schedule` then sets the next.
 
     Raises:
@@ -143,6 +149,7 @@ def fit(
         StopRequested: hooks.stop_requested said so; hooks.save has saved the position.
     """
     hooks = hooks or Hooks()
+    step = step or AutogradStep(model, loss_fn, optimizer)
     progress = progress or Position()
     generator = torch.Generator().manual_seed(seed)
     if progress.order_state is not None:
@@ -157,12 +164,15 @@ def fit(
         else:
             batches = _slices(model, train, batch_size, shuffle, generator)
         remaining = islice(batches, progress.batches_done, None)
+        model.train()
         try:
-            _train_epoch(model, loss_fn, optimizer, remaining, progress, hooks, direct)
+            _train_epoch(step, remaining, progress, hooks)
+        except NonFiniteLoss as bad:  # seen at its own step: the batch after those done
+            what = f"the training loss became {bad.value}"
+            raise _diverged(what, progress.epoch, progress.batches_done + 1) from None
         finally:  # whatever stops the epoch, the optimizer's state is left up to date
-            if direct is not None:
-                direct.settle()
-        _settle(progress, direct)
+            step.settle()
+        _settle(progress, step)
         record: EpochRecord = {"epoch": progress.epoch, "train_loss": progress.epoch_loss()}
         if val is not None:
             record |= evaluate(model, loss_fn, val, score, prefix="val_")
@@ -220,31 +230,25 @@ def _slices(
         x, y = data.x, data.y
     # Batch norm cannot take batch statistics of a single row: skip a last batch of one row
     # (with shuffling, a different row each epoch).
-    if _has_batch_norm(model) and n_rows % batch_size == 1:
+    if _model_has_batch_norm(model) and n_rows % batch_size == 1:
         n_rows -= 1
     # split: every batch's view in one call, cheaper than slicing each (matters at batch 1)
-    yield from zip(
+    views = zip(
         torch.split(x[:n_rows], batch_size), torch.split(y[:n_rows], batch_size), strict=True
     )
+    yield from map(Batch._make, views)
 
 
 def _train_epoch(
-    model: nn.Module,
-    loss_fn: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    batches: Iterator[Batch],
+    step: Step,
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
     progress: Position,
     hooks: Hooks,
-    direct: DirectStep | None,
 ) -> None:
     """One optimizer step per batch, each loss kept (on the device) in `progress`."""
-    model.train()
     every = hooks.save_every_steps
     for xb, yb in batches:
-        if direct is None:
-            loss = _autograd_step(model, loss_fn, optimizer, xb, yb, progress)
-        else:
-            loss = direct(xb, yb)  # checks finiteness on the device; read in _settle
+        loss = step(xb, yb)
         progress.losses.append(loss.detach())
         progress.sizes.append(xb.shape[0])
         progress.batches_done += 1
@@ -252,40 +256,19 @@ def _train_epoch(
         stop = _asked_to_stop(hooks)  # read once: a signal between two reads would skip the save
         due = every is not None and progress.steps % every == 0
         if stop or (due and hooks.save is not None):
-            _settle(progress, direct)  # never save, or stop, past a divergence unreported
+            _settle(progress, step)  # never save, or stop, past a divergence unreported
             if hooks.save is not None:
                 hooks.save(progress)
         if stop:
             raise StopRequested()
 
 
-def _autograd_step(
-    model: nn.Module,
-    loss_fn: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    xb: torch.Tensor,
-    yb: torch.Tensor,
-    progress: Position,
-) -> torch.Tensor:
-    loss = loss_fn(model(xb), yb)
-    if not torch.isfinite(loss):  # a host sync, so the bad batch never reaches the optimizer
-        raise _diverged(
-            f"the training loss became {loss.item()}", progress.epoch, progress.batches_done + 1
-        )
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss  # type: ignore[no-any-return]
-
-
-def _settle(progress: Position, direct: DirectStep | None) -> None:
-    """With the direct step, bring the optimizer's state up to date for a checkpoint or the
-    caller, and raise if a step of this epoch was not finite: that step and every one after
-    it were skipped on the device, so the weights are from before it."""
-    if direct is None:
-        return
-    direct.settle()
-    if not direct.diverged():
+def _settle(progress: Position, step: Step) -> None:
+    """Bring the optimizer's state up to date for a checkpoint or the caller, and raise if a
+    step of this epoch had a non-finite loss: a step that flags it on the device (direct)
+    skipped it and every step after it, so the weights are from before it."""
+    step.settle()
+    if not step.diverged():
         return
     # The flag rises with the first non-finite loss (a resumed epoch's earlier losses are
     # finite: checkpoints are only written while the flag is down).
@@ -308,7 +291,7 @@ def _asked_to_stop(hooks: Hooks) -> bool:
     return hooks.stop_requested is not None and hooks.stop_requested()
 
 
-def _has_batch_norm(model: nn.Module) -> bool:
+def _model_has_batch_norm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 

@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from mlpkit.config import registries
-from mlpkit.config.load import LoadedConfig, output_layer
+from mlpkit.config.load import LoadedConfig
+from mlpkit.config.model_rules import output_layer
 from mlpkit.config.schema import Config
 from mlpkit.data import filestream, synthetic
 from mlpkit.data.blocks import load_table
@@ -36,10 +36,8 @@ from mlpkit.data.preprocessing import (
 )
 from mlpkit.data.table import Split, Table, check_split, split_rows
 from mlpkit.errors import DataError, Problem
-from mlpkit.report.summary import Summary, summarize
 from mlpkit.train.loop import BatchStream, Tensors
-from mlpkit.train.model import InputSpec, build_model
-from mlpkit.train.tasks import Regression, Task, make_task
+from mlpkit.train.tasks import Task, make_task
 
 
 @dataclass(frozen=True)
@@ -79,17 +77,8 @@ class Prepared:
         return text
 
     def tensors(self, rows: np.ndarray, device: torch.device) -> Tensors:
+        """The rows' model inputs and targets, on `device`."""
         return make_tensors(self.table.frame.iloc[rows], self.preprocessor, self.task, device)
-
-    def summary(self) -> Summary:
-        return model_summary(self.config, self.preprocessor)
-
-
-def model_summary(config: Config, preprocessor: Preprocessor) -> Summary:
-    """The layer table of the configured model, with its named inputs if it has them."""
-    specs = input_specs(config, preprocessor)
-    inputs = None if specs is None else [(s.name, len(s.columns), s.layers) for s in specs]
-    return summarize(config.model.layers, len(preprocessor.input_names), inputs)
 
 
 def make_tensors(
@@ -248,12 +237,12 @@ def training_stream(prepared: Prepared, device: torch.device, first_epoch: int =
         dataset = filestream.TrainingBlocks(
             prepared.scan,
             prepared.preprocessor,
-            prepared.task,
+            prepared.task.targets,
             cfg.data.split,
             cfg.seed,
             cfg.training.batch_size,
             cfg.training.shuffle,
-            skip_single_row=_has_batch_norm(cfg),
+            skip_single_row=_config_has_batch_norm(cfg),
             epoch=first_epoch - 1,  # the dataset counts the epochs it has begun
         )
         return BatchStream(filestream.epoch_batches(dataset, cfg.data.workers, device))
@@ -280,7 +269,7 @@ def training_stream(prepared: Prepared, device: torch.device, first_epoch: int =
     return BatchStream(batches)
 
 
-def _has_batch_norm(config: Config) -> bool:
+def _config_has_batch_norm(config: Config) -> bool:
     branches = [spec.layers for spec in (config.model.inputs or {}).values()]
     layers = [layer for group in [config.model.layers, *branches] for layer in group]
     return any(layer.type == "batch_norm" for layer in layers)
@@ -371,24 +360,4 @@ def _head_reaches_target(prepared: Prepared, target_range: tuple[float, float]) 
             f"ranges over [{scaled.min():.4g}, {scaled.max():.4g}]",
             "use activation: linear on the output",
         )
-    ]
-
-
-def network(
-    config: Config, preprocessor: Preprocessor, task: Task, device: torch.device
-) -> nn.Module:
-    """The configured network; classification keeps logits as its output (see tasks.py)."""
-    logits = not isinstance(task, Regression)
-    width = len(preprocessor.input_names)
-    inputs = input_specs(config, preprocessor)
-    return build_model(config.model.layers, width, config.seed, device, logits, inputs)
-
-
-def input_specs(config: Config, preprocessor: Preprocessor) -> list[InputSpec] | None:
-    """The named inputs with the positions of their encoded columns, or None for one input."""
-    if config.model.inputs is None:
-        return None
-    return [
-        InputSpec(name, preprocessor.positions(spec.columns), spec.layers)
-        for name, spec in config.model.inputs.items()
     ]

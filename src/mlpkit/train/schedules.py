@@ -106,10 +106,7 @@ def _main_schedule(
                 cycle_momentum=False,  # the direct step reads Adam's betas once; lr each step
             )
         case PlateauSchedule():
-            metric = settings.monitor.removeprefix("val_").removeprefix("train_")
-            lower = settings.mode == "min" or (
-                settings.mode == "auto" and metric in registries.LOWER_IS_BETTER
-            )
+            lower = registries.lower_is_better(settings.monitor, settings.mode)
             return lr_scheduler.ReduceLROnPlateau(
                 optimizer,
                 mode="min" if lower else "max",

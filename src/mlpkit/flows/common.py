@@ -1,0 +1,160 @@
+"""What the flows share: the device, a run's config and network rebuilt from its directory,
+the rows a run was trained on found again, and the resolved config as a run records it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mlpkit.config.load import LoadedConfig, load_config
+from mlpkit.config.schema import Config
+from mlpkit.data import filestream
+from mlpkit.data.blocks import load_table
+from mlpkit.data.preprocessing import Preprocessor
+from mlpkit.data.table import Split, Table
+from mlpkit.errors import DataError, DeviceError, Problem, RunDirError
+from mlpkit.report import tracking
+from mlpkit.report.summary import Summary, summarize
+from mlpkit.rundir import runs
+from mlpkit.train.build import Engine, input_specs, network
+from mlpkit.train.loop import Position
+from mlpkit.train.prepare import split_table, synthetic_table
+from mlpkit.train.tasks import Task, make_task
+
+
+def resolve_device(loaded: LoadedConfig, override: str | None = None) -> torch.device:
+    """The torch device for training.device (or --device): auto picks CUDA when there is one.
+
+    Raises:
+        DeviceError: CUDA was asked for and is not available.
+    """
+    wanted = override if override is not None else loaded.config.training.device
+    if wanted == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if wanted == "cuda" and not torch.cuda.is_available():
+        problem = (
+            Problem(
+                "CUDA is not available on this machine", where="--device", hint="use --device cpu"
+            )
+            if override
+            else loaded.problem(
+                ("training", "device"), "CUDA is not available on this machine", "use cpu or auto"
+            )
+        )
+        raise DeviceError(problem)
+    if wanted not in ("cpu", "cuda"):
+        raise DeviceError(
+            Problem(
+                f"unknown device '{wanted}'", where="--device", hint="expected auto, cpu or cuda"
+            )
+        )
+    return torch.device(wanted)
+
+
+def resolved_config(loaded: LoadedConfig) -> dict[str, Any]:
+    """The config with every default filled in and data.path absolute, as written to a run."""
+    resolved = loaded.config.model_dump(mode="json")
+    if loaded.config.data.path is not None:
+        resolved["data"]["path"] = str(loaded.data_path)
+    uri = loaded.config.tracking.mlflow.uri
+    if uri is not None:  # a relative store path, like data.path, is read from the config's folder
+        resolved["tracking"]["mlflow"]["uri"] = tracking.absolute_uri(uri, loaded.source.parent)
+    return resolved
+
+
+def summarize_network(config: Config, preprocessor: Preprocessor) -> Summary:
+    """The layer table of the configured network, with its named inputs if it has them: the
+    input width comes from the fitted preprocessing (one-hot columns depend on the data)."""
+    specs = input_specs(config, preprocessor)
+    inputs = None if specs is None else [(s.name, len(s.columns), s.layers) for s in specs]
+    return summarize(config.model.layers, len(preprocessor.input_names), inputs)
+
+
+def training_info(engine: Engine, position: Position | None = None) -> runs.TrainingInfo:
+    """run.json's `training`: the engine, and once trained, the steps and seconds it took."""
+    done = {}
+    if position is not None:
+        seconds = sum(record["seconds"] for record in position.history)
+        done = {"steps": position.steps, "seconds": seconds}
+    return runs.TrainingInfo.model_validate(
+        {"engine": engine.name, "threads": engine.threads, "why_not_direct": engine.why_not_direct}
+        | done
+    )
+
+
+def load_run_config(run: runs.Run) -> LoadedConfig:
+    """The run's config.yaml, checked against the preprocessing.json written beside it.
+
+    Raises:
+        ConfigError: config.yaml is not a valid config.
+        RunDirError: the two files describe different features or targets.
+    """
+    loaded = load_config(run.config_path)
+    data, state = loaded.config.data, run.preprocessor
+    expected = [
+        (name, "categorical" if name in data.categorical else "numeric") for name in data.features
+    ]
+    found = [(feature.name, feature.kind) for feature in state.features]
+    if found != expected or state.target.name != data.target:
+        raise RunDirError(
+            Problem(
+                f"{runs.PREPROCESSING} does not match {runs.CONFIG} "
+                "(features, kinds or target differ)",
+                file=str(run.path),
+                hint="the run was edited after training; train it again",
+            )
+        )
+    return loaded
+
+
+def rebuild(run: runs.Run, device_name: str) -> tuple[LoadedConfig, Task, nn.Module]:
+    """A run's config, task and trained network, from its directory alone.
+
+    Raises:
+        RunDirError: the run's files do not fit together; DeviceError: no such device.
+    """
+    loaded = load_run_config(run)
+    device = resolve_device(loaded, device_name)
+    task = make_task(loaded.config, run.preprocessor.target, None)
+    model = network(loaded.config, run.preprocessor, task, device)
+    run.load_weights(model)
+    return loaded, task, model
+
+
+def trained_rows(run: runs.Run, loaded: LoadedConfig, hint: str) -> tuple[Table, Split]:
+    """The rows the run was split from, found again, with their split: a synthetic source's
+    drawn again from the seed, a streamed file's samples by a new scan, a file read again.
+
+    Raises:
+        DataError: the data file changed since the run was trained (`hint`: what to do).
+    """
+    if loaded.config.data.source is not None:
+        table, split, _ = synthetic_table(loaded)
+        return table, split
+    if loaded.config.data.stream:  # the scan finds the same samples again
+        found = filestream.scan(loaded)
+        table, split = found.table, found.split
+    else:
+        table = load_table(loaded.data_path, loaded.config.data, loaded)
+        split = split_table(loaded, table)[0]
+    if table.sha256 != run.info.data.sha256:
+        raise DataError(
+            Problem(
+                "the data file changed since the run was trained",
+                file=str(loaded.data_path),
+                hint=hint,
+            )
+        )
+    return table, split
+
+
+def csv_rows(columns: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Columns of equal length as CSV rows of plain Python values."""
+    names = list(columns)
+    return [
+        dict(zip(names, values, strict=True))
+        for values in zip(*(columns[n].tolist() for n in names), strict=True)
+    ]

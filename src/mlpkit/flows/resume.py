@@ -1,0 +1,140 @@
+"""`mlpkit train --resume RUN`: continue an interrupted run in place from its newest intact
+checkpoint.
+
+Top to bottom, under the run's lock: the run must be resumable -> its newest whole checkpoint
+-> the config must be the checkpoint's (fields named if not) -> prepare: the data file and the
+preprocessing must be the run's -> build the trainer, load the checkpoint's state into it,
+then the step -> fit_run (fit.py) carries on from the checkpoint's position.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from mlpkit.config.load import LoadedConfig, differences, load_config
+from mlpkit.errors import ConfigError, DataError, Problem, RunDirError
+from mlpkit.flows.common import resolve_device, resolved_config, summarize_network, training_info
+from mlpkit.flows.fit import Job, Listener, Start, TrainResult, fit_run
+from mlpkit.report import tracking
+from mlpkit.rundir import checkpoints, lock, runs
+from mlpkit.train.build import build_trainer, make_step
+from mlpkit.train.prepare import Prepared, prepare
+
+
+def resume(
+    run_dir: Path,
+    config_path: Path | None,
+    overrides: list[str],
+    device_name: str | None = None,
+    listener: Listener | None = None,
+) -> TrainResult:
+    """Continue the run in `run_dir` from its newest intact checkpoint.
+
+    The config (the run's own, or `config_path` with `overrides`, which must resolve to the
+    same) and the data file must be those the run was trained on.
+
+    Raises:
+        RunDirError: not a resumable run, locked by another process, or no usable checkpoint.
+        ConfigError: the config differs from the run's (the fields are named).
+        DataError: the data file changed since the run began.
+    """
+    runs.open_run(run_dir, require_complete=False)  # a run at all, before taking its lock
+    with lock.hold(run_dir):
+        run = runs.open_run(run_dir, require_complete=False)  # as it is now that we hold it
+        _refuse_finished(run)
+        checkpoint, skipped = checkpoints.latest(run_dir)
+        loaded = _same_config(run, checkpoint, config_path, overrides)
+        device = resolve_device(loaded, device_name)
+        prepared = prepare(loaded)
+        _same_data(run, prepared)
+        trainer = build_trainer(prepared, device)
+        checkpoints.load_into(checkpoint, trainer.model, trainer.optimizer, trainer.schedule)
+        step, trainer = make_step(trainer)  # after the optimizer's state is loaded
+        config = resolved_config(loaded)
+        runs_dir = run_dir.resolve().parent.parent  # runs/<name>/<run>: the default MLflow store
+        trackers = tracking.open_tracking(loaded, config, runs_dir, resumed=run_dir)
+        if listener is not None:
+            summary = summarize_network(prepared.config, prepared.preprocessor)
+            listener.started(Start(prepared, device, summary, checkpoint.progress))
+        for problem in skipped:  # a damaged newer checkpoint: say so, resume from the one before
+            sys.stderr.write(f"Warning: skipped {problem.render().removeprefix('Error: ')}\n")
+        checkpoints.clean_partials(run_dir)
+        update: dict[str, Any] = {"status": "running", "finished": None, "error": None}
+        update |= {"resumed": [*run.info.resumed, runs.now()], "device": str(device)}
+        update["training"] = training_info(trainer.engine)
+        info = run.info.model_copy(update=update)
+        job = Job(run_dir, prepared, trainer, step, device, config, info, trackers, checkpoint)
+        return fit_run(job, listener)
+
+
+def _refuse_finished(run: runs.Run) -> None:
+    """A complete run has nothing to resume; a diverged one would only diverge again."""
+    status = run.info.status
+    if status in ("complete", "diverged"):
+        hint = "nothing to resume" if status == "complete" else runs.next_step(run.path, status)
+        raise RunDirError(Problem(f"the run is {status}", file=str(run.path), hint=hint))
+
+
+def _same_config(
+    run: runs.Run,
+    checkpoint: checkpoints.Checkpoint,
+    config_path: Path | None,
+    overrides: list[str],
+) -> LoadedConfig:
+    """The config to resume with: the run's own, or the one given (with --set) if it resolves
+    to the same; either way refused when it differs from the checkpoint's, fields named."""
+    own = load_config(run.config_path, [] if config_path else overrides)
+    _refuse_changes(own, checkpoint, run.config_path)
+    if config_path is None:
+        return own
+    given = load_config(config_path, overrides)
+    _refuse_changes(given, checkpoint, config_path)
+    return given
+
+
+# Settings a resume may change: the engine gives the same results, and every key under
+# `tracking` only says where the epochs are also reported (a resume may turn a tracker on, or
+# move off a dead store).
+_FREE_ON_RESUME = {"training.engine"}
+_FREE_SECTIONS = {"tracking"}
+
+
+def _refuse_changes(loaded: LoadedConfig, checkpoint: checkpoints.Checkpoint, path: Path) -> None:
+    changed = [
+        key
+        for key in differences(resolved_config(loaded), checkpoint.config)
+        if key not in _FREE_ON_RESUME and key.split(".")[0] not in _FREE_SECTIONS
+    ]
+    if changed:
+        more = f" and {len(changed) - 8} more" if len(changed) > 8 else ""
+        raise ConfigError(
+            Problem(
+                "differs from the config the run was trained with in "
+                + ", ".join(changed[:8])
+                + more,
+                file=str(path),
+                hint="resume with the run's own config, or train a new run",
+            )
+        )
+
+
+def _same_data(run: runs.Run, prepared: Prepared) -> None:
+    if prepared.table.sha256 != run.info.data.sha256:
+        raise DataError(
+            Problem(
+                "the data file changed since the run began; resuming on other data would not "
+                "continue the same training",
+                file=str(prepared.table.path),
+                hint="restore the original file, or train a new run on this one",
+            )
+        )
+    if prepared.preprocessor != run.preprocessor:
+        raise RunDirError(
+            Problem(
+                f"{runs.PREPROCESSING} does not match the preprocessing fitted on the data",
+                file=str(run.path / runs.PREPROCESSING),
+                hint="the run was edited after it began; train a new run",
+            )
+        )

@@ -1,0 +1,86 @@
+"""`mlpkit train CONFIG`: check everything, then train into a new run directory.
+
+Top to bottom: device -> prepare (read, check and split the table, fit preprocessing on the
+training rows) -> build the trainer and its step -> open the trackers -> the layer table ->
+create the run directory -> under its lock, the first files (config.yaml, summary.txt,
+preprocessing.json) -> fit_run (fit.py). Everything that can be checked is checked before the
+run directory exists, so a rejected input leaves runs/ as it was.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+from pathlib import Path
+
+import torch
+
+import mlpkit
+from mlpkit.config.load import LoadedConfig
+from mlpkit.errors import MlpkitError
+from mlpkit.flows.common import resolve_device, resolved_config, summarize_network, training_info
+from mlpkit.flows.fit import Job, Listener, Start, TrainResult, fit_run
+from mlpkit.report import tracking
+from mlpkit.report.summary import render_text
+from mlpkit.rundir import lock, runs
+from mlpkit.train.build import Engine, build_trainer, make_step
+from mlpkit.train.prepare import Prepared, prepare
+
+
+def train(
+    loaded: LoadedConfig,
+    runs_dir: Path,
+    device_name: str | None = None,
+    listener: Listener | None = None,
+) -> TrainResult:
+    """Train the config into a new run directory under `runs_dir` and write every file of it.
+
+    Raises:
+        MlpkitError: any problem with the config, data or device (before the run exists), or
+            divergence, interruption and environment failures during training (the run is
+            marked as such, with a checkpoint to resume from).
+    """
+    device = resolve_device(loaded, device_name)
+    config = resolved_config(loaded)
+    prepared = prepare(loaded)
+    step, trainer = make_step(build_trainer(prepared, device))
+    trackers = tracking.open_tracking(loaded, config, runs_dir)
+    summary = summarize_network(prepared.config, prepared.preprocessor)
+    if listener is not None:
+        listener.started(Start(prepared, device, summary, None))
+    run_dir = runs.create_run_dir(runs_dir, prepared.config.name)
+    fitting = False
+    try:
+        with lock.hold(run_dir):  # one hold from the first file to the last
+            runs.write_yaml(run_dir / runs.CONFIG, config)
+            runs.write_bytes(run_dir / runs.SUMMARY, render_text(summary).encode())
+            preprocessing = prepared.preprocessor.model_dump(mode="json")
+            runs.write_json(run_dir / runs.PREPROCESSING, preprocessing)
+            info = run_info(prepared, device, trainer.engine)
+            job = Job(run_dir, prepared, trainer, step, device, config, info, trackers)
+            fitting = True
+            return fit_run(job, listener)
+    except MlpkitError:
+        if not fitting:  # not a run yet: leave nothing behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def run_info(prepared: Prepared, device: torch.device, engine: Engine) -> runs.RunInfo:
+    """run.json as a new run begins: status running, the data file, the versions, the engine."""
+    return runs.RunInfo(
+        name=prepared.config.name,
+        status="running",
+        seed=prepared.config.seed,
+        device=str(device),
+        data=runs.DataInfo(
+            path=str(prepared.table.path), sha256=prepared.table.sha256, rows=prepared.data_rows
+        ),
+        versions={
+            "mlpkit": mlpkit.__version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+        started=runs.now(),
+        training=training_info(engine),
+    )

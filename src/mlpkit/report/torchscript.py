@@ -1,0 +1,127 @@
+"""A trained network with its preprocessing as one TorchScript module: the Pipeline.
+
+The module takes the raw feature columns and gives predict's numbers (the contract is in
+flows/export.py): forward(numbers: Dict[str, Tensor], categories: Dict[str, List[str]]), each
+numeric column float64 [batch] and each categorical column its text; inside, standardizing in
+float64 rounded to float32 and one-hot (a category not seen in training is all zeros), as
+preprocessing.transform computes them; the network, traced, in float32; predict's output in
+float64. Its attributes say how to call it and read it.
+"""
+
+# No `from __future__ import annotations`: TorchScript reads Pipeline's annotations as types,
+# and would find strings.
+import contextlib
+import io
+import warnings
+from collections.abc import Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from mlpkit.data.preprocessing import CategoricalFeature, Preprocessor
+from mlpkit.report.onnx_graph import output_name, raw_columns
+from mlpkit.train.tasks import Regression, Task
+
+
+class Pipeline(nn.Module):
+    """The TorchScript model: raw columns in, predict's numbers out (see the module docstring).
+
+    Its attributes say how to call it and read it: `columns`, `categorical` (the text
+    columns), `output` (its name for what it returns) and `classes`.
+    """
+
+    columns: list[str]
+    categorical: list[str]
+    output: str
+    classes: list[str]
+    means: list[float]  # per column; categorical columns 0
+    stds: list[float]  # per column; categorical columns 1
+    codes: list[dict[str, int]]  # per column: category -> its one-hot position; numeric {}
+    target_mean: float  # regression: predictions are outputs * target_std + target_mean
+    target_std: float
+
+    def __init__(self, preprocessor: Preprocessor, traced: nn.Module, task: Task) -> None:
+        super().__init__()
+        features = preprocessor.features
+        self.columns = [feature.name for feature in features]
+        self.categorical = [f.name for f in features if isinstance(f, CategoricalFeature)]
+        self.means = [0.0 if isinstance(f, CategoricalFeature) else f.mean for f in features]
+        self.stds = [1.0 if isinstance(f, CategoricalFeature) else f.std for f in features]
+        self.codes = [
+            {c: i for i, c in enumerate(f.categories)} if isinstance(f, CategoricalFeature) else {}
+            for f in features
+        ]
+        self.network = traced
+        self.task = task.name
+        self.output = output_name(task)
+        self.classes = [] if isinstance(task, Regression) else list(task.labels.classes)
+        scale = task.scale if isinstance(task, Regression) else None
+        self.target_mean = scale.mean if scale is not None else 0.0
+        self.target_std = scale.std if scale is not None else 1.0
+
+    def forward(
+        self, numbers: dict[str, torch.Tensor], categories: dict[str, list[str]] | None = None
+    ) -> torch.Tensor:
+        """numbers: each numeric column [batch]; categories: each categorical column's text."""
+        blocks: list[torch.Tensor] = []
+        for i, name in enumerate(self.columns):
+            if name in self.categorical:
+                if categories is None or name not in categories:
+                    raise ValueError("missing categorical column '" + name + "' in categories")
+                known = self.codes[i]
+                # [batch]; stripped as mlpkit's reader strips every cell
+                codes = torch.tensor([known.get(v.strip(), -1) for v in categories[name]])
+                hot = codes.unsqueeze(1) == torch.arange(len(known)).unsqueeze(0)
+                blocks.append(hot.to(torch.float32))  # [batch, categories]; unknown: zeros
+            else:
+                if name not in numbers:
+                    raise ValueError("missing numeric column '" + name + "' in numbers")
+                column = numbers[name].to(torch.float64)  # [batch]
+                scaled = (column - self.means[i]) / self.stds[i]
+                blocks.append(scaled.to(torch.float32).unsqueeze(1))
+        logits: torch.Tensor = self.network(torch.cat(blocks, dim=1))  # [batch, outputs]
+        if self.task == "multiclass":
+            return torch.softmax(logits.to(torch.float64), dim=1)
+        first = logits[:, 0].to(torch.float64)  # [batch]
+        if self.task == "binary":
+            return torch.sigmoid(first)
+        return first * self.target_std + self.target_mean
+
+
+def torchscript_bytes(preprocessor: Preprocessor, model: nn.Module, task: Task) -> bytes:
+    """The Pipeline scripted (text needs script), around the network traced (it is plain
+    tensor code; MultiInput's buffer lookup by name is not scriptable)."""
+    width = len(preprocessor.input_names)
+    buffer = io.BytesIO()
+    with _quiet_jit():
+        traced = torch.jit.trace(model, torch.zeros(2, width))  # type: ignore[no-untyped-call]
+        torch.jit.save(torch.jit.script(Pipeline(preprocessor, traced, task)), buffer)
+    return buffer.getvalue()
+
+
+def run_torchscript(data: bytes, preprocessor: Preprocessor, frame: pd.DataFrame) -> np.ndarray:
+    """The serialized model's output on `frame`'s rows, loaded as a user would load it."""
+    numbers: dict[str, torch.Tensor] = {}
+    categories: dict[str, list[str]] = {}
+    for name, values in raw_columns(preprocessor, frame).items():
+        if values.dtype == object:
+            categories[name] = [str(v) for v in values]
+        else:
+            numbers[name] = torch.tensor(values)  # a copy: pandas may hand out read-only arrays
+    with _quiet_jit():
+        loaded = torch.jit.load(io.BytesIO(data), map_location="cpu")  # type: ignore[no-untyped-call]
+    with torch.no_grad():
+        return loaded(numbers, categories).numpy()  # type: ignore[no-any-return]
+
+
+@contextlib.contextmanager
+def _quiet_jit() -> Iterator[None]:
+    """torch 2.13 deprecates torch.jit for torch.export, which cannot take text inputs; the
+    TorchScript format is what this export is asked for, so that one warning is silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r"`torch\.jit\.\w+` is deprecated", category=DeprecationWarning
+        )
+        yield

@@ -1,0 +1,158 @@
+"""Build what training updates from a prepared config: the network, its optimizer, loss and
+learning-rate schedule, the engine that runs the steps, and the step itself.
+
+Everything torch may refuse is built here, before a run directory exists, so a refusal is a
+config error that leaves runs/ as it was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from mlpkit.config import registries
+from mlpkit.config.schema import Config
+from mlpkit.data.preprocessing import Preprocessor
+from mlpkit.errors import ConfigError
+from mlpkit.train import direct, threads
+from mlpkit.train.loop import EarlyStopping
+from mlpkit.train.model import InputSpec, build_model
+from mlpkit.train.prepare import Prepared
+from mlpkit.train.schedules import Schedule
+from mlpkit.train.steps import AutogradStep, Step
+from mlpkit.train.tasks import Regression, Task
+
+# Optimizers with a fused kernel (one call updates every parameter): faster than the for-each
+# default (measured: docs/PERFORMANCE.md), and what the direct step calls.
+FUSED = ("sgd", "adam", "adamw")
+
+
+@dataclass(frozen=True)
+class Engine:
+    """How steps run: `direct` (direct.py) or `autograd`; why not direct; CPU threads."""
+
+    name: str
+    threads: int
+    why_not_direct: str | None = None
+
+
+@dataclass(frozen=True)
+class Trainer:
+    """What training updates: the network, its optimizer and learning-rate schedule, the loss
+    it minimizes, the engine its steps run on, and when to stop early."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: nn.Module
+    engine: Engine
+    schedule: Schedule | None = None
+    stopping: EarlyStopping | None = None
+
+
+def network(
+    config: Config, preprocessor: Preprocessor, task: Task, device: torch.device
+) -> nn.Module:
+    """The configured network; classification keeps logits as its output (see tasks.py)."""
+    logits = not isinstance(task, Regression)
+    width = len(preprocessor.input_names)
+    inputs = input_specs(config, preprocessor)
+    return build_model(config.model.layers, width, config.seed, device, logits, inputs)
+
+
+def input_specs(config: Config, preprocessor: Preprocessor) -> list[InputSpec] | None:
+    """The named inputs with the positions of their encoded columns, or None for one input."""
+    if config.model.inputs is None:
+        return None
+    return [
+        InputSpec(name, preprocessor.positions(spec.columns), spec.layers)
+        for name, spec in config.model.inputs.items()
+    ]
+
+
+def make_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
+    """training.optimizer over the model's parameters, fused where torch has a fused kernel."""
+    settings = config.training.optimizer
+    options = settings.model_dump(exclude={"name"})
+    if "betas" in options:
+        options["betas"] = tuple(options["betas"])
+    if settings.name in FUSED:
+        options["fused"] = True
+    optimizer_class = registries.OPTIMIZERS[settings.name]
+    return optimizer_class(model.parameters(), **options)
+
+
+def build_trainer(prepared: Prepared, device: torch.device) -> Trainer:
+    """Build model, optimizer and loss, so whatever torch refuses is known before a run exists.
+
+    Raises:
+        ConfigError: torch refuses an optimizer option the config checks let through, or
+            training.engine is direct for a model, loss or optimizer it does not cover.
+    """
+    model = network(prepared.config, prepared.preprocessor, prepared.task, device)
+    try:
+        optimizer = make_optimizer(model, prepared.config)
+    except ValueError as exc:
+        problem = prepared.loaded.problem(("training", "optimizer"), f"torch refuses it: {exc}")
+        raise ConfigError(problem) from None
+    loss_fn = prepared.task.loss(device)
+    engine = choose_engine(prepared, model, loss_fn, optimizer)
+    settings = prepared.config.training.scheduler
+    schedule = None
+    if settings is not None:
+        schedule = Schedule(settings, optimizer, prepared.config.training.epochs)
+    stopping = early_stopping(prepared.config)
+    return Trainer(model, optimizer, loss_fn, engine, schedule, stopping)
+
+
+def choose_engine(
+    prepared: Prepared, model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer
+) -> Engine:
+    """training.engine resolved: auto takes the direct step wherever it covers the model."""
+    training = prepared.config.training
+    parameters = sum(p.numel() for p in model.parameters())
+    count = threads.choose(training.threads, parameters, training.batch_size)
+    if training.engine == "autograd":
+        return Engine("autograd", count)
+    why_not = direct.unsupported(model, loss_fn, optimizer)
+    if why_not is None:
+        return Engine("direct", count)
+    if training.engine == "direct":
+        problem = prepared.loaded.problem(
+            ("training", "engine"),
+            f"the direct step does not cover {why_not}",
+            hint="use engine: auto (direct where it applies) or autograd",
+        )
+        raise ConfigError(problem)
+    return Engine("autograd", count, why_not)
+
+
+def make_step(trainer: Trainer) -> tuple[Step, Trainer]:
+    """The step the trainer's engine runs, and the trainer as it will train.
+
+    Call it after any checkpoint's optimizer state is loaded: the direct step works on that
+    state in place. A checkpoint of an older mlpkit may restore a non-fused optimizer, which
+    the direct step does not cover: then the trainer returned trains through autograd and
+    says why.
+    """
+    autograd = AutogradStep(trainer.model, trainer.loss_fn, trainer.optimizer)
+    if trainer.engine.name != "direct":
+        return autograd, trainer
+    try:
+        step = direct.DirectStep(trainer.model, trainer.loss_fn, trainer.optimizer)
+    except direct.Unsupported as why:
+        engine = Engine("autograd", trainer.engine.threads, str(why))
+        return autograd, replace(trainer, engine=engine)
+    return step, trainer
+
+
+def early_stopping(config: Config) -> EarlyStopping | None:
+    """The loop's early stopping from the config; mode auto reads the metric's direction."""
+    settings = config.training.early_stopping
+    if settings is None:
+        return None
+    lower = registries.lower_is_better(settings.monitor, settings.mode)
+    return EarlyStopping(
+        settings.monitor, lower, settings.patience, settings.min_delta, settings.restore_best
+    )
