@@ -1,5 +1,6 @@
 """The `mlpkit` command line: parse, call a flow (flows/, one module per verb), render. Nothing
-else.
+else. Long (one typed function per verb, whose options and docstring are its --help) but
+flat: every command reads alone, and the app's options stay in one place.
 
 Expected failures (MlpkitError) print one line per problem on stderr with their exit code; a
 usage mistake prints one line with exit 2; anything else is a bug: one line, the traceback saved
