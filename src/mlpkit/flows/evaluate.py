@@ -21,6 +21,8 @@ from mlpkit.train.tasks import Regression, Task
 
 @dataclass(frozen=True)
 class EvalResult:
+    """The scores of a run's network on some rows, and which rows they were."""
+
     run: runs.Run
     scores: dict[str, float]
     rows: int

@@ -58,9 +58,11 @@ class Start:
 class Listener(Protocol):
     """What the caller (the CLI) hears while a run trains: its start, then each epoch."""
 
-    def started(self, start: Start) -> None: ...
+    def started(self, start: Start) -> None:
+        """Training is about to begin (or carry on)."""
 
-    def epoch(self, record: EpochRecord) -> None: ...
+    def epoch(self, record: EpochRecord) -> None:
+        """An epoch ended: its record, as history.csv will hold it."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,8 @@ class Job:
 
 @dataclass(frozen=True)
 class TrainResult:
+    """A complete run: its directory, the epoch records, metrics.json, run.json's training."""
+
     run_dir: Path
     history: list[EpochRecord]
     metrics: dict[str, Any]

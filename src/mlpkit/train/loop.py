@@ -67,6 +67,7 @@ class EarlyStopping:
     restore_best: bool = True
 
     def improves(self, value: float, best: float | None) -> bool:
+        """Whether `value` beats `best` by more than min_delta in the monitored direction."""
         if best is None:
             return value == value  # a NaN never becomes the best
         if self.lower_is_better:

@@ -28,6 +28,9 @@ Scores = dict[str, float]
 
 @dataclass(frozen=True)
 class Regression:
+    """A number. Every task has the methods below; the network's outputs stay raw (a linear
+    head, logits for classification) and each method reads them in the task's own terms."""
+
     scale: TargetScale
     loss_name: str
     loss_options: dict[str, Any]
@@ -39,27 +42,34 @@ class Regression:
         return torch.from_numpy(self.scale.scale(values.astype(np.float64)))[:, None]
 
     def loss(self, device: torch.device) -> nn.Module:
+        """The loss training minimizes, on the outputs and `targets`."""
         return registries.LOSSES[self.loss_name](**self.loss_options)
 
     def score(self, y: torch.Tensor, outputs: torch.Tensor, names: list[str] | None) -> Scores:
+        """The metrics `names` (all of the task's when None) in the target's own units."""
         y_true = self.scale.unscale(y[:, 0].double().cpu().numpy())
         y_pred = self.scale.unscale(outputs[:, 0].double().cpu().numpy())
         return registries.regression_scores(y_true, y_pred, names)
 
     def columns(self, outputs: torch.Tensor) -> dict[str, np.ndarray]:
+        """What predict writes for each row: here the prediction in target units."""
         return {"prediction": self.scale.unscale(outputs[:, 0].double().cpu().numpy())}
 
     def truth(self, y: torch.Tensor) -> np.ndarray:
+        """Training targets back in the file's terms (units, or class names)."""
         return self.scale.unscale(y[:, 0].double().cpu().numpy())
 
     def baselines(
         self, x_train: np.ndarray, y_train: torch.Tensor, x_test: np.ndarray, y_test: torch.Tensor
     ) -> dict[str, Scores]:
+        """The reference models' test scores, fitted on the network's own training inputs."""
         return regression_baselines(x_train, self.truth(y_train), x_test, self.truth(y_test))
 
 
 @dataclass(frozen=True)
 class Binary:
+    """One of two classes: one logit, BCE with logits, a probability over `threshold`."""
+
     labels: ClassLabels  # classes[1] is the positive class
     threshold: float
     positive_weight: float | None  # from class_weights: weight(positive) / weight(negative)
@@ -114,6 +124,8 @@ class Binary:
 
 @dataclass(frozen=True)
 class Multiclass:
+    """One of several classes: a logit per class, cross-entropy, the most probable class."""
+
     labels: ClassLabels
     class_weights: list[float] | None
     top_k: int
