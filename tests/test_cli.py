@@ -282,7 +282,9 @@ def test_summary_of_a_run_refuses_set(cli: Cli, project: Project) -> None:
     )
 
 
-def test_debug_works_after_the_command(cli: Cli, project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_debug_works_after_the_command(
+    cli: Cli, project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("boom")
 
@@ -307,7 +309,9 @@ def test_predict_matches_columns_by_name_and_needs_no_target(cli: Cli, project: 
     assert reference.columns["prediction"][0] != reference.columns["prediction"][1]
 
 
-def test_predict_refuses_missing_columns_and_overwrites_only_with_force(cli: Cli, project: Project) -> None:
+def test_predict_refuses_missing_columns_and_overwrites_only_with_force(
+    cli: Cli, project: Project
+) -> None:
     run = project.train(cli)
     new, out = project.root / "new.csv", project.root / "preds.csv"
     new.write_text("a,c\n1,2\n")
@@ -351,7 +355,9 @@ def test_divergence_exits_3_and_marks_the_run(cli: Cli, project: Project) -> Non
     assert "metrics.json" not in {p.name for p in run.iterdir()}
 
 
-def test_ctrl_c_marks_the_run_interrupted_exit_130(cli: Cli, project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ctrl_c_marks_the_run_interrupted_exit_130(
+    cli: Cli, project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
@@ -367,7 +373,9 @@ def test_ctrl_c_marks_the_run_interrupted_exit_130(cli: Cli, project: Project, m
     assert cli("eval", run).code == 2  # never treated as complete
 
 
-def test_internal_error_is_one_line_and_a_report(cli: Cli, project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_internal_error_is_one_line_and_a_report(
+    cli: Cli, project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("boom")
 

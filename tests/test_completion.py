@@ -12,7 +12,7 @@ import typer
 
 from mlpkit.cli import app
 
-VERBS = sorted(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
+VERBS = sorted(typer.main.get_group(app).commands)
 
 
 def complete(shell: str, words: str) -> list[str]:

@@ -236,8 +236,8 @@ def test_no_checkpoint_is_saved_past_a_divergence() -> None:
     assert saved == [2]  # the save due after step 4 found the flag up and stopped instead
 
 
-Weights = dict[str, Any]  # a model's or an optimizer's state_dict()
-Saved = tuple[Position, Weights, Weights]
+StateDict = dict[str, Any]  # a model's or an optimizer's
+Saved = tuple[Position, StateDict, StateDict]
 
 
 def test_stopped_mid_epoch_and_resumed_it_matches_the_uninterrupted_run() -> None:
@@ -247,10 +247,9 @@ def test_stopped_mid_epoch_and_resumed_it_matches_the_uninterrupted_run() -> Non
     def run(
         stop_after: int | None,
         progress: Position | None = None,
-        state: tuple[Weights, Weights] | None = None,
+        state: tuple[StateDict, StateDict] | None = None,
     ) -> tuple[nn.Module | None, Saved | None]:
-        """(the trained model, None), or (None, the last save) when stopped after `stop_after`
-        polls."""
+        """(the trained model, None), or (None, the last save) once asked to stop."""
         model = build_model(layers, 3, seed=0)
         optimizer = adam(model)
         if state is not None:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import EpochListener, Project
+from conftest import Cli, EpochListener, Project
 
 from mlpkit.config.load import load_config
 from mlpkit.errors import EnvironmentFault
@@ -51,11 +51,11 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_disk_full_mid_training_exits_4_and_resumes_exactly(  # type: ignore[no-untyped-def]
-    cli, project: Project, small_disk: Path
+def test_disk_full_mid_training_exits_4_and_resumes_exactly(
+    cli: Cli, project: Project, small_disk: Path
 ) -> None:
     project.edit_config("epochs: 3", "epochs: 5")
-    reference = Path(cli("train", project.config, "--runs-dir", project.runs, "-q").last_line)
+    reference = project.train(cli)
     filler: list[Path] = []
 
     def full_after_epoch_2(record: EpochRecord) -> None:
@@ -80,8 +80,8 @@ def test_disk_full_mid_training_exits_4_and_resumes_exactly(  # type: ignore[no-
     assert sha(run / "model.safetensors") == sha(reference / "model.safetensors")
 
 
-def test_a_full_disk_before_training_is_exit_4_naming_the_path(  # type: ignore[no-untyped-def]
-    cli, project: Project, small_disk: Path
+def test_a_full_disk_before_training_is_exit_4_naming_the_path(
+    cli: Cli, project: Project, small_disk: Path
 ) -> None:
     runs = small_disk / "runs"
     (runs / "tiny").mkdir(parents=True)

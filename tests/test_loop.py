@@ -1,12 +1,16 @@
 import pytest
 import torch
+from torch import nn
 
-from mlpkit.config.schema import BatchNormLayer, DenseLayer
+from mlpkit.config.schema import BatchNormLayer, DenseLayer, Layer
 from mlpkit.errors import DivergedError
-from mlpkit.train.loop import Tensors, fit
+from mlpkit.train.loop import EpochRecord, Tensors, fit
 from mlpkit.train.model import build_model
 
-LAYERS = [DenseLayer(type="dense", units=8, activation="relu"), DenseLayer(type="dense", units=1)]
+LAYERS: list[Layer] = [
+    DenseLayer(type="dense", units=8, activation="relu"),
+    DenseLayer(type="dense", units=1),
+]
 
 
 def data(rows: int = 40) -> Tensors:
@@ -15,7 +19,9 @@ def data(rows: int = 40) -> Tensors:
     return Tensors(x, x.sum(dim=1, keepdim=True) + 0.1 * torch.randn(rows, 1, generator=g))
 
 
-def run_fit(epochs: int = 3, batch_size: int = 4, shuffle: bool = True, sgd_lr: float = 0.0):  # type: ignore[no-untyped-def]
+def run_fit(
+    epochs: int = 3, batch_size: int = 4, shuffle: bool = True, sgd_lr: float = 0.0
+) -> tuple[nn.Module, list[EpochRecord]]:
     model = build_model(LAYERS, 3, seed=0)
     optimizer = (
         torch.optim.SGD(model.parameters(), lr=sgd_lr)
@@ -56,7 +62,7 @@ def test_fit_equals_a_hand_written_loop() -> None:
             rows = order[start : start + 4]
             loss = torch.nn.functional.mse_loss(reference(train.x[rows]), train.y[rows])
             optimizer.zero_grad()
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
     ours, history = run_fit()
     for a, b in zip(ours.state_dict().values(), reference.state_dict().values(), strict=True):
@@ -76,7 +82,7 @@ def test_divergence_is_an_error_not_a_nan_model() -> None:
 
 
 def test_batch_norm_skips_a_last_batch_of_one_row() -> None:
-    layers = [
+    layers: list[Layer] = [
         DenseLayer(type="dense", units=4),
         BatchNormLayer(type="batch_norm"),
         DenseLayer(type="dense", units=1),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import Project, stop_at_poll
+from conftest import Cli, Project, stop_at_poll
 from pydantic import TypeAdapter
 
 from mlpkit.config.schema import Scheduler
@@ -23,7 +23,9 @@ EPOCHS = 6
 LR = 0.01
 
 
-def rates(settings: dict[str, object], epochs: int = EPOCHS, monitored: list[float] | None = None):  # type: ignore[no-untyped-def]
+def rates(
+    settings: dict[str, object], epochs: int = EPOCHS, monitored: list[float] | None = None
+) -> list[float]:
     """The learning rate each epoch trains at, stepping the schedule as fit does."""
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=LR)
     schedule = Schedule(TypeAdapter(Scheduler).validate_python(settings), optimizer, epochs)
@@ -89,9 +91,9 @@ def scheduled(project: Project, settings: str, epochs: int = EPOCHS) -> Project:
     return project
 
 
-def test_history_records_each_epochs_rate(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
-    constant = cli("train", project.config, "--runs-dir", project.runs / "constant", "-q")
-    assert [float(row["lr"]) for row in history(Path(constant.last_line))] == [0.01] * 3
+def test_history_records_each_epochs_rate(cli: Cli, project: Project) -> None:
+    constant = project.train(cli, runs=project.runs / "constant")
+    assert [float(row["lr"]) for row in history(constant)] == [0.01] * 3
     scheduled(project, "{name: step, step_epochs: 2, gamma: 0.5}")
     result = cli("train", project.config, "--runs-dir", project.runs)
     assert result.code == 0, result.err
@@ -113,16 +115,14 @@ def weights_of(run: Path) -> str:
     ],
     ids=["cosine-warmup", "plateau"],
 )
-def test_resumed_mid_schedule_equals_uninterrupted(  # type: ignore[no-untyped-def]
-    cli, project: Project, monkeypatch: pytest.MonkeyPatch, settings: str
+def test_resumed_mid_schedule_equals_uninterrupted(
+    cli: Cli, project: Project, monkeypatch: pytest.MonkeyPatch, settings: str
 ) -> None:
     """The schedule's state travels in the checkpoint: stopped in epoch 3 (the first after the
     warmup, or with one bad epoch of the plateau's patience counted), resumed, the run equals
     one never stopped."""
     scheduled(project, settings)
-    reference = Path(
-        cli("train", project.config, "--runs-dir", project.root / "ref", "-q").last_line
-    )
+    reference = project.train(cli, runs=project.root / "ref")
     stop_at_poll(monkeypatch, 12)  # a SIGINT in epoch 3, batch 2
     assert cli("train", project.config, "--runs-dir", project.runs, "-q").code == 130
     monkeypatch.undo()
@@ -132,17 +132,13 @@ def test_resumed_mid_schedule_equals_uninterrupted(  # type: ignore[no-untyped-d
     assert weights_of(run) == weights_of(reference)
 
 
-def test_both_engines_train_the_same_schedule(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
+def test_both_engines_train_the_same_schedule(cli: Cli, project: Project) -> None:
     """The direct step reads the group's lr at every step, as optimizer.step() does."""
     scheduled(project, "{name: one_cycle, max_lr: 0.05, pct_start: 0.5}")
-    runs = []
-    for engine in ("direct", "autograd"):
-        out = project.runs / engine
-        result = cli(
-            "train", project.config, "--runs-dir", out, "--set", f"training.engine={engine}", "-q"
-        )
-        assert result.code == 0, result.err
-        runs.append(Path(result.last_line))
+    runs = [
+        project.train(cli, "--set", f"training.engine={engine}", runs=project.runs / engine)
+        for engine in ("direct", "autograd")
+    ]
     assert weights_of(runs[0]) == weights_of(runs[1])
     assert history(runs[0])[-1]["lr"] == history(runs[1])[-1]["lr"]
 
@@ -173,8 +169,8 @@ def test_both_engines_train_the_same_schedule(cli, project: Project) -> None:  #
         "one-cycle-warmup",
     ],
 )
-def test_schedule_mistakes_are_one_line_config_errors(  # type: ignore[no-untyped-def]
-    cli, project: Project, settings: str, expected: str
+def test_schedule_mistakes_are_one_line_config_errors(
+    cli: Cli, project: Project, settings: str, expected: str
 ) -> None:
     scheduled(project, settings)
     result = cli("check", project.config)
@@ -184,7 +180,7 @@ def test_schedule_mistakes_are_one_line_config_errors(  # type: ignore[no-untype
     assert not project.runs.exists()
 
 
-def test_plateau_without_validation_rows_must_watch_train_loss(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
+def test_plateau_without_validation_rows_must_watch_train_loss(cli: Cli, project: Project) -> None:
     project.edit_config(
         "split: {train: 0.6, val: 0.2, test: 0.2}", "split: {train: 0.8, val: 0, test: 0.2}"
     )
@@ -201,8 +197,8 @@ def test_plateau_without_validation_rows_must_watch_train_loss(cli, project: Pro
     assert cli("check", project.config).code == 0
 
 
-def test_a_checkpoint_from_before_lr_and_schedules_resumes(  # type: ignore[no-untyped-def]
-    cli, project: Project, monkeypatch: pytest.MonkeyPatch
+def test_a_checkpoint_from_before_lr_and_schedules_resumes(
+    cli: Cli, project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A run stopped by an older mlpkit (no `scheduler` in its config, no `lr` in its history
     rows) resumes; the old epochs' lr cells are empty and the new ones are filled."""

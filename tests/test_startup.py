@@ -28,7 +28,7 @@ print(json.dumps({"code": code, "imported": [m for m in heavy if m in sys.module
 """
 
 # every verb of the app: a new command is checked without being listed here
-COMMANDS = list(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
+COMMANDS = list(typer.main.get_group(app).commands)
 
 
 def probe(*args: object, cwd: Path | None = None) -> tuple[int, list[str], str, str]:
@@ -104,6 +104,7 @@ def test_other_config_mistakes_exit_2_before_torch(
         assert "torch" not in imported
 
 
+@pytest.mark.slow
 def test_the_probe_sees_torch_when_a_command_needs_it(config: Path) -> None:
     # A valid config: check reads the data and builds the model, so torch is imported. This
     # keeps the tests above honest (an empty list is not a probe that cannot see).

@@ -9,8 +9,8 @@ def dense(units: int, activation: str = "linear", bias: bool = True) -> DenseLay
     return DenseLayer(type="dense", units=units, activation=activation, bias=bias)
 
 
-WRITE_UP = [dense(32, "relu"), dense(8, "relu"), dense(1)]
-FIRST_MODEL = [dense(1, "relu"), dense(1)]
+WRITE_UP: list[Layer] = [dense(32, "relu"), dense(8, "relu"), dense(1)]
+FIRST_MODEL: list[Layer] = [dense(1, "relu"), dense(1)]
 
 
 @pytest.mark.parametrize(
@@ -18,7 +18,9 @@ FIRST_MODEL = [dense(1, "relu"), dense(1)]
     [(WRITE_UP, 529, 2116), (FIRST_MODEL, 10, 40)],
     ids=["32-8-1", "1-1"],
 )
-def test_axon_figures(layers: list[Layer], parameters: int, bytes_: int) -> None:
+def test_totals_match_axons_parameter_and_byte_counts(
+    layers: list[Layer], parameters: int, bytes_: int
+) -> None:
     summary = summarize(layers, in_features=7)
     assert summary.total_parameters == parameters
     assert summary.parameter_bytes == bytes_
@@ -43,7 +45,9 @@ def test_counts_match_the_model_that_is_built(layers: list[Layer]) -> None:
     summary = summarize(layers, in_features=9)
     assert summary.total_parameters == sum(p.numel() for p in model.parameters())
     assert [r.count for r in summary.rows if r.count] == [
-        sum(p.numel() for p in m.parameters()) for m in model if any(True for _ in m.parameters())
+        sum(p.numel() for p in m.parameters())
+        for m in model.children()
+        if any(True for _ in m.parameters())
     ]
 
 

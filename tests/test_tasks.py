@@ -101,7 +101,9 @@ def test_the_task_follows_the_loss_and_fills_its_defaults(classifier: Project) -
         ),
     ],
 )
-def test_settings_that_do_not_fit_the_task_are_refused(classifier: Project, overrides: list[str], expected: str) -> None:
+def test_settings_that_do_not_fit_the_task_are_refused(
+    classifier: Project, overrides: list[str], expected: str
+) -> None:
     lines = config_errors(classifier, *overrides)
     assert any(expected in line for line in lines), lines
 
