@@ -267,7 +267,7 @@ def test_stopped_mid_epoch_and_resumed_it_matches_the_uninterrupted_run() -> Non
         try:
             fit(
                 model, nn.MSELoss(), optimizer, data, None, epochs=3, batch_size=4, shuffle=True,
-                seed=0, hooks=hooks, progress=progress,
+                seed=0, hooks=hooks, position=progress,
                 step=DirectStep(model, nn.MSELoss(), optimizer),
             )  # fmt: skip
         except StopRequested:

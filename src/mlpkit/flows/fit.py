@@ -154,7 +154,7 @@ def _fit_and_write(job: Job, on_epoch: OnEpoch | None, stop: interrupts.StopSign
             score=lambda y, outputs: prepared.task.score(y, outputs, cfg.training.metrics),
             early_stopping=trainer.stopping,
             hooks=hooks,
-            progress=position,
+            position=position,
             step=job.step,
             schedule=trainer.schedule,
         )

@@ -4,7 +4,7 @@ Batches come from the tensors by index: each epoch draws one permutation, gather
 in that order, then takes contiguous slices (views, no copy). That is the whole "batch sampler",
 with no per-row __getitem__ or collate, and nothing leaves the device until the epoch ends.
 
-Training keeps its position in a Position: the epoch, the batches of it already trained, the
+Training keeps its place in a Position: the epoch, the batches of it already trained, the
 history, the shuffle generator's state at the epoch's start, the partial epoch's losses and
 early stopping's state. A checkpoint saves a Position, and `fit` given one carries on from it:
 an epoch's batches are a pure function of the seed and the epoch, so the batches already
@@ -134,11 +134,11 @@ def fit(
     score: Scorer | None = None,
     early_stopping: EarlyStopping | None = None,
     hooks: Hooks | None = None,
-    progress: Position | None = None,
+    position: Position | None = None,
     step: Step | None = None,
     schedule: EpochSchedule | None = None,
 ) -> Position:
-    """Train up to `epochs` (from `progress` if given) and return where training ended.
+    """Train up to `epochs` (from `position` if given) and return where training ended.
 
     `train` is in-memory rows (each epoch one pass in a seeded random order) or a stream.
     With early stopping that restores the best, the model ends with the best epoch's weights.
@@ -151,72 +151,72 @@ def fit(
     """
     hooks = hooks or Hooks()
     step = step or AutogradStep(model, loss_fn, optimizer)
-    progress = progress or Position()
+    position = position or Position()
     generator = torch.Generator().manual_seed(seed)
-    if progress.order_state is not None:
-        generator.set_state(progress.order_state)
+    if position.order_state is not None:
+        generator.set_state(position.order_state)
     device = next(model.parameters()).device
-    progress.losses = [loss.to(device) for loss in progress.losses]  # a checkpoint's are on CPU
-    while progress.epoch <= epochs and not progress.stopped_early:
+    position.losses = [loss.to(device) for loss in position.losses]  # a checkpoint's are on CPU
+    while position.epoch <= epochs and not position.stopped_early:
         started = time.perf_counter()
-        progress.order_state = generator.get_state()
+        position.order_state = generator.get_state()
         if isinstance(train, BatchStream):
-            batches = train.epoch_batches(progress.epoch)
+            batches = train.epoch_batches(position.epoch)
         else:
             batches = _slices(model, train, batch_size, shuffle, generator)
-        remaining = islice(batches, progress.batches_done, None)
+        remaining = islice(batches, position.batches_done, None)
         model.train()
         try:
-            _train_epoch(step, remaining, progress, hooks)
+            _train_epoch(step, remaining, position, hooks)
         except NonFiniteLoss as bad:  # seen at its own step: the batch after those done
             what = f"the training loss became {bad.value}"
-            raise _diverged(what, progress.epoch, progress.batches_done + 1) from None
+            raise _diverged(what, position.epoch, position.batches_done + 1) from None
         finally:  # whatever stops the epoch, the optimizer's state is left up to date
             step.settle()
-        _settle(progress, step)
-        record: EpochRecord = {"epoch": progress.epoch, "train_loss": progress.epoch_loss()}
+        _settle(position, step)
+        record: EpochRecord = {"epoch": position.epoch, "train_loss": position.epoch_loss()}
         if val is not None:
             record |= evaluate(model, loss_fn, val, score, prefix="val_")
         record["lr"] = float(optimizer.param_groups[0]["lr"])  # the rate of the whole epoch
         record["seconds"] = time.perf_counter() - started
-        _end_epoch(progress, record, model, early_stopping)
+        _end_epoch(position, record, model, early_stopping)
         if schedule is not None:  # before the save: the checkpoint holds the next epoch's rate
             schedule.step(record)
-        progress.order_state = generator.get_state()  # where the next epoch's shuffle begins
+        position.order_state = generator.get_state()  # where the next epoch's shuffle begins
         if hooks.save is not None:
-            hooks.save(progress)
+            hooks.save(position)
         if hooks.on_epoch is not None:
             hooks.on_epoch(record)
         if _asked_to_stop(hooks):
             raise StopRequested()
-    if early_stopping is not None and progress.best_weights is not None:
-        model.load_state_dict(progress.best_weights)
-    return progress
+    if early_stopping is not None and position.best_weights is not None:
+        model.load_state_dict(position.best_weights)
+    return position
 
 
 def _end_epoch(
-    progress: Position, record: EpochRecord, model: nn.Module, stopping: EarlyStopping | None
+    position: Position, record: EpochRecord, model: nn.Module, stopping: EarlyStopping | None
 ) -> None:
     """Record the epoch, move to the next, and update early stopping's state."""
-    progress.history.append(record)
+    position.history.append(record)
     if stopping is not None:
         value = record[stopping.monitor]
-        if stopping.improves(value, progress.best_value):
-            progress.best_value, progress.best_epoch, progress.stale_epochs = (
+        if stopping.improves(value, position.best_value):
+            position.best_value, position.best_epoch, position.stale_epochs = (
                 value,
-                progress.epoch,
+                position.epoch,
                 0,
             )
             if stopping.restore_best:
-                progress.best_weights = {
+                position.best_weights = {
                     k: v.detach().clone() for k, v in model.state_dict().items()
                 }
         else:
-            progress.stale_epochs += 1
-            progress.stopped_early = progress.stale_epochs >= stopping.patience
-    progress.epoch += 1
-    progress.batches_done = 0
-    progress.losses, progress.sizes = [], []
+            position.stale_epochs += 1
+            position.stopped_early = position.stale_epochs >= stopping.patience
+    position.epoch += 1
+    position.batches_done = 0
+    position.losses, position.sizes = [], []
 
 
 def _slices(
@@ -243,28 +243,28 @@ def _slices(
 def _train_epoch(
     step: Step,
     batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
-    progress: Position,
+    position: Position,
     hooks: Hooks,
 ) -> None:
-    """One optimizer step per batch, each loss kept (on the device) in `progress`."""
+    """One optimizer step per batch, each loss kept (on the device) in `position`."""
     every = hooks.save_every_steps
     for xb, yb in batches:
         loss = step(xb, yb)
-        progress.losses.append(loss.detach())
-        progress.sizes.append(xb.shape[0])
-        progress.batches_done += 1
-        progress.steps += 1
+        position.losses.append(loss.detach())
+        position.sizes.append(xb.shape[0])
+        position.batches_done += 1
+        position.steps += 1
         stop = _asked_to_stop(hooks)  # read once: a signal between two reads would skip the save
-        due = every is not None and progress.steps % every == 0
+        due = every is not None and position.steps % every == 0
         if stop or (due and hooks.save is not None):
-            _settle(progress, step)  # never save, or stop, past a divergence unreported
+            _settle(position, step)  # never save, or stop, past a divergence unreported
             if hooks.save is not None:
-                hooks.save(progress)
+                hooks.save(position)
         if stop:
             raise StopRequested()
 
 
-def _settle(progress: Position, step: Step) -> None:
+def _settle(position: Position, step: Step) -> None:
     """Bring the optimizer's state up to date for a checkpoint or the caller, and raise if a
     step of this epoch had a non-finite loss: a step that flags it on the device (direct)
     skipped it and every step after it, so the weights are from before it."""
@@ -273,9 +273,9 @@ def _settle(progress: Position, step: Step) -> None:
         return
     # The flag rises with the first non-finite loss (a resumed epoch's earlier losses are
     # finite: checkpoints are only written while the flag is down).
-    batch = torch.isfinite(torch.stack(progress.losses)).tolist().index(False)
-    value = progress.losses[batch].item()
-    raise _diverged(f"the training loss became {value}", progress.epoch, batch + 1)
+    batch = torch.isfinite(torch.stack(position.losses)).tolist().index(False)
+    value = position.losses[batch].item()
+    raise _diverged(f"the training loss became {value}", position.epoch, batch + 1)
 
 
 def _diverged(what: str, epoch: int, batch: int) -> DivergedError:
