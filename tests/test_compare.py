@@ -7,18 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import Project
+from conftest import Cli, Project
 from rich.console import Console
 from test_startup import probe
 
 from mlpkit.config.load import differences
 from mlpkit.report import compare
-
-
-def train(cli, project: Project, *args: object) -> Path:  # type: ignore[no-untyped-def]
-    result = cli("train", project.config, "--runs-dir", project.runs, "-q", *args)
-    assert result.code == 0, result.err
-    return Path(result.last_line)
 
 
 def rendered(table: object, width: int = 100, styles: bool = False) -> str:
@@ -127,9 +121,9 @@ def test_a_table_too_wide_numbers_the_runs_and_names_them_below() -> None:
 # --- the command --------------------------------------------------------------------------
 
 
-def test_compare_two_runs_end_to_end(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
-    first = train(cli, project)
-    second = train(cli, project, "--set", "seed=1", "--set", "model.layers.0.units=4")
+def test_compare_two_runs_end_to_end(cli: Cli, project: Project) -> None:
+    first = project.train(cli)
+    second = project.train(cli, "--set", "seed=1", "--set", "model.layers.0.units=4")
     result = cli("compare", first, second)
     assert result.code == 0, result.err
     lines = result.out.splitlines()
@@ -154,9 +148,9 @@ def test_compare_two_runs_end_to_end(cli, project: Project) -> None:  # type: ig
     ]
 
 
-def test_a_folder_stands_for_its_complete_runs(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
-    first, second = train(cli, project), train(cli, project)
-    broken = train(cli, project)
+def test_a_folder_stands_for_its_complete_runs(cli: Cli, project: Project) -> None:
+    first, second = project.train(cli), project.train(cli)
+    broken = project.train(cli)
     info = json.loads((broken / "run.json").read_text())
     (broken / "run.json").write_text(json.dumps(info | {"status": "failed"}))
     result = cli("compare", project.runs)
@@ -170,8 +164,8 @@ def test_a_folder_stands_for_its_complete_runs(cli, project: Project) -> None:  
     assert broken.name not in result.out
 
 
-def test_refusals_are_one_line(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
-    run = train(cli, project)
+def test_refusals_are_one_line(cli: Cli, project: Project) -> None:
+    run = project.train(cli)
     missing = project.root / "nope"
     assert cli("compare", run, missing).err == (
         f"Error: {missing}: does not exist; expected a run directory\n"
@@ -191,11 +185,10 @@ def test_refusals_are_one_line(cli, project: Project) -> None:  # type: ignore[n
     )
 
 
-def test_runs_of_different_tasks_are_refused(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
-    regression = train(cli, project)
-    classes = train(
+def test_runs_of_different_tasks_are_refused(cli: Cli, project: Project) -> None:
+    regression = project.train(cli)
+    classes = project.train(
         cli,
-        project,
         "--set",
         "data.target=color",
         "--set",
@@ -222,11 +215,11 @@ def test_help_imports_neither_torch_nor_pandas(command: str) -> None:
     assert f"Example: mlpkit {command}" in out
 
 
-def test_runs_of_different_targets_are_refused_and_a_repeat_shown_once(  # type: ignore[no-untyped-def]
-    cli, project: Project
+def test_runs_of_different_targets_are_refused_and_a_repeat_shown_once(
+    cli: Cli, project: Project
 ) -> None:
-    run = train(cli, project)
-    other = train(cli, project, "--set", "data.target=b", "--set", "data.features=[a, y, color]")
+    run = project.train(cli)
+    other = project.train(cli, "--set", "data.target=b", "--set", "data.features=[a, y, color]")
     result = cli("compare", run, other)
     assert (result.code, result.err) == (
         2,

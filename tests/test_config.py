@@ -6,7 +6,7 @@ from conftest import REPO, Project
 
 from mlpkit.config import registries
 from mlpkit.config.load import load_config
-from mlpkit.config.schema import LOSS_TASKS, AdamConfig, Loss, Optimizer
+from mlpkit.config.schema import LOSS_TASKS, AdamConfig, DenseLayer, Loss, Optimizer
 from mlpkit.errors import ConfigError
 
 
@@ -152,7 +152,8 @@ def test_overrides_are_validated_like_the_file(project: Project) -> None:
 
 def test_overrides_into_lists_are_checked(project: Project) -> None:
     cfg = load_config(project.config, ["model.layers.0.units=16"]).config
-    assert cfg.model.layers[0].units == 16  # type: ignore[union-attr]
+    first = cfg.model.layers[0]
+    assert isinstance(first, DenseLayer) and first.units == 16
     assert errors_of(project.config, "model.layers.9.units=3") == [
         "Error: --set: model.layers.9.units: 'model.layers' has 2 items, no item 9"
     ]
@@ -195,7 +196,7 @@ def test_name_must_be_a_folder_name(project: Project) -> None:
 def test_shorthand_optimizer_and_loss(project: Project) -> None:
     cfg = load_config(project.config, ["training.optimizer=sgd", "training.loss=huber"]).config
     assert cfg.training.optimizer.name == "sgd" and cfg.training.optimizer.lr == 0.01
-    assert cfg.training.loss.name == "huber"
+    assert cfg.training.loss is not None and cfg.training.loss.name == "huber"
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TINY_CONFIG, Project, tiny_csv
+from conftest import TINY_CONFIG, Cli, Project, Result, tiny_csv
 
 from mlpkit.cli import run_cli
 from mlpkit.config.load import load_config
@@ -100,7 +100,7 @@ class Case:
     expected: tuple[str, ...]
     edits: tuple[tuple[str, str], ...] = ()
     data: str | bytes | None = None
-    setup: Callable[[Project], None] | None = None
+    setup: Callable[[Project], object] | None = None  # what it returns is ignored
     lines: int = 1
     never_created: str | None = None  # a file (relative to the project) nothing may create
     needs_non_root: bool = False
@@ -486,10 +486,10 @@ INPUT_CASES = CONFIG_FILE_CASES + DATA_FILE_CASES
 
 
 def assert_rejected(
-    result: object, expected: tuple[str, ...], lines: int, project: Project
+    result: Result, expected: tuple[str, ...], lines: int, project: Project
 ) -> None:
     """Exit 2, `lines` lines each starting `Error: `, every fragment present, plain text."""
-    code, err = result.code, result.err  # type: ignore[attr-defined]
+    code, err = result.code, result.err
     assert code == 2, err
     assert "Traceback" not in err and "\x1b[" not in err
     err_lines = err.splitlines()
@@ -510,13 +510,13 @@ def runs_empty(project: Project) -> bool:
 @pytest.mark.parametrize("command", ["train", "check"])
 @pytest.mark.parametrize("case", [case.param() for case in INPUT_CASES])
 def test_bad_input_is_one_error_line_per_problem_and_no_run(
-    cli, project: Project, case: Case, command: str, monkeypatch: pytest.MonkeyPatch
-) -> None:  # type: ignore[no-untyped-def]
+    cli: Cli, project: Project, case: Case, command: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Every config and data mistake is caught before a run directory exists, by check too."""
     monkeypatch.chdir(project.root)  # the default runs/ would land here
     case.build(project)
     files = paths_under(project.root)
-    args = ["--runs-dir", project.runs] if command == "train" else []
+    args: list[str | Path] = ["--runs-dir", project.runs] if command == "train" else []
     result = cli(command, project.config, *args)
     assert_rejected(result, case.expected, case.lines, project)
     assert result.out == ""
@@ -535,7 +535,9 @@ def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
 
 
 @pytest.mark.parametrize("case", [case.param(wording=False) for case in INPUT_CASES])
-def test_rejected_input_leaves_runs_exactly_as_it_was(cli, project: Project, case: Case) -> None:  # type: ignore[no-untyped-def]
+def test_rejected_input_leaves_runs_exactly_as_it_was(
+    cli: Cli, project: Project, case: Case
+) -> None:
     """A runs/ that already holds a run (same name included) is not touched by a rejected train."""
     earlier = project.runs / "tiny" / "20260101-000000-abcdef"
     earlier.mkdir(parents=True)
@@ -548,7 +550,7 @@ def test_rejected_input_leaves_runs_exactly_as_it_was(cli, project: Project, cas
     assert snapshot(project.runs) | {".": (b"", project.runs.stat().st_mtime_ns)} == before
 
 
-def test_lr_in_exponent_form_is_a_float_everywhere(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
+def test_lr_in_exponent_form_is_a_float_everywhere(cli: Cli, project: Project) -> None:
     """`lr: 1e-3` is text to plain PyYAML; mlpkit must train with, and record, floats."""
     project.edit_config("lr: 1e-2", "lr: 1e-3, eps: 1E-8, weight_decay: 5e-4")
     result = cli("train", project.config, "--runs-dir", project.runs, "--set", "training.epochs=1")
@@ -565,8 +567,8 @@ def test_lr_in_exponent_form_is_a_float_everywhere(cli, project: Project) -> Non
 
 
 def test_relative_data_path_is_resolved_from_the_config_folder(
-    cli, project: Project, monkeypatch: pytest.MonkeyPatch
-) -> None:  # type: ignore[no-untyped-def]
+    cli: Cli, project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The working directory plays no part: data.path is relative to the config file."""
     (project.root / "sub").mkdir()
     project.data.rename(project.root / "sub" / "table.csv")
@@ -584,16 +586,16 @@ def test_relative_data_path_is_resolved_from_the_config_folder(
     [(0, "1.5"), (2, "red"), (3, "5.0")],
     ids=["numeric feature", "categorical feature", "target"],
 )
-def test_constant_column_trains_without_nan(cli, project: Project, column: int, value: str) -> None:  # type: ignore[no-untyped-def]
+def test_constant_column_trains_without_nan(
+    cli: Cli, project: Project, column: int, value: str
+) -> None:
     """Standardizing a constant column must not divide by zero into NaN, nor write NaN to JSON."""
     header, *lines = tiny_csv().splitlines()
     cells = [line.split(",") for line in lines]
     for row in cells:
         row[column] = value
     project.data.write_text("\n".join([header] + [",".join(row) for row in cells]) + "\n")
-    result = cli("train", project.config, "--runs-dir", project.runs, "-q")
-    assert result.code == 0, result.err
-    run = Path(result.last_line)
+    run = project.train(cli)
 
     def refuse(literal: str) -> None:
         raise AssertionError(f"non-strict JSON literal {literal}")
@@ -660,8 +662,8 @@ PREDICT_CASES = [
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in PREDICT_CASES])
 def test_predict_matches_feature_columns_by_name(
-    cli, trained: Path, tmp_path: Path, case: PredictCase
-) -> None:  # type: ignore[no-untyped-def]
+    cli: Cli, trained: Path, tmp_path: Path, case: PredictCase
+) -> None:
     """Predict needs the feature columns, in any order, and nothing else; it never edits the run."""
     reference, new = tmp_path / "reference.csv", tmp_path / "new.csv"
     reference.write_text(CANONICAL)
@@ -682,7 +684,9 @@ def test_predict_matches_feature_columns_by_name(
     assert snapshot(trained) == before
 
 
-def test_predict_out_onto_an_existing_file_needs_force(cli, trained: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_predict_out_onto_an_existing_file_needs_force(
+    cli: Cli, trained: Path, tmp_path: Path
+) -> None:
     """An existing --out file is the user's: refused untouched unless --force."""
     new, out = tmp_path / "new.csv", tmp_path / "preds.csv"
     new.write_text(CANONICAL)
@@ -703,14 +707,14 @@ class CommandCase:
     """A mistyped or mis-valued command line: argv after `mlpkit`, and its error's fragments."""
 
     id: str
-    argv: Callable[[Project], list[object]]
+    argv: Callable[[Project], list[str | Path]]
     expected: tuple[str, ...]
     setup: Callable[[Project], None] | None = None
     needs_no_cuda: bool = False
     xfail: str | None = None
 
     def param(self) -> object:
-        marks = []
+        marks: list[pytest.MarkDecorator] = []
         if self.needs_no_cuda:
             marks.append(
                 pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
@@ -720,7 +724,7 @@ class CommandCase:
         return pytest.param(self, id=self.id, marks=marks)
 
 
-def train_args(*extra: object) -> Callable[[Project], list[object]]:
+def train_args(*extra: str) -> Callable[[Project], list[str | Path]]:
     return lambda p: ["train", p.config, "--runs-dir", p.runs, *extra]
 
 
@@ -794,8 +798,8 @@ COMMAND_LINE_CASES = [
 
 @pytest.mark.parametrize("case", [case.param() for case in COMMAND_LINE_CASES])
 def test_command_line_mistakes_are_one_line_exit_2(
-    cli, project: Project, case: CommandCase, monkeypatch: pytest.MonkeyPatch
-) -> None:  # type: ignore[no-untyped-def]
+    cli: Cli, project: Project, case: CommandCase, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Usage mistakes name the command or option at fault, and never create a run."""
     monkeypatch.chdir(project.root)  # a run misplaced by a bad value lands here, not in the repo
     if case.setup is not None:
@@ -808,8 +812,8 @@ def test_command_line_mistakes_are_one_line_exit_2(
 
 
 def test_output_off_a_terminal_is_plain_text_with_the_same_exit_codes(
-    cli, project: Project, monkeypatch: pytest.MonkeyPatch
-) -> None:  # type: ignore[no-untyped-def]
+    cli: Cli, project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """In CI or a pipe, even with a colour-capable TERM, no ANSI codes and the usual exit codes."""
     for name in ("FORCE_COLOR", "CLICOLOR_FORCE", "NO_COLOR"):
         monkeypatch.delenv(name, raising=False)

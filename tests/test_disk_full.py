@@ -72,7 +72,7 @@ def test_disk_full_mid_training_exits_4_and_resumes_exactly(
     )
     assert not list(run.rglob(".partial-*")) and not list(run.rglob("*.tmp"))
     kept, _ = checkpoints.latest(run)
-    assert kept.progress.epoch == 3  # epoch 2's checkpoint, whole
+    assert kept.position.epoch == 3  # epoch 2's checkpoint, whole
     assert catalog.read_row(run).status in ("failed", "interrupted")
     filler[0].unlink()
     resumed = cli("train", "--resume", run, "-q")

@@ -21,7 +21,7 @@ import onnxruntime
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, Project
+from conftest import REPO, Cli, Project
 
 from mlpkit import MlpkitError
 from mlpkit.config import registries
@@ -58,6 +58,7 @@ JIT_LOAD_DEPRECATED = "ignore:`torch.jit.load` is deprecated:DeprecationWarning"
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Each of RUNS trained once, about 4 s in all: the tests that use them are marked slow."""
     folder = tmp_path_factory.mktemp("runs")
     done = {}
     for name, (config, overrides) in RUNS.items():
@@ -74,6 +75,7 @@ def exported(trained: dict[str, Path]) -> dict[tuple[str, str], export.Exported]
     }
 
 
+@pytest.mark.slow
 def test_every_export_passes_its_check_and_is_recorded_in_run_json(
     trained: dict[str, Path], exported: dict[tuple[str, str], export.Exported]
 ) -> None:
@@ -130,7 +132,7 @@ def _raw_columns(path: Path, text_columns: set[str], names: list[str]) -> dict[s
     }
 
 
-def _predicted(cli, run: Path, data: Path, classes: list[str], binary: bool) -> np.ndarray:  # type: ignore[no-untyped-def]
+def _predicted(cli: Cli, run: Path, data: Path, classes: list[str], binary: bool) -> np.ndarray:
     """`mlpkit predict`'s numbers: the prediction, P(positive class), or every P(class)."""
     result = cli("predict", run, "--data", data)
     assert result.code == 0, result.err
@@ -142,9 +144,10 @@ def _predicted(cli, run: Path, data: Path, classes: list[str], binary: bool) -> 
     return values[:, 0] if binary else values
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(RUNS))
 def test_onnx_file_on_raw_csv_rows_matches_mlpkit_predict(
-    cli,  # type: ignore[no-untyped-def]
+    cli: Cli,
     name: str,
     trained: dict[str, Path],
     exported: dict[tuple[str, str], export.Exported],
@@ -169,17 +172,18 @@ def test_onnx_file_on_raw_csv_rows_matches_mlpkit_predict(
     assert np.abs(got - want).max() <= TOLERANCE
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings(JIT_LOAD_DEPRECATED)
 @pytest.mark.parametrize("name", list(RUNS))
 def test_torchscript_file_on_raw_csv_rows_matches_mlpkit_predict(
-    cli,  # type: ignore[no-untyped-def]
+    cli: Cli,
     name: str,
     trained: dict[str, Path],
     exported: dict[tuple[str, str], export.Exported],
     tmp_path: Path,
 ) -> None:
     run = trained[name]
-    module = torch.jit.load(exported[name, "torchscript"].path)
+    module = torch.jit.load(exported[name, "torchscript"].path)  # type: ignore[no-untyped-call]
     data = _data_csv(run, name, tmp_path)
     columns = _raw_columns(data, set(module.categorical), list(module.columns))
     numbers = {c: torch.from_numpy(v) for c, v in columns.items() if c not in module.categorical}
@@ -190,6 +194,7 @@ def test_torchscript_file_on_raw_csv_rows_matches_mlpkit_predict(
     assert np.abs(got - want).max() <= TOLERANCE
 
 
+@pytest.mark.slow
 def test_the_signatures_name_columns_outputs_and_classes(
     exported: dict[tuple[str, str], export.Exported],
 ) -> None:
@@ -219,13 +224,14 @@ def test_the_signatures_name_columns_outputs_and_classes(
 def test_every_layer_model_py_builds_exports(tmp_path: Path) -> None:
     # Every activation, batch norm (with real statistics), dropout and branches with and
     # without layers: a module _layer does not know fails here, not in a user's export.
+    target = TargetScale(name="t", mean=20.0, std=7.0)
     preprocessor = Preprocessor(
         features=[
             NumericFeature(name="a", mean=1.5, std=2.0),
             NumericFeature(name="b", mean=-3.0, std=0.5),
             CategoricalFeature(name="c", categories=["x", "y", "z"]),
         ],
-        target=TargetScale(name="t", mean=20.0, std=7.0),
+        target=target,
     )
     # each activation in a branch of its own over every column, so that none hides another
     inputs = [
@@ -258,7 +264,7 @@ def test_every_layer_model_py_builds_exports(tmp_path: Path) -> None:
             "c": rng.choice(["x", "y", "z", "new"], 64),
         }
     )
-    task = Regression(preprocessor.target, "mse", {})
+    task = Regression(target, "mse", {})
     want = export.reference(preprocessor, model, task, frame)
     assert np.unique(want).size == 64  # not a constant: every row tells
     onnx_got = onnx_graph.run_onnx(
@@ -274,12 +280,12 @@ def test_every_layer_model_py_builds_exports(tmp_path: Path) -> None:
 def test_column_names_never_clash_with_the_graph_s_own() -> None:
     # "/c0" and "/0/Unsqueeze" are the names the graph would give its first constant and node
     names = ["/c0", "/0/Unsqueeze"]
+    target = TargetScale(name="t")
     preprocessor = Preprocessor(
-        features=[NumericFeature(name=n, mean=1.0, std=3.0) for n in names],
-        target=TargetScale(name="t"),
+        features=[NumericFeature(name=n, mean=1.0, std=3.0) for n in names], target=target
     )
     model = build_model([DenseLayer(type="dense", units=1)], 2, seed=0).eval()
-    task = Regression(preprocessor.target, "mse", {})
+    task = Regression(target, "mse", {})
     frame = pd.DataFrame({"/c0": [0.0, 5.0, 7.0], "/0/Unsqueeze": [1.0, -2.0, 4.0]})
     got = onnx_graph.run_onnx(onnx_graph.onnx_bytes(preprocessor, model, task), preprocessor, frame)
     assert np.abs(got - export.reference(preprocessor, model, task, frame)).max() <= TOLERANCE
@@ -292,8 +298,9 @@ def test_column_names_never_clash_with_the_graph_s_own() -> None:
         )
 
 
+@pytest.mark.slow
 def test_without_the_export_extra_onnx_says_what_to_install(
-    cli,  # type: ignore[no-untyped-def]
+    cli: Cli,
     trained: dict[str, Path],
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
@@ -312,8 +319,9 @@ def test_without_the_export_extra_onnx_says_what_to_install(
     assert script.exists()
 
 
+@pytest.mark.slow
 def test_not_a_run_and_an_incomplete_run_are_refused(
-    cli,  # type: ignore[no-untyped-def]
+    cli: Cli,
     trained: dict[str, Path],
     tmp_path: Path,
 ) -> None:
@@ -336,7 +344,10 @@ def test_not_a_run_and_an_incomplete_run_are_refused(
     assert not (copy / "model.torchscript.pt").exists()
 
 
-def test_a_run_json_from_before_exports_opens(trained: dict[str, Path], tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_a_run_json_without_exports_opens_with_none(
+    trained: dict[str, Path], tmp_path: Path
+) -> None:
     copy = tmp_path / "run"
     shutil.copytree(trained["wine"], copy)
     info = json.loads((copy / "run.json").read_text())
@@ -345,8 +356,9 @@ def test_a_run_json_from_before_exports_opens(trained: dict[str, Path], tmp_path
     assert runs.open_run(copy).info.exports == []
 
 
+@pytest.mark.slow
 def test_an_existing_out_needs_force_and_the_record_follows_the_file(
-    cli,  # type: ignore[no-untyped-def]
+    cli: Cli,
     trained: dict[str, Path],
     exported: dict[tuple[str, str], export.Exported],
     tmp_path: Path,
@@ -371,8 +383,9 @@ def test_an_existing_out_needs_force_and_the_record_follows_the_file(
     assert records[-1].sha256 == hashlib.sha256(out.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_a_failed_check_is_an_error_and_writes_nothing(
-    cli,  # type: ignore[no-untyped-def]
+    cli: Cli,
     trained: dict[str, Path],
     exported: dict[tuple[str, str], export.Exported],
     monkeypatch: pytest.MonkeyPatch,
@@ -399,10 +412,8 @@ def test_a_failed_check_is_an_error_and_writes_nothing(
     assert (run / "run.json").read_bytes() == before
 
 
-def test_a_changed_data_file_is_refused(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
-    trained = cli("train", project.config, "--runs-dir", project.runs, "-q")
-    assert trained.code == 0, trained.err
-    run = Path(trained.last_line)
+def test_a_changed_data_file_is_refused(cli: Cli, project: Project) -> None:
+    run = project.train(cli)
     with open(project.data, "a") as f:
         f.write("0.5,1.0,red,3.0\n")
     result = cli("export", run, "--format", "onnx")
@@ -414,7 +425,8 @@ def test_a_changed_data_file_is_refused(cli, project: Project) -> None:  # type:
     assert not (run / "model.onnx").exists()
 
 
-def test_an_unknown_format_gets_a_suggestion(cli, trained: dict[str, Path]) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.slow
+def test_an_unknown_format_gets_a_suggestion(cli: Cli, trained: dict[str, Path]) -> None:
     result = cli("export", trained["mpg"], "--format", "onx")
     assert (result.code, result.err) == (
         2,
@@ -423,8 +435,8 @@ def test_an_unknown_format_gets_a_suggestion(cli, trained: dict[str, Path]) -> N
     )
 
 
-def test_large_valued_targets_pass_with_a_tolerance_relative_to_the_value(  # type: ignore[no-untyped-def]
-    cli, project: Project
+def test_large_valued_targets_pass_with_a_tolerance_relative_to_the_value(
+    cli: Cli, project: Project
 ) -> None:
     """float32 rounding grows with the value: at 20,000 one step is 0.002, so the bar is
     1e-5 + 1e-6 x |value| (numpy.isclose's form), not 1e-5 alone."""
@@ -434,7 +446,7 @@ def test_large_valued_targets_pass_with_a_tolerance_relative_to_the_value(  # ty
     ]
     project.data.write_text("\n".join([header, *scaled]) + "\n")
     project.edit_config("target: y", "target: y\n  scale_target: true")
-    run = Path(cli("train", project.config, "--runs-dir", project.runs, "-q").last_line)
+    run = project.train(cli)
     result = cli("export", run, "--format", "onnx")
     assert result.code == 0, result.err
     predictions = np.loadtxt(run / "predictions.csv", delimiter=",", skiprows=1, usecols=2)
@@ -443,9 +455,10 @@ def test_large_valued_targets_pass_with_a_tolerance_relative_to_the_value(  # ty
     assert record.max_abs_diff <= 1e-5 + 1e-6 * np.abs(predictions).max()  # ...and so is the bar
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["model.safetensors", "run.json", "checkpoints/x.onnx"])
-def test_an_export_never_overwrites_the_runs_own_files(  # type: ignore[no-untyped-def]
-    cli, trained: dict[str, Path], target: str
+def test_an_export_never_overwrites_the_runs_own_files(
+    cli: Cli, trained: dict[str, Path], target: str
 ) -> None:
     run = trained["wine"]
     out = run / target
@@ -462,13 +475,13 @@ def test_an_export_never_overwrites_the_runs_own_files(  # type: ignore[no-untyp
 
 
 @pytest.mark.filterwarnings(JIT_LOAD_DEPRECATED)
-def test_text_cells_match_as_predict_reads_them(cli, project: Project, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_text_cells_match_as_predict_reads_them(cli: Cli, project: Project, tmp_path: Path) -> None:
     """predict strips the spaces around a cell, and categories may hold regex characters: the
     exported one-hot must agree on both ('r.d+' is not 'rxd+')."""
     project.data.write_text(
         project.data.read_text().replace("red", "r.d+").replace("blue", "(blue)")
     )
-    run = Path(cli("train", project.config, "--runs-dir", project.runs, "-q").last_line)
+    run = project.train(cli)
     for fmt in FORMATS:
         assert cli("export", run, "--format", fmt).code == 0
     cells = ["r.d+", " r.d+ ", "\t(blue)", "green ", "rxd+", "(blue", "purple"]
@@ -483,6 +496,6 @@ def test_text_cells_match_as_predict_reads_them(cli, project: Project, tmp_path:
     feeds = numbers | {"color": np.asarray(cells, dtype=object)}
     (got,) = session.run(["prediction"], feeds)
     assert np.abs(got - want).max() <= TOLERANCE
-    module = torch.jit.load(run / "model.torchscript.pt")
+    module = torch.jit.load(run / "model.torchscript.pt")  # type: ignore[no-untyped-call]
     script = module({k: torch.from_numpy(v) for k, v in numbers.items()}, {"color": cells})
     assert np.abs(script.numpy() - want).max() <= TOLERANCE

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, Cli
 from test_startup import probe
 
 from mlpkit.config.load import load_config
@@ -69,7 +69,7 @@ def test_the_target_sets_the_task(mixed: Path, target: str, task: str, classes: 
 
 
 @pytest.mark.parametrize("target", ["y", "flag", "color"])
-def test_the_written_config_checks_and_trains(cli, mixed: Path, target: str) -> None:  # type: ignore[no-untyped-def]
+def test_the_written_config_checks_and_trains(cli: Cli, mixed: Path, target: str) -> None:
     out = mixed.parent / f"{target}.yaml"
     result = cli("init", mixed, "--target", target, "--out", out)
     assert result.code == 0, result.err
@@ -110,8 +110,8 @@ def test_every_key_has_a_comment_and_the_rules_are_written(mixed: Path) -> None:
     assert [line for line in expected if line not in lines] == []
 
 
-def test_default_out_is_the_file_name_here_and_force_overwrites(  # type: ignore[no-untyped-def]
-    cli, mixed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_default_out_is_the_file_name_here_and_force_overwrites(
+    cli: Cli, mixed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     work = tmp_path / "work"
     work.mkdir()
@@ -132,8 +132,8 @@ def test_default_out_is_the_file_name_here_and_force_overwrites(  # type: ignore
     assert [p.name for p in work.iterdir()] == ["mixed.yaml"]  # no temporary file left
 
 
-def test_awkward_column_names_are_quoted(  # type: ignore[no-untyped-def]
-    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_awkward_column_names_are_quoted(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
     names = ["my col", "yes", "1e-3", "a: b", "#x", "null"]
@@ -148,14 +148,14 @@ def test_awkward_column_names_are_quoted(  # type: ignore[no-untyped-def]
     assert config.data.features == names and config.data.target == "target y"
 
 
-def test_init_errors_are_one_line_naming_the_file_or_column(cli, mixed: Path) -> None:  # type: ignore[no-untyped-def]
+def test_init_errors_are_one_line_naming_the_file_or_column(cli: Cli, mixed: Path) -> None:
     folder = mixed.parent
 
-    def error(*args: object) -> str:
+    def error(*args: str | Path) -> str:
         result = cli("init", *args, "--out", folder / "out.yaml")
         assert result.code == 2 and result.out == ""
         assert len(result.err.splitlines()) == 1, result.err
-        return str(result.err.strip())
+        return result.err.strip()
 
     missing = folder / "nope.csv"
     assert error(missing, "--target", "y") == f"Error: {missing}: data file not found"
@@ -200,7 +200,7 @@ def test_init_errors_are_one_line_naming_the_file_or_column(cli, mixed: Path) ->
     assert not (folder / "out.yaml").exists()
 
 
-def test_mpg_starter_reaches_r2_085(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_mpg_starter_reaches_r2_085(cli: Cli, tmp_path: Path) -> None:
     out = tmp_path / "mpg.yaml"
     assert cli("init", REPO / "data" / "mpg.csv", "--target", "mpg", "--out", out).code == 0
     config = load_config(out).config
@@ -221,7 +221,7 @@ def test_init_needs_no_torch(mixed: Path) -> None:
     assert "torch" not in imported and "mlpkit.flows.train" not in imported
 
 
-def test_a_parquet_file_works_too(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_parquet_file_works_too(cli: Cli, tmp_path: Path) -> None:
     import pandas as pd
 
     frame = pd.read_csv(mixed_csv(tmp_path / "mixed.csv"))

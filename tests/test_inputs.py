@@ -6,11 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import Project
+from conftest import REPO, Cli, Project
 
 from mlpkit.config.load import load_config
-from mlpkit.config.schema import DenseLayer
+from mlpkit.config.schema import DenseLayer, Layer
 from mlpkit.errors import ConfigError
+from mlpkit.flows.evaluate import evaluate_run
 from mlpkit.report.summary import render_mermaid, summarize
 from mlpkit.train.model import InputSpec, MultiInput, build_model
 
@@ -74,7 +75,7 @@ def test_input_names_must_be_plain(two: Project) -> None:
 
 
 def test_multi_input_forward_is_branches_concatenated_then_trunk() -> None:
-    branch = [DenseLayer(type="dense", units=3, activation="tanh")]
+    branch: list[Layer] = [DenseLayer(type="dense", units=3, activation="tanh")]
     model = build_model(
         [DenseLayer(type="dense", units=1)],
         4,
@@ -92,8 +93,8 @@ def test_multi_input_forward_is_branches_concatenated_then_trunk() -> None:
 
 
 def test_summary_counts_and_graph_by_hand() -> None:
-    branch = [DenseLayer(type="dense", units=4, activation="tanh")]
-    trunk = [
+    branch: list[Layer] = [DenseLayer(type="dense", units=4, activation="tanh")]
+    trunk: list[Layer] = [
         DenseLayer(type="dense", units=8, activation="relu"),
         DenseLayer(type="dense", units=1),
     ]
@@ -127,10 +128,8 @@ def test_summary_counts_and_graph_by_hand() -> None:
     ]
 
 
-def test_a_multi_input_run_end_to_end(cli, two: Project) -> None:  # type: ignore[no-untyped-def]
-    result = cli("train", two.config, "--runs-dir", two.runs, "-q")
-    assert result.code == 0, result.err
-    run = Path(result.last_line)
+def test_a_multi_input_run_end_to_end(cli: Cli, two: Project) -> None:
+    run = two.train(cli)
     resolved = yaml.safe_load((run / "config.yaml").read_text())
     assert resolved["data"]["features"] == ["a", "b", "color"]
     assert cli("summary", run).out == cli("summary", two.config).out
@@ -138,18 +137,13 @@ def test_a_multi_input_run_end_to_end(cli, two: Project) -> None:  # type: ignor
     assert 'concatenate_0 ( concatenate["tanh_0", "color"] )' in cli("summary", run).out
     stored = json.loads((run / "metrics.json").read_text())["test"]
     assert cli("eval", run).code == 0
-    from mlpkit.flows.evaluate import evaluate_run
-
     assert evaluate_run(run).scores == stored
     new = two.root / "new.csv"
     new.write_text("color,b,a\nred,2,1\n")
     assert cli("predict", run, "--data", new).out.startswith("line,prediction\n2,")
 
 
-@pytest.mark.slow
-def test_xor_stream_classifies_all_four_points(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from conftest import REPO
-
+def test_xor_stream_classifies_all_four_points(cli: Cli, tmp_path: Path) -> None:
     result = cli("train", REPO / "configs" / "xor.yaml", "--runs-dir", tmp_path, "-q")
     assert result.code == 0, result.err
     run = Path(result.last_line)
@@ -163,7 +157,7 @@ def test_xor_stream_classifies_all_four_points(cli, tmp_path: Path) -> None:  # 
     assert cli("summary", run).out.count("( input )") == 2  # x1 and x2
 
 
-def test_synthetic_sources_are_checked(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
+def test_synthetic_sources_are_checked(cli: Cli, project: Project) -> None:
     project.write_config(
         "name: s\ndata: {source: {name: xor}, target: y, features: [x1, x3]}\n"
         "model: {layers: [{type: dense, units: 1, activation: sigmoid}]}\n"
@@ -180,22 +174,10 @@ def test_synthetic_sources_are_checked(cli, project: Project) -> None:  # type: 
         "iterations_per_epoch: missing: a synthetic stream has no end"
         in cli("check", project.config).err
     )
-    result = cli(
-        "train",
-        project.config,
-        "--runs-dir",
-        project.runs,
-        "-q",
-        "--set",
-        "training.iterations_per_epoch=20",
-        "--set",
-        "data.eval_rows=50",
+    run = project.train(
+        cli, "--set", "training.iterations_per_epoch=20", "--set", "data.eval_rows=50"
     )
-    assert result.code == 0, result.err
-    run = Path(result.last_line)
     stored = json.loads((run / "metrics.json").read_text())["test"]
-    from mlpkit.flows.evaluate import evaluate_run
-
     assert evaluate_run(run).scores == stored  # the test rows are drawn again
 
 
@@ -216,7 +198,7 @@ training:
 """
 
 
-def test_inputs_of_a_source_take_shapes_in_order(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
+def test_inputs_of_a_source_take_shapes_in_order(cli: Cli, project: Project) -> None:
     project.write_config(SHAPES)
     cfg = load_config(project.config).config
     assert cfg.model.inputs is not None

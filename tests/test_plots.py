@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, TINY_CONFIG, tiny_csv
+from conftest import REPO, TINY_CONFIG, Cli, tiny_csv
 from matplotlib.figure import Figure
 from matplotlib.image import imread
 from sklearn import metrics as sk
@@ -168,7 +168,7 @@ def test_the_best_epoch_is_marked_on_every_panel(regression: Path) -> None:
     assert all(entries[-1] == f"best epoch {best}" for entries in legends)
     for ax in figure.axes:  # the dashed line stands at the best epoch
         (vertical,) = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
-        assert list(vertical.get_xdata()) == [best, best]
+        assert np.asarray(vertical.get_xdata()).tolist() == [best, best]
 
 
 def test_learning_curves_follow_history_csv(regression: Path, tmp_path: Path) -> None:
@@ -271,7 +271,9 @@ def test_the_confusion_matrix_shows_each_split_labelled(multiclass: Path) -> Non
     assert panels[0].get_ylabel() == "true label"
 
 
-def test_plot_redraws_a_run_and_prints_the_paths(cli, regression: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_plot_redraws_a_run_and_prints_the_paths(
+    cli: Cli, regression: Path, tmp_path: Path
+) -> None:
     run = copy_run(regression, tmp_path)
     (run / "plots" / "residuals.png").unlink()
     result = cli("plot", run)
@@ -285,7 +287,7 @@ def test_plot_redraws_a_run_and_prints_the_paths(cli, regression: Path, tmp_path
     assert cli("plot", run).code == 0 and len(list((run / "plots").iterdir())) == 3
 
 
-def test_plot_errors_are_one_line(cli, regression: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_plot_errors_are_one_line(cli: Cli, regression: Path, tmp_path: Path) -> None:
     def error(path: Path) -> str:
         result = cli("plot", path)
         assert result.code == 2 and result.out == "", result.err
@@ -317,8 +319,8 @@ def test_plot_errors_are_one_line(cli, regression: Path, tmp_path: Path) -> None
     assert error(run).startswith(f"Error: {run / 'metrics.json'}: not a valid metrics.json: ")
 
 
-def test_a_failure_to_draw_is_a_warning_not_a_failed_run(  # type: ignore[no-untyped-def]
-    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_failure_to_draw_is_a_warning_not_a_failed_run(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def broken(run_dir: Path) -> list[Path]:
         raise RuntimeError("no fonts")
@@ -345,8 +347,8 @@ def test_names_and_labels_are_shown_as_they_are(multiclass: Path) -> None:
     assert figure.axes[0].get_yticklabels()[0].get_text() == r"\$\q\$"
 
 
-def test_a_failure_to_write_them_fails_the_run_as_any_write(  # type: ignore[no-untyped-def]
-    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_failure_to_write_them_fails_the_run_as_any_write(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def disk_full(run_dir: Path) -> list[Path]:
         raise EnvironmentFault(Problem("cannot write: No space left on device", file="x.png"))

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from mlpkit.config.schema import DataConfig
-from mlpkit.data.preprocessing import Preprocessor, fit_preprocessor
+from mlpkit.data.preprocessing import Preprocessor, TargetScale, fit_preprocessor
 
 DATA = DataConfig(
     path="x.csv",
@@ -36,10 +36,11 @@ def test_fits_on_the_rows_given_and_encodes_in_config_order() -> None:
 
 
 def test_target_scaling_round_trips() -> None:
-    pre = fit_preprocessor(frame(), DATA)
+    target = fit_preprocessor(frame(), DATA).target
+    assert isinstance(target, TargetScale)  # a regression target
     y = frame()["y"].to_numpy()
-    np.testing.assert_allclose(pre.target.unscale(pre.target.scale(y)), y, rtol=1e-6)
-    assert pre.target.scale(y).mean() == pytest.approx(0, abs=1e-6)
+    np.testing.assert_allclose(target.unscale(target.scale(y)), y, rtol=1e-6)
+    assert target.scale(y).mean() == pytest.approx(0, abs=1e-6)
 
 
 def test_json_round_trip_is_exact() -> None:

@@ -13,15 +13,17 @@ import json
 import os
 import pickle
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import Project, stop_at_poll
+from conftest import Cli, Project, stop_at_poll
 
-from mlpkit.config.schema import DenseLayer
+from mlpkit.config.schema import DenseLayer, Layer
 from mlpkit.errors import DivergedError
 from mlpkit.rundir import checkpoints, lock
+from mlpkit.train import tasks
 from mlpkit.train.loop import Hooks, Tensors, fit
 from mlpkit.train.model import build_model
 
@@ -47,11 +49,9 @@ def status_of(run: Path) -> str:
     return str(json.loads((run / "run.json").read_text())["status"])
 
 
-def reference_run(cli, project: Project) -> Path:  # type: ignore[no-untyped-def]
+def reference_run(cli: Cli, project: Project) -> Path:
     """The uninterrupted run every resumed one must equal, in its own runs folder."""
-    result = cli("train", project.config, "--runs-dir", project.root / "reference", "-q")
-    assert result.code == 0, result.err
-    return Path(result.last_line)
+    return project.train(cli, runs=project.root / "reference")
 
 
 @pytest.mark.parametrize(
@@ -59,8 +59,13 @@ def reference_run(cli, project: Project) -> Path:  # type: ignore[no-untyped-def
     [(3, signal.SIGINT, 130), (5, signal.SIGTERM, 143), (11, signal.SIGINT, 130)],
     ids=["mid-epoch-1-sigint", "epoch-end-sigterm", "mid-epoch-3-sigint"],
 )
-def test_stopped_then_resumed_equals_uninterrupted(  # type: ignore[no-untyped-def]
-    cli, long_project: Project, monkeypatch: pytest.MonkeyPatch, poll: int, number: int, code: int
+def test_stopped_then_resumed_equals_uninterrupted(
+    cli: Cli,
+    long_project: Project,
+    monkeypatch: pytest.MonkeyPatch,
+    poll: int,
+    number: int,
+    code: int,
 ) -> None:
     reference = reference_run(cli, long_project)
     stop_at_poll(monkeypatch, poll, number)
@@ -87,8 +92,8 @@ def test_stopped_then_resumed_equals_uninterrupted(  # type: ignore[no-untyped-d
     assert ours == theirs
 
 
-def test_resume_with_periodic_checkpoints_and_dropout(  # type: ignore[no-untyped-def]
-    cli, long_project: Project, monkeypatch: pytest.MonkeyPatch
+def test_resume_with_periodic_checkpoints_and_dropout(
+    cli: Cli, long_project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Dropout draws from torch's global generator: its state travels in the checkpoint."""
     long_project.edit_config(
@@ -104,8 +109,8 @@ def test_resume_with_periodic_checkpoints_and_dropout(  # type: ignore[no-untype
     assert weights_of(run) == weights_of(reference)
 
 
-def test_checkpoints_are_whole_two_kept_and_verified(cli, long_project: Project) -> None:  # type: ignore[no-untyped-def]
-    run = Path(cli("train", long_project.config, "--runs-dir", long_project.runs, "-q").last_line)
+def test_checkpoints_are_whole_two_kept_and_verified(cli: Cli, long_project: Project) -> None:
+    run = long_project.train(cli)
     folders = sorted((run / "checkpoints").iterdir())
     assert [f.name for f in folders] == ["ckpt-000000000012-000004", "ckpt-000000000016-000005"]
     manifest = json.loads((folders[-1] / "manifest.json").read_text())
@@ -114,10 +119,12 @@ def test_checkpoints_are_whole_two_kept_and_verified(cli, long_project: Project)
         data = (folders[-1] / name).read_bytes()
         assert expected == {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
     checkpoint = checkpoints.read(folders[-1])
-    assert [r["epoch"] for r in checkpoint.progress.history] == list(range(1, EPOCHS + 1))
+    assert [r["epoch"] for r in checkpoint.position.history] == list(range(1, EPOCHS + 1))
 
 
-def interrupted_run(cli, project: Project, monkeypatch: pytest.MonkeyPatch, poll: int = 9) -> Path:  # type: ignore[no-untyped-def]
+def interrupted_run(
+    cli: Cli, project: Project, monkeypatch: pytest.MonkeyPatch, poll: int = 9
+) -> Path:
     stop_at_poll(monkeypatch, poll, signal.SIGINT)
     assert cli("train", project.config, "--runs-dir", project.runs, "-q").code == 130
     monkeypatch.undo()
@@ -125,8 +132,8 @@ def interrupted_run(cli, project: Project, monkeypatch: pytest.MonkeyPatch, poll
     return run
 
 
-def test_damaged_newest_checkpoint_falls_back_to_the_previous(  # type: ignore[no-untyped-def]
-    cli, long_project: Project, monkeypatch: pytest.MonkeyPatch
+def test_damaged_newest_checkpoint_falls_back_to_the_previous(
+    cli: Cli, long_project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reference = reference_run(cli, long_project)
     run = interrupted_run(cli, long_project, monkeypatch)
@@ -141,8 +148,8 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(  # type: ignore[n
     assert weights_of(run) == weights_of(reference)
 
 
-def test_no_usable_checkpoint_is_one_line_per_checkpoint(  # type: ignore[no-untyped-def]
-    cli, long_project: Project, monkeypatch: pytest.MonkeyPatch
+def test_no_usable_checkpoint_is_one_line_per_checkpoint(
+    cli: Cli, long_project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run = interrupted_run(cli, long_project, monkeypatch)
     for folder in (run / "checkpoints").glob("ckpt-*"):
@@ -160,13 +167,13 @@ class Canary:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self) -> tuple[Callable[[Path], None], tuple[Path]]:
         return (Path.touch, (self.path,))
 
 
 @pytest.mark.parametrize("force_unsafe", [False, True], ids=["default", "force-no-weights-only"])
-def test_pickle_payload_in_state_never_runs(  # type: ignore[no-untyped-def]
-    cli, long_project: Project, monkeypatch: pytest.MonkeyPatch, force_unsafe: bool
+def test_pickle_payload_in_state_never_runs(
+    cli: Cli, long_project: Project, monkeypatch: pytest.MonkeyPatch, force_unsafe: bool
 ) -> None:
     run = interrupted_run(cli, long_project, monkeypatch)
     canary = long_project.root / "canary"
@@ -189,8 +196,8 @@ def test_pickle_payload_in_state_never_runs(  # type: ignore[no-untyped-def]
     assert "Traceback" not in result.err
 
 
-def test_resume_refuses_a_changed_config_naming_fields(  # type: ignore[no-untyped-def]
-    cli, long_project: Project, monkeypatch: pytest.MonkeyPatch
+def test_resume_refuses_a_changed_config_naming_fields(
+    cli: Cli, long_project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run = interrupted_run(cli, long_project, monkeypatch)
     long_project.edit_config("lr: 1e-2", "lr: 2e-2")
@@ -208,8 +215,8 @@ def test_resume_refuses_a_changed_config_naming_fields(  # type: ignore[no-untyp
     assert status_of(run) == "interrupted"
 
 
-def test_resume_refuses_a_changed_data_file(  # type: ignore[no-untyped-def]
-    cli, long_project: Project, monkeypatch: pytest.MonkeyPatch
+def test_resume_refuses_a_changed_data_file(
+    cli: Cli, long_project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run = interrupted_run(cli, long_project, monkeypatch)
     long_project.data.write_text(long_project.data.read_text() + "0.1,0.2,red,0.3\n")
@@ -218,8 +225,8 @@ def test_resume_refuses_a_changed_data_file(  # type: ignore[no-untyped-def]
     assert result.err.startswith(f"Error: {long_project.data}: the data file changed since")
 
 
-def test_resume_refuses_complete_and_diverged_runs(cli, long_project: Project) -> None:  # type: ignore[no-untyped-def]
-    run = Path(cli("train", long_project.config, "--runs-dir", long_project.runs, "-q").last_line)
+def test_resume_refuses_complete_and_diverged_runs(cli: Cli, long_project: Project) -> None:
+    run = long_project.train(cli)
     assert cli("train", "--resume", run).err == (
         f"Error: {run}: the run is complete; nothing to resume\n"
     )
@@ -228,8 +235,8 @@ def test_resume_refuses_complete_and_diverged_runs(cli, long_project: Project) -
     assert "cannot be resumed: lower training.optimizer.lr" in cli("train", "--resume", run).err
 
 
-def test_a_locked_run_is_refused_naming_the_holder(  # type: ignore[no-untyped-def]
-    cli, long_project: Project, monkeypatch: pytest.MonkeyPatch
+def test_a_locked_run_is_refused_naming_the_holder(
+    cli: Cli, long_project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run = interrupted_run(cli, long_project, monkeypatch)
     with lock.hold(run):
@@ -242,8 +249,8 @@ def test_a_locked_run_is_refused_naming_the_holder(  # type: ignore[no-untyped-d
     assert cli("train", "--resume", run, "-q").code == 0  # released
 
 
-def test_leftover_partial_files_are_ignored_and_cleaned(  # type: ignore[no-untyped-def]
-    cli, long_project: Project, monkeypatch: pytest.MonkeyPatch
+def test_leftover_partial_files_are_ignored_and_cleaned(
+    cli: Cli, long_project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reference = reference_run(cli, long_project)
     run = interrupted_run(cli, long_project, monkeypatch)
@@ -256,8 +263,8 @@ def test_leftover_partial_files_are_ignored_and_cleaned(  # type: ignore[no-unty
     assert weights_of(run) == weights_of(reference)
 
 
-def test_incomplete_runs_are_refused_by_eval_and_predict_with_the_resume_command(  # type: ignore[no-untyped-def]
-    cli, long_project: Project, monkeypatch: pytest.MonkeyPatch
+def test_incomplete_runs_are_refused_by_eval_and_predict_with_the_resume_command(
+    cli: Cli, long_project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run = interrupted_run(cli, long_project, monkeypatch)
     expected = (
@@ -288,7 +295,7 @@ def test_a_nan_loss_stops_in_its_batch_before_the_update() -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(40, 3, generator=g)
     rows = Tensors(x, x.sum(dim=1, keepdim=True))
-    layers = [
+    layers: list[Layer] = [
         DenseLayer(type="dense", units=4, activation="relu"),
         DenseLayer(type="dense", units=1),
     ]
@@ -316,14 +323,12 @@ def test_a_nan_loss_stops_in_its_batch_before_the_update() -> None:
     assert int(optimizer.state_dict()["state"][0]["step"]) == 12
 
 
-def test_divergence_exits_3_keeps_the_last_good_checkpoint(  # type: ignore[no-untyped-def]
-    cli, long_project: Project, monkeypatch: pytest.MonkeyPatch
+def test_divergence_exits_3_keeps_the_last_good_checkpoint(
+    cli: Cli, long_project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mlpkit.train import tasks
-
     real_loss = tasks.Regression.loss
 
-    def nan_in_batch_7(self, device):  # type: ignore[no-untyped-def]
+    def nan_in_batch_7(self: tasks.Regression, device: torch.device) -> torch.nn.Module | None:
         return NanAtBatch(7).to(device) if real_loss(self, device) is not None else None
 
     monkeypatch.setattr(tasks.Regression, "loss", nan_in_batch_7)
@@ -337,7 +342,7 @@ def test_divergence_exits_3_keeps_the_last_good_checkpoint(  # type: ignore[no-u
     info = json.loads((run / "run.json").read_text())  # strict JSON, status diverged
     assert info["status"] == "diverged" and "batch 2" in info["error"]
     (kept,) = (run / "checkpoints").glob("ckpt-*")  # after epoch 1: the last good one
-    assert checkpoints.read(kept).progress.epoch == 2
+    assert checkpoints.read(kept).position.epoch == 2
     for name in ("config.yaml", "summary.txt", "preprocessing.json"):
         assert (run / name).stat().st_size > 0
     assert not (run / "metrics.json").exists()
@@ -346,15 +351,13 @@ def test_divergence_exits_3_keeps_the_last_good_checkpoint(  # type: ignore[no-u
 # --- early stopping -------------------------------------------------------------------------
 
 
-def test_early_stopping_stops_restores_the_best_and_records_it(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
+def test_early_stopping_stops_restores_the_best_and_records_it(cli: Cli, project: Project) -> None:
     project.edit_config("epochs: 3", "epochs: 200")
     project.edit_config(
         "loss: mse",
         "loss: mse\n  early_stopping: {monitor: val_r2, patience: 3, min_delta: 0.001}",
     )
-    result = cli("train", project.config, "--runs-dir", project.runs, "-q")
-    assert result.code == 0, result.err
-    run = Path(result.last_line)
+    run = project.train(cli)
     metrics = json.loads((run / "metrics.json").read_text())
     with open(run / "history.csv") as rows:
         history = list(csv.DictReader(rows))
@@ -371,7 +374,7 @@ def test_early_stopping_stops_restores_the_best_and_records_it(cli, project: Pro
     assert metrics["val"]["r2"] == pytest.approx(r2[best - 1], abs=1e-6)
 
 
-def test_early_stopping_needs_a_metric_computed_each_epoch(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
+def test_early_stopping_needs_a_metric_computed_each_epoch(cli: Cli, project: Project) -> None:
     project.edit_config("loss: mse", "loss: mse\n  early_stopping: {monitor: val_r3}")
     result = cli("check", project.config)
     assert result.code == 2
@@ -387,13 +390,11 @@ def test_early_stopping_needs_a_metric_computed_each_epoch(cli, project: Project
 # --- mlpkit runs ----------------------------------------------------------------------------
 
 
-def test_runs_lists_statuses_and_survives_junk(  # type: ignore[no-untyped-def]
-    cli, long_project: Project, monkeypatch: pytest.MonkeyPatch
+def test_runs_lists_statuses_and_survives_junk(
+    cli: Cli, long_project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     interrupted = interrupted_run(cli, long_project, monkeypatch)
-    complete = Path(
-        cli("train", long_project.config, "--runs-dir", long_project.runs, "-q").last_line
-    )
+    complete = long_project.train(cli)
     dead = long_project.runs / "tiny" / "dead"  # run.json says running; nobody holds the lock
     dead.mkdir()
     info = json.loads((complete / "run.json").read_text())
@@ -460,8 +461,11 @@ def _deeply_nested_manifest(folder: Path) -> None:
         _deeply_nested_manifest,
     ],
 )
-def test_hostile_newest_checkpoint_is_skipped_in_one_line(  # type: ignore[no-untyped-def]
-    cli, long_project: Project, monkeypatch: pytest.MonkeyPatch, damage
+def test_hostile_newest_checkpoint_is_skipped_in_one_line(
+    cli: Cli,
+    long_project: Project,
+    monkeypatch: pytest.MonkeyPatch,
+    damage: Callable[[Path], None],
 ) -> None:
     reference = reference_run(cli, long_project)
     run = interrupted_run(cli, long_project, monkeypatch)

@@ -23,7 +23,7 @@ def test_run_directories_are_exclusive_even_at_the_same_second(tmp_path: Path) -
 
 def test_an_id_collision_takes_another_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ids = iter(["aaaaaa", "aaaaaa", "bbbbbb"])
-    monkeypatch.setattr(runs.secrets, "token_hex", lambda n: next(ids))
+    monkeypatch.setattr("mlpkit.rundir.runs.secrets.token_hex", lambda n: next(ids))
     assert runs.create_run_dir(tmp_path, "x", NOW).name == "20261121-101500-aaaaaa"
     assert runs.create_run_dir(tmp_path, "x", NOW).name == "20261121-101500-bbbbbb"
 
@@ -44,7 +44,7 @@ def test_a_full_disk_is_exit_4_and_leaves_no_temporary_file(
     def disk_full(src: object, dst: object) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(runs.os, "replace", disk_full)
+    monkeypatch.setattr("mlpkit.rundir.runs.os.replace", disk_full)
     with pytest.raises(EnvironmentFault) as caught:
         runs.write_json(tmp_path / "m.json", {"new": True})
     assert caught.value.exit_code == 4

@@ -5,21 +5,22 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import yaml
-from conftest import Project
+from conftest import Cli, Project
 from rich.console import Console
 
 from mlpkit.flows import seeds
 
 
-def summary_of(path: Path) -> dict:  # type: ignore[type-arg]
-    found: dict = json.loads(path.read_text())  # type: ignore[type-arg]
+def summary_of(path: Path) -> dict[str, Any]:
+    found: dict[str, Any] = json.loads(path.read_text())
     return found
 
 
-def test_seeds_trains_one_run_per_seed_and_summarizes(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
+def test_seeds_trains_one_run_per_seed_and_summarizes(cli: Cli, project: Project) -> None:
     result = cli("train", project.config, "--runs-dir", project.runs, "--seeds", "3")
     assert result.code == 0, result.err
     lines = result.out.splitlines()
@@ -59,7 +60,7 @@ def test_seeds_trains_one_run_per_seed_and_summarizes(cli, project: Project) -> 
     assert "linear_regression r2" in table
 
 
-def test_quiet_prints_the_runs_and_the_summary_file(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
+def test_quiet_prints_the_runs_and_the_summary_file(cli: Cli, project: Project) -> None:
     result = cli("train", project.config, "--runs-dir", project.runs, "--seeds", "2", "-q")
     assert result.code == 0
     lines = result.out.splitlines()
@@ -67,7 +68,7 @@ def test_quiet_prints_the_runs_and_the_summary_file(cli, project: Project) -> No
     assert lines[:-1] == summary["runs"] and len(lines) == 3
 
 
-def test_seeds_start_from_the_config_seed_after_set(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
+def test_seeds_start_from_the_config_seed_after_set(cli: Cli, project: Project) -> None:
     result = cli(
         "train", project.config, "--runs-dir", project.runs, "--seeds", "2", "-q",
         "--set", "seed=5", "--set", "training.epochs=1",
@@ -80,7 +81,7 @@ def test_seeds_start_from_the_config_seed_after_set(cli, project: Project) -> No
         assert (config["seed"], config["training"]["epochs"]) == (seed, 1)
 
 
-def test_seeds_refusals_are_one_line_and_write_nothing(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
+def test_seeds_refusals_are_one_line_and_write_nothing(cli: Cli, project: Project) -> None:
     args = ("train", project.config, "--runs-dir", project.runs)
     result = cli(*args, "--seeds", "2", "--resume", project.root)
     assert (result.code, result.err) == (

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import Project, tiny_csv
+from conftest import Cli, Project, tiny_csv
 
 from mlpkit.config.load import load_config
 from mlpkit.config.schema import DataConfig, SplitConfig
 from mlpkit.data.filestream import assign_parts, scan
-from mlpkit.data.preprocessing import TrainingRows, fit_preprocessor
+from mlpkit.data.preprocessing import NumericFeature, TargetScale, TrainingRows, fit_preprocessor
 from mlpkit.data.table import read_table
 from mlpkit.flows.evaluate import evaluate_run
 
@@ -57,10 +58,13 @@ def test_training_rows_in_chunks_give_the_one_pass_statistics() -> None:
     for start in range(0, 1000, 170):
         chunked.add(frame.iloc[start : start + 170])
     pieces = chunked.preprocessor()
-    assert pieces.features[0].mean == pytest.approx(whole.features[0].mean, rel=1e-12)  # type: ignore[union-attr]
-    assert pieces.features[0].std == pytest.approx(whole.features[0].std, rel=1e-12)  # type: ignore[union-attr]
+    numeric, expected = pieces.features[0], whole.features[0]
+    assert isinstance(numeric, NumericFeature) and isinstance(expected, NumericFeature)
+    assert numeric.mean == pytest.approx(expected.mean, rel=1e-12)
+    assert numeric.std == pytest.approx(expected.std, rel=1e-12)
     assert pieces.features[1] == whole.features[1]
-    assert pieces.target.std == pytest.approx(whole.target.std, rel=1e-12)  # type: ignore[union-attr]
+    assert isinstance(pieces.target, TargetScale) and isinstance(whole.target, TargetScale)
+    assert pieces.target.std == pytest.approx(whole.target.std, rel=1e-12)
     assert chunked.target_range == (frame.y.min(), frame.y.max())
 
 
@@ -84,7 +88,7 @@ def test_scan_counts_every_row_and_keeps_samples_the_block_size_does_not_change(
     assert found.table.sha256 == whole.sha256
 
 
-def test_streamed_training_writes_a_run_eval_reproduces(cli, streamed: Project) -> None:  # type: ignore[no-untyped-def]
+def test_streamed_training_writes_a_run_eval_reproduces(cli: Cli, streamed: Project) -> None:
     result = cli("train", streamed.config, "--runs-dir", streamed.runs)
     assert result.code == 0, result.err
     assert "(streamed; val and test scored on up to 10000 rows)" in result.out
@@ -105,37 +109,26 @@ def metrics_rows(project: Project) -> int:
     return scan(load_config(project.config)).counts["test"]
 
 
-def test_worker_count_does_not_change_the_weights(cli, streamed: Project) -> None:  # type: ignore[no-untyped-def]
+def test_worker_count_does_not_change_the_weights(cli: Cli, streamed: Project) -> None:
     weights = []
     for workers in ("0", "2"):
-        result = cli(
-            "train",
-            streamed.config,
-            "--runs-dir",
-            streamed.runs,
-            "--quiet",
-            "--set",
-            f"data.workers={workers}",
-        )
-        assert result.code == 0, result.err
-        weights.append((Path(result.last_line) / "model.safetensors").read_bytes())
+        run = streamed.train(cli, "--set", f"data.workers={workers}")
+        weights.append((run / "model.safetensors").read_bytes())
     assert weights[0] == weights[1]
 
 
-def test_parquet_in_memory_matches_the_csv_and_streams(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
+def test_parquet_in_memory_matches_the_csv_and_streams(cli: Cli, project: Project) -> None:
     pd.read_csv(project.data).to_parquet(project.root / "data.parquet", row_group_size=16)
-    csv_run = cli("train", project.config, "--runs-dir", project.runs, "--quiet")
+    csv_run = project.train(cli)
     project.edit_config("path: data.csv", "path: data.parquet")
-    parquet_run = cli("train", project.config, "--runs-dir", project.runs, "--quiet")
-    assert csv_run.code == parquet_run.code == 0, parquet_run.err
+    parquet_run = project.train(cli)
     first, second = (
-        json.loads((Path(r.last_line) / "metrics.json").read_text()) for r in (csv_run, parquet_run)
+        json.loads((run / "metrics.json").read_text()) for run in (csv_run, parquet_run)
     )
     assert first["test"] == pytest.approx(second["test"], rel=1e-5)
     project.edit_config("path: data.parquet\n", "path: data.parquet\n  stream: true\n")
-    streamed = cli("train", project.config, "--runs-dir", project.runs, "--quiet")
-    assert streamed.code == 0, streamed.err
-    assert pd.read_csv(Path(streamed.last_line) / "predictions.csv").columns[0] == "row"
+    streamed = project.train(cli)
+    assert pd.read_csv(streamed / "predictions.csv").columns[0] == "row"
 
 
 @pytest.mark.parametrize(
@@ -161,8 +154,8 @@ def test_parquet_in_memory_matches_the_csv_and_streams(cli, project: Project) ->
     ],
 )
 def test_a_bad_cell_in_any_block_names_its_line(
-    cli, streamed: Project, edit, expected: str
-) -> None:  # type: ignore[no-untyped-def]
+    cli: Cli, streamed: Project, edit: Callable[[list[str]], object], expected: str
+) -> None:
     lines = streamed.data.read_text().split("\n")
     edit(lines)
     streamed.data.write_text("\n".join(lines))
@@ -172,7 +165,7 @@ def test_a_bad_cell_in_any_block_names_its_line(
     assert not streamed.runs.exists()
 
 
-def test_a_bad_parquet_cell_names_its_row(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
+def test_a_bad_parquet_cell_names_its_row(cli: Cli, project: Project) -> None:
     frame = pd.read_csv(project.data)
     frame.loc[37, "b"] = np.nan
     frame.to_parquet(project.root / "data.parquet", row_group_size=10)
@@ -182,7 +175,7 @@ def test_a_bad_parquet_cell_names_its_row(cli, project: Project) -> None:  # typ
     assert "data.parquet: column 'b', row 38: missing value" in result.err
 
 
-def test_a_file_that_is_not_parquet_is_one_line(cli, project: Project) -> None:  # type: ignore[no-untyped-def]
+def test_a_file_that_is_not_parquet_is_one_line(cli: Cli, project: Project) -> None:
     (project.root / "data.parquet").write_text("a,b\n1,2\n")
     project.edit_config("path: data.csv", "path: data.parquet")
     result = cli("check", project.config)
@@ -199,7 +192,9 @@ def test_a_file_that_is_not_parquet_is_one_line(cli, project: Project) -> None: 
         ),
     ],
 )
-def test_stream_settings_need_a_stream(cli, project: Project, override: str, expected: str) -> None:  # type: ignore[no-untyped-def]
+def test_stream_settings_need_a_stream(
+    cli: Cli, project: Project, override: str, expected: str
+) -> None:
     result = cli("check", project.config, "--set", override)
     assert result.code == 2 and expected in result.err, result.err
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pytest
 import yaml
-from conftest import TINY_CONFIG, EpochListener, Project, stop_at_poll, tiny_csv
+from conftest import TINY_CONFIG, Cli, EpochListener, Project, stop_at_poll, tiny_csv
 
 from mlpkit.config.load import load_config
 from mlpkit.errors import ConfigError
@@ -55,7 +55,8 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def trained(shared: Path) -> tuple[Path, list[tuple[int, str, str]]]:
     """`mlpkit train` as a user runs it, both trackers on, twice at the same moment on a new
-    default store (which MLflow sets up on first use): the first run, and how each ended."""
+    default store (which MLflow sets up on first use): the first run, and how each ended.
+    About 10 s: the tests that use it are marked slow."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     command = [sys.executable, "-m", "mlpkit", "train", "config.yaml", "-q"]
     started = [
@@ -155,6 +156,7 @@ def assert_mlflow_matches(run: Path) -> None:
     assert any(f.startswith("tensorboard/events.out.tfevents.") for f in kept)
 
 
+@pytest.mark.slow
 def test_the_cli_trains_with_both_trackers_and_prints_nothing_else(
     trained: tuple[Path, list[tuple[int, str, str]]], shared: Path
 ) -> None:
@@ -168,20 +170,22 @@ def test_the_cli_trains_with_both_trackers_and_prints_nothing_else(
     assert not (shared / "mlruns").exists()  # nothing in the working directory
 
 
+@pytest.mark.slow
 def test_tensorboard_events_equal_the_history(
     trained: tuple[Path, list[tuple[int, str, str]]],
 ) -> None:
     assert_tensorboard_matches(trained[0])
 
 
+@pytest.mark.slow
 def test_mlflow_run_equals_the_run_directory(
     trained: tuple[Path, list[tuple[int, str, str]]],
 ) -> None:
     assert_mlflow_matches(trained[0])
 
 
-def test_an_explicit_uri_is_read_from_the_config_folder(  # type: ignore[no-untyped-def]
-    cli, project: Project, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+def test_an_explicit_uri_is_read_from_the_config_folder(
+    cli: Cli, project: Project, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 asks for it: file stores
     elsewhere = tmp_path / "elsewhere"
@@ -217,8 +221,8 @@ def _sets(overrides: list[str]) -> list[str]:
         ]
     ],
 )
-def test_resume_carries_on_the_same_mlflow_run_and_event_files(  # type: ignore[no-untyped-def]
-    cli,
+def test_resume_carries_on_the_same_mlflow_run_and_event_files(
+    cli: Cli,
     shared: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -254,7 +258,7 @@ def test_resume_carries_on_the_same_mlflow_run_and_event_files(  # type: ignore[
 
 def history_of_checkpoint(run: Path) -> list[dict[str, float]]:
     checkpoint, _ = checkpoints.latest(run)
-    return checkpoint.progress.history
+    return checkpoint.position.history
 
 
 def test_a_tracker_failing_mid_training_warns_once_and_the_run_completes(
@@ -298,8 +302,8 @@ MISSING = {
 @pytest.mark.parametrize(
     "missing", [["tensorboard"], ["mlflow"], ["tensorboard", "mlflow"]], ids="+".join
 )
-def test_a_missing_library_is_a_config_error_before_the_run_exists(  # type: ignore[no-untyped-def]
-    cli, project: Project, monkeypatch: pytest.MonkeyPatch, missing: list[str]
+def test_a_missing_library_is_a_config_error_before_the_run_exists(
+    cli: Cli, project: Project, monkeypatch: pytest.MonkeyPatch, missing: list[str]
 ) -> None:
     real = importlib.util.find_spec
 
@@ -311,15 +315,14 @@ def test_a_missing_library_is_a_config_error_before_the_run_exists(  # type: ign
     lines = {"tensorboard": 19, "mlflow": 20}  # the line of each setting in the file
     expected = [f"Error: {project.config}:{lines[name]}: {MISSING[name]}" for name in missing]
     for command in ("train", "check"):
-        result = cli(
-            command, project.config, *(["--runs-dir", project.runs] * (command == "train"))
-        )
+        args: list[str | Path] = ["--runs-dir", project.runs] if command == "train" else []
+        result = cli(command, project.config, *args)
         assert (result.code, result.out, result.err.splitlines()) == (2, "", expected)
     assert not project.runs.exists()
 
 
-def test_an_unreachable_store_is_an_error_before_the_run_exists(  # type: ignore[no-untyped-def]
-    cli, project: Project, monkeypatch: pytest.MonkeyPatch
+def test_an_unreachable_store_is_an_error_before_the_run_exists(
+    cli: Cli, project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # MLflow retries a failed request for minutes by default; this store is down for good.
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -402,8 +405,8 @@ def test_the_store_is_the_config_s_else_the_environment_s_else_beside_the_runs(
     assert tracking.store_uri("sqlite:///m.db", config_dir, runs) == "sqlite:////configs/m.db"
 
 
-def test_resume_goes_back_to_the_store_the_run_logged_to(  # type: ignore[no-untyped-def]
-    cli, shared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_resume_goes_back_to_the_store_the_run_logged_to(
+    cli: Cli, shared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Trained with $MLFLOW_TRACKING_URI set, resumed without it: the run's own store (in
     RUN/mlflow.json) is used, not the default beside the runs."""

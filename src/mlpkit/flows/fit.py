@@ -101,7 +101,7 @@ def fit_run(job: Job, listener: Listener | None) -> TrainResult:
     stop = interrupts.StopSignals()
     try:
         with stop:
-            done = job.checkpoint.progress.history if job.checkpoint is not None else []
+            done = job.checkpoint.position.history if job.checkpoint is not None else []
             job.trackers.start(job.run_dir, done)
             on_epoch = job.trackers.wrap(listener.epoch if listener is not None else None)
             result = _fit_and_write(job, on_epoch, stop)
@@ -122,7 +122,7 @@ def fit_run(job: Job, listener: Listener | None) -> TrainResult:
 def _fit_and_write(job: Job, on_epoch: OnEpoch | None, stop: interrupts.StopSignals) -> TrainResult:
     prepared, trainer, device, cfg = job.prepared, job.trainer, job.device, job.prepared.config
     data = {part: prepared.tensors(getattr(prepared.split, part), device) for part in SPLITS}
-    position = job.checkpoint.progress if job.checkpoint is not None else None
+    position = job.checkpoint.position if job.checkpoint is not None else None
     first_epoch = position.epoch if position is not None else 1
     train = training_stream(prepared, device, first_epoch) if prepared.streams else data["train"]
 

@@ -57,7 +57,7 @@ def resume(
         trackers = tracking.open_tracking(loaded, config, runs_dir, resumed=run_dir)
         if listener is not None:
             summary = summarize_network(prepared.config, prepared.preprocessor)
-            listener.started(Start(prepared, device, summary, checkpoint.progress))
+            listener.started(Start(prepared, device, summary, checkpoint.position))
         for problem in skipped:  # a damaged newer checkpoint: say so, resume from the one before
             sys.stderr.write(f"Warning: skipped {problem.render().removeprefix('Error: ')}\n")
         checkpoints.clean_partials(run_dir)

@@ -50,7 +50,7 @@ class EpochPrinter:
         self.epochs = 0
         self.best_key = "val_loss"
         self.best = float("inf")
-        self.progress: Progress | None = None
+        self.bar: Progress | None = None
         self.task: TaskID | None = None
         self.header_shown = False
         self.hidden = {"epoch", "seconds", "lr"}
@@ -71,13 +71,13 @@ class EpochPrinter:
         self.epochs = epochs
         self.best_key = "val_loss" if has_val else "train_loss"
         if self.console.is_terminal:
-            self.progress = _epoch_bar(self.console, "epoch")
-            self.task = self.progress.add_task("train", total=epochs, completed=epochs_done)
+            self.bar = _epoch_bar(self.console, "epoch")
+            self.task = self.bar.add_task("train", total=epochs, completed=epochs_done)
 
     def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
 
     def __call__(self, record: EpochRecord) -> None:
         columns = [key for key in record if key not in self.hidden]
@@ -95,8 +95,8 @@ class EpochPrinter:
         if improved:
             line.append(f"  {BEST_MARK} best", style="bold green")
         self.console.print(line)
-        if self.progress is not None and self.task is not None:
-            self.progress.advance(self.task)
+        if self.bar is not None and self.task is not None:
+            self.bar.advance(self.task)
 
 
 def metrics_table(metrics: dict[str, Any]) -> Table:
@@ -137,7 +137,7 @@ class SeedsPrinter:
         self.console = console
         self.count = count
         self.started = False
-        self.progress: Progress | None = None
+        self.bar: Progress | None = None
         self.task: TaskID | None = None
 
     def start(self, headline: str, seed: int, epochs: int) -> None:
@@ -147,14 +147,14 @@ class SeedsPrinter:
             self.started = True
             self.console.print(headline)
             if self.console.is_terminal:
-                self.progress = _epoch_bar(self.console, "{task.description}")
-                self.task = self.progress.add_task("", total=epochs)
-        if self.progress is not None and self.task is not None:
-            self.progress.reset(self.task, total=epochs, description=f"seed {seed}: epoch")
+                self.bar = _epoch_bar(self.console, "{task.description}")
+                self.task = self.bar.add_task("", total=epochs)
+        if self.bar is not None and self.task is not None:
+            self.bar.reset(self.task, total=epochs, description=f"seed {seed}: epoch")
 
     def __call__(self, record: EpochRecord) -> None:
-        if self.progress is not None and self.task is not None:
-            self.progress.advance(self.task)
+        if self.bar is not None and self.task is not None:
+            self.bar.advance(self.task)
 
     def finished(self, seed: int, place: int, run_dir: object, test: dict[str, float]) -> None:
         """A run ended: `seed N (i/count): test <key metrics>  <run directory>`."""
@@ -163,6 +163,6 @@ class SeedsPrinter:
         self.console.print(f"seed {seed} ({place}/{self.count}): test {scores}  {run_dir}")
 
     def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None

@@ -57,7 +57,7 @@ class Checkpoint:
     """A checkpoint read back and verified."""
 
     path: Path
-    progress: Position
+    position: Position  # kept in state.pt under "progress"
     model: dict[str, torch.Tensor]
     optimizer: dict[str, Any]
     rng: dict[str, Any]
@@ -161,7 +161,7 @@ def read(path: Path) -> Checkpoint:
             progress.best_weights = _tensors(path, runs.CHECKPOINT_BEST, data)
         return Checkpoint(
             path=path,
-            progress=progress,
+            position=progress,
             model=_tensors(path, runs.CHECKPOINT_WEIGHTS, data),
             optimizer=state["optimizer"],
             rng=state["rng"],
