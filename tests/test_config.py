@@ -1,3 +1,4 @@
+import time
 from pathlib import Path
 from typing import get_args
 
@@ -230,3 +231,121 @@ def test_registries_and_config_choices_agree() -> None:
     assert _tags(Loss) == set(LOSS_TASKS)
     regression = {name for name, task in LOSS_TASKS.items() if task == "regression"}
     assert regression == set(registries.LOSSES)  # classification losses live in tasks.py
+
+
+# --- YAML 1.1 surprises (issue 14): YAML 1.2's booleans, and leading zeros refused ----------
+
+
+def test_yaml_1_1_booleans_are_text_so_no_can_name_a_column(project: Project) -> None:
+    project.edit_config("features: [a, b, color]", "features: [a, b, color, NO, yes]")
+    assert load_config(project.config).config.data.features == ["a", "b", "color", "NO", "yes"]
+
+
+def test_a_boolean_where_text_is_expected_shows_what_was_written(project: Project) -> None:
+    project.edit_config("features: [a, b, color]", "features: [a, b, FALSE]")
+    assert errors_of(project.config) == [
+        f"Error: {project.config}:6: data.features.2: expected text, got FALSE; "
+        "quote it ('FALSE') to keep it as text"
+    ]
+    assert errors_of(project.config, "data.target=1") == [
+        f"Error: {project.config}:6: data.features.2: expected text, got FALSE; "
+        "quote it ('FALSE') to keep it as text",
+        "Error: --set: data.target: expected text, got 1; quote it ('1') to keep it as text",
+    ]
+
+
+def test_yes_for_a_switch_says_to_write_true(project: Project) -> None:
+    project.edit_config("  categorical: [color]\n", "  categorical: [color]\n  standardize: yes\n")
+    assert errors_of(project.config) == [
+        f'Error: {project.config}:8: data.standardize: expected true or false, got "yes"; '
+        "write true or false (YAML 1.2 reads yes, no, on and off as text)"
+    ]
+
+
+def test_a_leading_zero_seed_is_refused_not_read_as_octal(project: Project) -> None:
+    project.edit_config("seed: 0", "seed: 010")
+    assert errors_of(project.config) == [
+        f"Error: {project.config}:2: seed: 010 has a leading zero: YAML 1.1 reads it as octal "
+        "8, YAML 1.2 as 10; write 10 for the number, or quote it ('010') for text"
+    ]
+    assert errors_of(project.config, "seed=07") == [  # the file is not read past its error
+        f"Error: {project.config}:2: seed: 010 has a leading zero: YAML 1.1 reads it as octal "
+        "8, YAML 1.2 as 10; write 10 for the number, or quote it ('010') for text"
+    ]
+    project.edit_config("seed: 010", "seed: 10")
+    assert errors_of(project.config, "seed=07") == [
+        "Error: --set seed:1: 07 has a leading zero: YAML 1.1 reads it as octal 7, YAML 1.2 as 7; "
+        "write 7 for the number, or quote it ('07') for text"
+    ]
+
+
+# --- user-sized lists: linear checks, summarised problems (issue 14) ------------------------
+
+
+def test_a_repeated_feature_is_counted(project: Project) -> None:
+    assert errors_of(project.config, "data.features=[a, b, a, color, a, b]") == [
+        "Error: --set: data.features: lists 'a' 3 times",
+        "Error: --set: data.features: lists 'b' twice",
+    ]
+
+
+def test_30000_features_with_repeats_are_checked_in_linear_time(project: Project) -> None:
+    names = [f"f{i}" for i in range(30_000)]
+    features = ", ".join(names + names[:5000] + ["a", "b", "color"])
+    started = time.process_time()  # was 28 s: features.count per feature
+    (line,) = errors_of(project.config, f"data.features=[{features}]")
+    assert time.process_time() - started < 3
+    assert line.startswith(
+        "Error: --set: data.features: lists 5,000 names more than once: 'f0' twice, 'f1' twice, "
+    )
+    assert line.endswith("'f9' twice and 4,990 more; name each column once")
+    assert len(line) < 2000
+
+
+def test_many_items_of_the_wrong_type_are_one_line(project: Project) -> None:
+    items = ", ".join(str(i) for i in range(60_000))
+    assert errors_of(project.config, f"data.features=[{items}]") == [
+        "Error: --set: data.features.0: expected text, got 0 (and likewise at data.features.1, "
+        "data.features.2, data.features.3, data.features.4, data.features.5, data.features.6, "
+        "data.features.7, data.features.8, data.features.9 and 59,990 more); "
+        "quote it ('0') to keep it as text"
+    ]
+
+
+def test_a_few_items_of_the_wrong_type_are_a_line_each(project: Project) -> None:
+    assert errors_of(project.config, "data.features=[a, 1, 2, 3]") == [
+        f"Error: --set: data.features.{i}: expected text, got {i}; quote it ('{i}') to keep it "
+        "as text"
+        for i in (1, 2, 3)
+    ]
+
+
+def test_many_unknown_keys_are_one_line(project: Project) -> None:
+    keys = ", ".join(f"k{i}: 1" for i in range(1000))
+    (line,) = errors_of(project.config, f"training.optimizer={{name: adam, {keys}}}")
+    assert line.startswith(
+        "Error: --set: training.optimizer.k0: unknown key (and likewise at training.optimizer.k1, "
+    )
+    assert line.endswith(
+        "training.optimizer.k9 and 990 more); "
+        "expected one of: amsgrad, betas, eps, lr, name, weight_decay"
+    )
+
+
+def test_many_categorical_names_missing_from_the_features_are_one_line(project: Project) -> None:
+    names = ", ".join(f"c{i}" for i in range(500))
+    assert errors_of(project.config, f"data.categorical=[{names}]") == [
+        "Error: --set: data.categorical: 500 names are not in data.features: 'c0', 'c1', 'c2', "
+        "'c3', 'c4', 'c5', 'c6', 'c7', 'c8', 'c9' and 490 more; "
+        "list each categorical column in data.features too"
+    ]
+
+
+def test_many_input_columns_missing_from_the_features_are_one_line(project: Project) -> None:
+    columns = ", ".join(["a", "b", "color"] + [f"z{i}" for i in range(400)])
+    (line,) = errors_of(project.config, f"model.inputs={{x: {{columns: [{columns}]}}}}")
+    assert line == (
+        "Error: --set: model.inputs.x.columns: 400 columns are not in data.features: 'z0', "
+        "'z1', 'z2', 'z3', 'z4', 'z5', 'z6', 'z7', 'z8', 'z9' and 390 more; "
+        "list them there too, or leave data.features out"
+    )

@@ -7,6 +7,7 @@ in, so this module knows pydantic and YAML lines but no particular config.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import types
@@ -19,7 +20,7 @@ import yaml
 from pydantic import BaseModel
 
 from mlpkit.config.yamlfile import Path_, YamlDoc
-from mlpkit.errors import Problem, did_you_mean
+from mlpkit.errors import Problem, clip, did_you_mean
 
 
 @dataclass
@@ -32,20 +33,51 @@ class ConfigSource:
 
     def problem(self, path: Path_, problem: str, hint: str | None = None) -> Problem:
         """A Problem located at a config key: `--set` if overridden, else the file and line."""
-        where = ".".join(str(p) for p in path) or None
+        where = _dotted(path) or None
         if any(path[:end] in self.overridden for end in range(1, len(path) + 1)):
             return Problem(problem, file="--set", where=where, hint=hint)
         line = self.doc.line_of(path)
         return Problem(problem, file=str(self.source), line=line, where=where, hint=hint)
 
+    def written(self, path: Path_) -> str | None:
+        """How the file wrote the scalar at `path` when YAML read it as no text (`FALSE`,
+        `0x10`); None for text, for anything else, and for a value from --set."""
+        if any(path[:end] in self.overridden for end in range(1, len(path) + 1)):
+            return None
+        return self.doc.texts.get(path)
+
+
+ALIKE = 3  # problems of one kind under one key shown one by one; more are summarised in one
+
 
 def located_problems(
     errors: list[Any], raw: dict[str, Any], origin: ConfigSource, root: type[BaseModel]
 ) -> list[Problem]:
-    """pydantic's errors for `raw` as Problems, sorted by line; a misspelt key is reported once."""
+    """pydantic's errors for `raw` as Problems, sorted by line; a misspelt key is reported once.
+
+    More than ALIKE errors of one kind under one key (60,000 items of a list that are not
+    text, a mapping of unknown keys) are one Problem: the first, and where the others are.
+    """
     schema = _Schema(raw, root)
-    problems = [_translate(e, schema, origin) for e in schema.without_misspelt_missing(errors)]
+    groups: dict[tuple[str, tuple[Any, ...]], list[Any]] = {}
+    for error in schema.without_misspelt_missing(errors):  # grouped by pydantic's own paths
+        groups.setdefault((error["type"], tuple(error["loc"][:-1])), []).append(error)
+    problems = []
+    for group in groups.values():
+        if len(group) <= ALIKE:
+            problems += [_translate(error, schema, origin) for error in group]
+            continue
+        first = _translate(group[0], schema, origin)
+        others = ", ".join(_dotted(schema.user_path(error["loc"])) for error in group[1:10])
+        if len(group) > 10:
+            others += f" and {len(group) - 10:,} more"
+        likewise = f"{first.problem} (and likewise at {others})"
+        problems.append(dataclasses.replace(first, problem=likewise))
     return sorted(problems, key=lambda p: p.line or 10**9)
+
+
+def _dotted(path: Path_) -> str:
+    return ".".join(str(p) for p in path)
 
 
 def child(node: Any, part: str | int) -> Any:
@@ -67,6 +99,8 @@ _EXPECTED = {
     "model_attributes_type": "a mapping",
 }
 _KINDS = {"optimizer": "optimizer", "loss": "loss", "layers": "layer type"}
+# YAML 1.1's booleans, which YAML 1.2 (and so a config) reads as text.
+_YAML11_BOOLEANS = {"yes", "no", "on", "off", "y", "n"}
 
 
 def _translate(error: Any, schema: _Schema, origin: ConfigSource) -> Problem:
@@ -86,14 +120,28 @@ def _translate(error: Any, schema: _Schema, origin: ConfigSource) -> Problem:
                 loc, f"missing '{tag_key}'", "expected one of: " + ", ".join(tags)
             )
         tag = str(ctx.get("tag"))
-        return origin.problem((*loc, tag_key), f"unknown {what} '{tag}'", did_you_mean(tag, tags))
-    if kind in _EXPECTED:
-        return origin.problem(loc, f"expected {_EXPECTED[kind]}, got {_show(value)}")
+        return origin.problem(
+            (*loc, tag_key), f"unknown {what} '{clip(tag)}'", did_you_mean(tag, tags)
+        )
+    if kind in _EXPECTED:  # shown as written: `got FALSE`, not `got false`
+        written = origin.written(loc)
+        shown = clip(written) if written is not None else _show(value)
+        hint = _type_hint(kind, value, written)
+        return origin.problem(loc, f"expected {_EXPECTED[kind]}, got {shown}", hint)
     message = error["msg"].removeprefix("Value error, ")
     message = message[0].lower() + message[1:]
     if kind not in ("unknown_name", "bad_name"):  # our own messages already read well
         message = f"{message.replace('input should', 'must')}, got {_show(value)}"
     return origin.problem(loc, message, ctx.get("hint"))
+
+
+def _type_hint(kind: str, value: Any, written: str | None) -> str | None:
+    """How to write what was expected, where YAML read the value as something else."""
+    if kind == "string_type" and isinstance(value, bool | int | float):
+        return f"quote it ('{clip(written or _show(value))}') to keep it as text"
+    if kind == "bool_type" and isinstance(value, str) and value.lower() in _YAML11_BOOLEANS:
+        return "write true or false (YAML 1.2 reads yes, no, on and off as text)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -163,6 +211,8 @@ class _Schema:
 
     def without_misspelt_missing(self, errors: list[Any]) -> list[Any]:
         """A misspelt required key is one mistake: report it as unknown, not also as missing."""
+        if not any(error["type"] == "missing" for error in errors):
+            return errors  # nothing to drop: skip difflib over every unknown key
         misspelt: set[Path_] = set()
         for error in errors:
             if error["type"] == "extra_forbidden":
@@ -222,7 +272,8 @@ def _tag_of(model: type[BaseModel]) -> Any:
 
 
 def _show(value: Any) -> str:
+    """A value as JSON (`true`, `"8"`), cut to a few hundred characters."""
     try:
-        return json.dumps(value)
+        return clip(json.dumps(value))
     except (TypeError, ValueError):
-        return repr(value)
+        return clip(repr(value))

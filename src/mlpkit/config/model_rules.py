@@ -9,13 +9,15 @@ import re
 from typing import TYPE_CHECKING
 
 from mlpkit.config import registries
+from mlpkit.config.locate import ALIKE
 from mlpkit.config.schema import DenseLayer, InputConfig, Layer, task_of
-from mlpkit.errors import Problem
+from mlpkit.errors import Problem, clip, listed
 
 if TYPE_CHECKING:  # load.py imports this module, so the class is only named here, not imported
     from mlpkit.config.load import LoadedConfig
 
 
+_OUT = "leave data.features out"
 _INPUT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Names the summary gives its own rows (op_N), and Mermaid's keyword: an input cannot take them.
 _RESERVED = re.compile(
@@ -32,26 +34,27 @@ def input_problems(loaded: LoadedConfig) -> list[Problem]:
         return []
     problems = []
     features = loaded.config.data.features
+    known = set(features)
     owner: dict[str, str] = {}
     for name, spec in inputs.items():
         if not _INPUT_NAME.fullmatch(name) or _RESERVED.fullmatch(name):
             problems.append(
                 loaded.problem(
                     ("model", "inputs", name),
-                    f"'{name}' cannot name an input",
+                    f"'{clip(name)}' cannot name an input",
                     "use letters, digits and '_', not a layer name such as dense_0; e.g. x1",
                 )
             )
         shape_problem = _shape_problem(loaded, name, spec)
         if shape_problem is not None:
             problems.append(shape_problem)
-        problems += _column_problems(loaded, name, spec, owner)
+        problems += _column_problems(loaded, name, spec, owner, known)
     unused = [f for f in features if f not in owner]
     if unused:
         problems.append(
             loaded.problem(
                 ("data", "features"),
-                f"{', '.join(unused)} feed no input in model.inputs",
+                f"{listed(unused)} feed no input in model.inputs",
                 "add them to an input's columns or drop them",
             )
         )
@@ -59,28 +62,26 @@ def input_problems(loaded: LoadedConfig) -> list[Problem]:
 
 
 def _column_problems(
-    loaded: LoadedConfig, name: str, spec: InputConfig, owner: dict[str, str]
+    loaded: LoadedConfig, name: str, spec: InputConfig, owner: dict[str, str], known: set[str]
 ) -> list[Problem]:
-    """Each of an input's columns is a feature no earlier input took; `owner` records them."""
-    problems = []
+    """Each of an input's columns is a feature (in `known`) no earlier input took; `owner`
+    records them. More than ALIKE columns wrong in one way are one problem."""
+    where = ("model", "inputs", name, "columns")
+    taken, absent = [], []
     for column in spec.columns:
         if column in owner:
-            problems.append(
-                loaded.problem(
-                    ("model", "inputs", name, "columns"),
-                    f"'{column}' already feeds input '{owner[column]}'",
-                )
-            )
-        elif column not in loaded.config.data.features:
-            problems.append(
-                loaded.problem(
-                    ("model", "inputs", name, "columns"),
-                    f"'{column}' is not in data.features",
-                    "list it there too, or leave data.features out",
-                )
-            )
+            taken.append(f"'{clip(column)}' already feeds input '{clip(owner[column])}'")
+        elif column not in known:
+            absent.append(f"'{clip(column)}'")
         owner.setdefault(column, name)
-    return problems
+    if len(taken) > ALIKE:
+        taken = [f"{len(taken):,} columns feed an earlier input: {listed(taken, 5)}"]
+    problems = [loaded.problem(where, message) for message in taken]
+    if len(absent) > ALIKE:
+        message = f"{len(absent):,} columns are not in data.features: {listed(absent, 10)}"
+        return [*problems, loaded.problem(where, message, "list them there too, or " + _OUT)]
+    hint = "list it there too, or " + _OUT
+    return problems + [loaded.problem(where, f"{c} is not in data.features", hint) for c in absent]
 
 
 def _shape_problem(loaded: LoadedConfig, name: str, spec: InputConfig) -> Problem | None:

@@ -9,9 +9,11 @@ key to change; load.py raises them together.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import TYPE_CHECKING
 
 from mlpkit.config import registries
+from mlpkit.config.locate import ALIKE
 from mlpkit.config.model_rules import head_problems, input_problems
 from mlpkit.config.schema import (
     LOSS_TASKS,
@@ -22,7 +24,7 @@ from mlpkit.config.schema import (
     TrainingConfig,
     task_of,
 )
-from mlpkit.errors import Problem, did_you_mean
+from mlpkit.errors import Problem, clip, did_you_mean, listed
 
 if TYPE_CHECKING:  # load.py imports this module, so the class is only named here, not imported
     from mlpkit.config.load import LoadedConfig
@@ -60,29 +62,46 @@ def _split_problems(loaded: LoadedConfig) -> list[Problem]:
 
 
 def _feature_problems(loaded: LoadedConfig) -> list[Problem]:
-    """The features exclude the target, name each column once, and hold the categorical ones."""
+    """The features exclude the target, name each column once, and hold the categorical ones.
+
+    Linear in the lists (a Counter, a set lookup per name): a feature list may be user-sized;
+    more than ALIKE names wrong in one way are one problem listing the first few.
+    """
     data = loaded.config.data
     problems: list[Problem] = []
-    if data.target in data.features:
+    counts = Counter(data.features)
+    if data.target in counts:
         problems.append(
             loaded.problem(
                 ("data", "features"),
-                f"lists the target '{data.target}' (label leakage)",
+                f"lists the target '{clip(data.target)}' (label leakage)",
                 "remove it from data.features",
             )
         )
-    for name in sorted({f for f in data.features if data.features.count(f) > 1}):
-        problems.append(loaded.problem(("data", "features"), f"lists '{name}' twice"))
-    for name in data.categorical:
-        if name not in data.features:
-            problems.append(
-                loaded.problem(
-                    ("data", "categorical"),
-                    f"'{name}' is not in data.features",
-                    "list each categorical column in data.features too",
-                )
-            )
-    return problems
+    repeated = [
+        f"'{clip(name)}' " + ("twice" if count == 2 else f"{count:,} times")
+        for name, count in counts.items()  # in the order of the list
+        if count > 1
+    ]
+    if len(repeated) > ALIKE:
+        message = f"lists {len(repeated):,} names more than once: {listed(repeated, 10)}"
+        problems.append(loaded.problem(("data", "features"), message, "name each column once"))
+    else:
+        problems += [loaded.problem(("data", "features"), f"lists {name}") for name in repeated]
+    return problems + _categorical_problems(loaded, counts)
+
+
+def _categorical_problems(loaded: LoadedConfig, features: Counter[str]) -> list[Problem]:
+    """Each categorical column is a feature too."""
+    absent = [f"'{clip(name)}'" for name in loaded.config.data.categorical if name not in features]
+    hint = "list each categorical column in data.features too"
+    if len(absent) > ALIKE:
+        message = f"{len(absent):,} names are not in data.features: {listed(absent, 10)}"
+        return [loaded.problem(("data", "categorical"), message, hint)]
+    return [
+        loaded.problem(("data", "categorical"), f"{name} is not in data.features", hint)
+        for name in absent
+    ]
 
 
 def _source_problems(loaded: LoadedConfig) -> list[Problem]:
@@ -161,7 +180,7 @@ def _task_problems(loaded: LoadedConfig) -> list[Problem]:
             problems.append(
                 loaded.problem(
                     ("training", "metrics"),
-                    f"'{name}' is not a {task} metric",
+                    f"'{clip(name)}' is not a {task} metric",
                     "expected one of: " + ", ".join(offered),
                 )
             )
@@ -219,7 +238,7 @@ def _early_stopping_problems(loaded: LoadedConfig) -> list[Problem]:
         return [loaded.problem(where, "needs validation rows but data.split.val is 0", hint)]
     choices = [f"val_{name}" for name in _watched(loaded)]
     if stopping.monitor not in choices:
-        message = f"monitor '{stopping.monitor}' is not computed each epoch"
+        message = f"monitor '{clip(stopping.monitor)}' is not computed each epoch"
         return [
             loaded.problem((*where, "monitor"), message, did_you_mean(stopping.monitor, choices))
         ]
@@ -275,7 +294,7 @@ def _plateau_problems(loaded: LoadedConfig, schedule: PlateauSchedule) -> list[P
     choices = ["train_loss", *([f"val_{name}" for name in _watched(loaded)] if has_val else [])]
     if schedule.monitor in choices:
         return []
-    message = f"monitor '{schedule.monitor}' is not computed each epoch"
+    message = f"monitor '{clip(schedule.monitor)}' is not computed each epoch"
     if schedule.monitor.startswith("val_") and not has_val:
         message += " (data.split.val is 0)"
     return [

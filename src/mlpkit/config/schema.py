@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from mlpkit.config import registries
-from mlpkit.errors import did_you_mean
+from mlpkit.errors import clip, did_you_mean
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -33,7 +33,7 @@ def _check_name(kind: str, value: str, registry: dict[str, Any]) -> str:
         raise PydanticCustomError(
             "unknown_name",
             "unknown {kind} '{value}'",
-            {"kind": kind, "value": value, "hint": did_you_mean(value, registry)},
+            {"kind": kind, "value": clip(value), "hint": did_you_mean(value, registry)},
         )
     return value
 
@@ -396,7 +396,10 @@ class Config(_Strict):
             raise PydanticCustomError(
                 "bad_name",
                 "'{value}' cannot name a run folder",
-                {"value": value, "hint": "use letters, digits, '.', '_' and '-', e.g. mpg-small"},
+                {
+                    "value": clip(value),
+                    "hint": "use letters, digits, '.', '_' and '-', e.g. mpg-small",
+                },
             )
         return value
 
