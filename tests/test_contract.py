@@ -460,8 +460,8 @@ DATA_FILE_CASES = [
         data=one_bad_row("1.0,2.0,red\n2.0,blue,3.0"),
     ),
     Case(
-        "binary data is not text",
-        ("Error: {data}: line 1: the file is not valid utf-8 text; set data.encoding",),
+        "binary data is named, not blamed on the encoding",
+        ("Error: {data}: looks like binary data, not CSV text; expected CSV text",),
         data=b"\x00\x01\x02\xff\xfe" * 20,
     ),
     Case(

@@ -1,12 +1,20 @@
+import gzip
+import io
+import lzma
+import os
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
-from conftest import Project
+from conftest import Project, tiny_csv
 
 from mlpkit.config.load import load_config
 from mlpkit.data.table import read_table, split_rows
 from mlpkit.errors import DataError
+from mlpkit.reading import size_text
 
 
 def data_errors(project: Project, csv: str | bytes) -> list[str]:
@@ -139,6 +147,116 @@ def test_absolute_data_path_gets_no_relative_hint(project: Project) -> None:
     with pytest.raises(DataError) as caught:
         read_table(loaded.data_path, loaded.config.data, loaded)
     assert caught.value.render() == f"Error: --set: data.path: data file not found: {missing}"
+
+
+def _zipped(text: str) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("data.csv", text)
+    return buffer.getvalue()
+
+
+def _parquet(text: str) -> bytes:
+    buffer = io.BytesIO()
+    pd.read_csv(io.StringIO(text)).to_parquet(buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("packed", "expected"),
+    [
+        (
+            lambda text: gzip.compress(text.encode()),
+            "a gzip file, not CSV text; decompress it first (gunzip)",
+        ),
+        (
+            _zipped,
+            "a zip file, not CSV text; unzip it first (an .xlsx workbook is one too: save it as "
+            "CSV)",
+        ),
+        (
+            lambda text: lzma.compress(text.encode()),
+            "an xz file, not CSV text; decompress it first (unxz)",
+        ),
+        (
+            _parquet,
+            "a Parquet file, not CSV text; name it .parquet (or .pq) to read it as Parquet",
+        ),
+        (
+            lambda text: bytes(range(256)) * 8,
+            "binary data, not CSV text; expected CSV text with a header line",
+        ),
+    ],
+    ids=["gzip", "zip", "xz", "parquet", "binary"],
+)
+@pytest.mark.parametrize("encoding", ["utf-8", "latin-1"])
+def test_a_file_that_is_not_text_says_what_it_looks_like(
+    project: Project, packed: Callable[[str], bytes], expected: str, encoding: str
+) -> None:
+    # whatever data.encoding says: following an encoding hint would only give another error
+    project.edit_config("  target: y", f"  target: y\n  encoding: {encoding}")
+    assert data_errors(project, packed(tiny_csv())) == [
+        f"Error: {project.data}: looks like {expected}"
+    ]
+
+
+def test_text_in_another_encoding_keeps_the_encoding_hint(project: Project) -> None:
+    utf16 = "a,b,color,y\n1,2,red,3\n".encode("utf-16")  # a byte-order mark, then NUL bytes
+    assert data_errors(project, utf16) == [
+        f"Error: {project.data}: line 1: the file is not valid utf-8 text; "
+        "set data.encoding, e.g. latin-1"
+    ]
+    project.edit_config("  target: y", "  target: y\n  encoding: utf-16")
+    loaded = load_config(project.config)
+    assert read_table(loaded.data_path, loaded.config.data, loaded).n_rows == 1
+    project.data.write_bytes("a,b,color,y\n1,2,red,3\n".encode("utf-16-le"))  # no mark
+    assert read_table(loaded.data_path, loaded.config.data, loaded).n_rows == 1
+
+
+def test_a_file_too_large_to_read_whole_points_at_streaming(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    size = project.data.stat().st_size
+    monkeypatch.setattr("mlpkit.reading.available_memory", lambda: 10 * size)  # < 16x
+    loaded = load_config(project.config)
+    with pytest.raises(DataError) as caught:
+        read_table(loaded.data_path, loaded.config.data, loaded)
+    assert caught.value.render() == (
+        f"Error: {project.config}:4: data.path: is {size_text(size)}; reading it whole takes "
+        f"about {size_text(16 * size)} of memory, more than the {size_text(10 * size)} "
+        f"available: {project.data}; set data.stream: true to read it block by block"
+    )
+    monkeypatch.setattr("mlpkit.reading.available_memory", lambda: 16 * size)
+    assert read_table(loaded.data_path, loaded.config.data, loaded).n_rows == 50
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (os.mkfifo, "is a FIFO (named pipe), not a regular file: {data}"),
+        (
+            lambda path: path.symlink_to("/dev/null"),
+            "is a character device, not a regular file: /dev/null",  # data_path is resolved
+        ),
+        (
+            os.mkdir,
+            "is a directory, not a data file: {data}; data.path 'data.csv' is relative to {root}/",
+        ),
+    ],
+    ids=["fifo", "device", "folder"],
+)
+def test_a_data_path_that_is_no_file_is_one_line(
+    project: Project, make: Callable[[Path], object], expected: str
+) -> None:
+    project.data.unlink()
+    make(project.data)
+    loaded = load_config(project.config)
+    with pytest.raises(DataError) as caught:
+        read_table(loaded.data_path, loaded.config.data, loaded)
+    assert caught.value.render() == (
+        f"Error: {project.config}:4: data.path: "
+        + expected.format(data=project.data, root=project.root)
+    )
 
 
 def test_split_is_a_function_of_the_seed(project: Project) -> None:

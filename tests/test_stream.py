@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,10 +14,13 @@ from conftest import Cli, Project, tiny_csv
 
 from mlpkit.config.load import load_config
 from mlpkit.config.schema import DataConfig, SplitConfig
+from mlpkit.data.blocks import load_table
 from mlpkit.data.filestream import assign_parts, scan
 from mlpkit.data.preprocessing import NumericFeature, TargetScale, TrainingRows, fit_preprocessor
 from mlpkit.data.table import read_table
+from mlpkit.errors import DataError
 from mlpkit.flows.evaluate import evaluate_run
+from mlpkit.reading import size_text
 
 STREAM = "  path: data.csv\n  stream: true\n  chunk_rows: 40\n  workers: 0\n"
 
@@ -206,3 +210,109 @@ def test_padded_categories_read_the_same_streamed_or_whole(streamed: Project) ->
     found = scan(load_config(streamed.config))
     whole = read_table(streamed.data, load_config(streamed.config).config.data)
     assert set(found.table.frame["color"]) == set(whole.frame["color"]) == {"red", "green", "blue"}
+
+
+# --- hostile files: bounded lines, sized Parquet, no FIFO ----------------------------------
+
+
+def test_a_streamed_line_is_read_with_a_bound(
+    streamed: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("mlpkit.data.blocks.LINE_LIMIT", 64)
+    lines = streamed.data.read_text().split("\n")
+    lines[150] = "1," * 40 + "1"  # 81 bytes: past the bound, cut there, never read whole
+    streamed.data.write_text("\n".join(lines))
+    with pytest.raises(DataError) as caught:
+        scan(load_config(streamed.config))
+    assert caught.value.render() == (
+        f"Error: {streamed.data}: line 151: the line is longer than 64 bytes; is it a CSV file?"
+    )
+
+
+def test_a_header_is_read_with_a_bound(streamed: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("mlpkit.data.table.LINE_LIMIT", 8)
+    with pytest.raises(DataError) as caught:
+        scan(load_config(streamed.config))
+    assert caught.value.render() == (
+        f"Error: {streamed.data}: line 1: the first line is longer than 8 bytes; is it a CSV file?"
+    )
+
+
+def test_a_fifo_is_never_streamed(streamed: Project) -> None:
+    streamed.data.unlink()
+    os.mkfifo(streamed.data)
+    with pytest.raises(DataError, match=r"data\.path: is a FIFO \(named pipe\), not a regular"):
+        scan(load_config(streamed.config))  # returns at once: the open never waits
+
+
+@pytest.fixture
+def parquet(project: Project) -> Project:
+    """5 row groups of 1,000 rows; `sizes` gives its footer, largest group and total bytes."""
+    project.data.write_text(tiny_csv(rows=5000))
+    pd.read_csv(project.data).to_parquet(project.root / "data.parquet", row_group_size=1000)
+    project.edit_config("path: data.csv", "path: data.parquet")
+    return project
+
+
+def sizes(path: Path) -> tuple[int, int, int]:
+    import pyarrow.parquet as pq
+
+    metadata = pq.ParquetFile(path).metadata
+    groups = [metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups)]
+    return metadata.serialized_size, max(groups), sum(groups)
+
+
+def test_parquet_too_large_to_read_whole_points_at_streaming(
+    parquet: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    footer, group, total = sizes(parquet.root / "data.parquet")
+    available = 8 * max(footer, group) + 1  # a row group fits, the whole file does not
+    assert available < 8 * total
+    monkeypatch.setattr("mlpkit.reading.available_memory", lambda: available)
+    loaded = load_config(parquet.config)
+    with pytest.raises(DataError) as caught:
+        load_table(loaded.data_path, loaded.config.data, loaded)
+    assert caught.value.render() == (
+        f"Error: {parquet.config}:4: data.path: holds {size_text(total)} uncompressed; reading "
+        f"it whole takes about {size_text(8 * total)} of memory, more than the "
+        f"{size_text(available)} available: {parquet.root / 'data.parquet'}; "
+        "set data.stream: true to read it block by block"
+    )
+    streamed = load_config(parquet.config, ["data.stream=true", "data.workers=0"])
+    assert scan(streamed).rows == 5000  # one row group at a time fits
+
+
+def test_a_parquet_row_group_too_large_for_memory_is_refused(
+    parquet: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    footer, group, _ = sizes(parquet.root / "data.parquet")
+    available = 8 * footer + 1
+    assert available < 8 * group
+    monkeypatch.setattr("mlpkit.reading.available_memory", lambda: available)
+    loaded = load_config(parquet.config, ["data.stream=true", "data.workers=0"])
+    with pytest.raises(DataError) as caught:
+        scan(loaded)
+    assert caught.value.render() == (
+        f"Error: {parquet.root / 'data.parquet'}: a row group holds {size_text(group)} "
+        f"uncompressed; reading it takes about {size_text(8 * group)} of memory, more than the "
+        f"{size_text(available)} available; write the file again with smaller row groups"
+    )
+
+
+def test_a_parquet_footer_claiming_gigabytes_is_refused_unread(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("mlpkit.reading.available_memory", lambda: 8 * 1024**3)
+    path = project.root / "data.parquet"
+    with path.open("wb") as file:  # sparse: PAR1, a hole, then a footer of 4 GB and PAR1
+        file.write(b"PAR1")
+        file.seek(5 * 1024**3)
+        file.write((4 * 1024**3 - 1).to_bytes(4, "little") + b"PAR1")
+    project.edit_config("path: data.csv", "path: data.parquet")
+    loaded = load_config(project.config)
+    with pytest.raises(DataError) as caught:
+        load_table(loaded.data_path, loaded.config.data, loaded)
+    assert caught.value.render().startswith(
+        f"Error: {project.config}:4: data.path: its metadata claims 4.0 GB; reading it whole "
+        "takes about 32.0 GB of memory, more than the 8.0 GB available"
+    )

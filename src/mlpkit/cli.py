@@ -51,8 +51,29 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-ConfigArg = Annotated[Path, typer.Argument(help="Experiment config (YAML).", show_default=False)]
-RunArg = Annotated[Path, typer.Argument(help="A run directory printed by mlpkit train.")]
+
+def _home(path: Path | None) -> Path | None:
+    """A path argument with a leading `~` or `~user` expanded, as a shell does only for an
+    unquoted word (not in `--runs-dir=~/runs`): a folder named `~` is never what was meant."""
+    return None if path is None else Path(os.path.expanduser(path))
+
+
+def _homes(paths: list[Path] | None) -> list[Path] | None:
+    """_home for each path of a list argument."""
+    return None if paths is None else [Path(os.path.expanduser(path)) for path in paths]
+
+
+def _home_text(text: str) -> str:
+    """_home for a path option typed as text (--runs-dir, where an empty value is refused)."""
+    return os.path.expanduser(text)
+
+
+ConfigArg = Annotated[
+    Path, typer.Argument(help="Experiment config (YAML).", show_default=False, callback=_home)
+]
+RunArg = Annotated[
+    Path, typer.Argument(help="A run directory printed by mlpkit train.", callback=_home)
+]
 SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a config key, e.g. --set training.epochs=5 (repeatable)."),
@@ -84,10 +105,13 @@ def _options(
 @app.command()
 def train(
     config: Annotated[
-        Path | None, typer.Argument(help="Experiment config (YAML).", show_default=False)
+        Path | None,
+        typer.Argument(help="Experiment config (YAML).", show_default=False, callback=_home),
     ] = None,
     set_: SetOpt = None,
-    runs_dir: Annotated[str, typer.Option(help="Where run directories go.")] = "runs",
+    runs_dir: Annotated[
+        str, typer.Option(help="Where run directories go.", callback=_home_text)
+    ] = "runs",
     device: DeviceOpt = None,
     quiet: Annotated[
         bool,
@@ -99,7 +123,10 @@ def train(
     ] = False,
     resume: Annotated[
         Path | None,
-        typer.Option(help="Continue this interrupted run in place (CONFIG, if given, must match)."),
+        typer.Option(
+            help="Continue this interrupted run in place (CONFIG, if given, must match).",
+            callback=_home,
+        ),
     ] = None,
     seeds: Annotated[
         int | None,
@@ -178,7 +205,9 @@ def check(config: ConfigArg, set_: SetOpt = None) -> None:
 
 @app.command()
 def summary(
-    target: Annotated[Path, typer.Argument(help="A config file or a run directory.")],
+    target: Annotated[
+        Path, typer.Argument(help="A config file or a run directory.", callback=_home)
+    ],
     set_: SetOpt = None,
     graph: Annotated[bool, typer.Option("--graph", help="Print a Mermaid flowchart.")] = False,
 ) -> None:
@@ -214,7 +243,9 @@ def summary(
 @app.command("eval")
 def evaluate(
     run: RunArg,
-    data: Annotated[Path | None, typer.Option(help="Score every row of this CSV instead.")] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Score every row of this CSV instead.", callback=_home)
+    ] = None,
     device: DeviceOpt = None,
 ) -> None:
     """Rebuild a run's model from its directory and score it (its own test split by default).
@@ -235,9 +266,12 @@ def evaluate(
 @app.command("predict")
 def predict_command(
     run: RunArg,
-    data: Annotated[Path, typer.Option(help="CSV with the feature columns (no target needed).")],
+    data: Annotated[
+        Path,
+        typer.Option(help="CSV with the feature columns (no target needed).", callback=_home),
+    ],
     out: Annotated[
-        Path | None, typer.Option(help="Write the predictions here, not stdout.")
+        Path | None, typer.Option(help="Write the predictions here, not stdout.", callback=_home)
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists.")] = False,
     device: DeviceOpt = None,
@@ -269,7 +303,8 @@ def export_command(
     out: Annotated[
         Path | None,
         typer.Option(
-            help="Write the model here (default: model.onnx or model.torchscript.pt in RUN)."
+            help="Write the model here (default: model.onnx or model.torchscript.pt in RUN).",
+            callback=_home,
         ),
     ] = None,
     force: Annotated[
@@ -293,7 +328,9 @@ def export_command(
 
 @app.command("runs")
 def runs_command(
-    folder: Annotated[Path, typer.Argument(help="A folder of runs (or one run).")] = Path("runs"),
+    folder: Annotated[
+        Path, typer.Argument(help="A folder of runs (or one run).", callback=_home)
+    ] = Path("runs"),
 ) -> None:
     """List runs with their status, epochs and key test metrics; dead processes show as
     interrupted.
@@ -340,6 +377,7 @@ def compare(
             metavar="RUN",
             help="Complete run directories, or folders of runs (their complete runs).",
             show_default=False,
+            callback=_homes,
         ),
     ],
 ) -> None:
@@ -362,12 +400,18 @@ def compare(
 @app.command("init")
 def init_command(
     data: Annotated[
-        Path, typer.Argument(help="A CSV (or Parquet) file with a header.", show_default=False)
+        Path,
+        typer.Argument(
+            help="A CSV (or Parquet) file with a header.", show_default=False, callback=_home
+        ),
     ],
     target: Annotated[str, typer.Option(help="The column to predict.", show_default=False)],
     out: Annotated[
         Path | None,
-        typer.Option(help="Where to write the config [default: <data file name>.yaml, here]."),
+        typer.Option(
+            help="Where to write the config [default: <data file name>.yaml, here].",
+            callback=_home,
+        ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists.")] = False,
 ) -> None:

@@ -3,10 +3,14 @@ schema.py, check the rules that span several fields (rules.py), and fill in the 
 defaults. `load_config` builds one.
 
 `1e-3` is a float (see yamlfile.py); every problem is located at its file and line, or --set.
+The file is read bounded (reading.py: a regular file of at most CONFIG_LIMIT bytes), and a
+leading `~` in a path of the config (data.path, tracking.mlflow.uri) means the home folder, as
+it would in a shell.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +22,7 @@ from mlpkit.config.rules import cross_field_problems
 from mlpkit.config.schema import DEFAULT_LOSSES, DEFAULT_METRICS, Config, Loss, task_of
 from mlpkit.config.yamlfile import Path_, parse_yaml
 from mlpkit.errors import ConfigError, Problem
+from mlpkit.reading import CONFIG_LIMIT, NotAFile, read_bounded, sniff
 
 
 @dataclass
@@ -61,7 +66,7 @@ def load_config(path: Path, overrides: tuple[str, ...] | list[str] = ()) -> Load
     problems = cross_field_problems(loaded)
     if problems:
         raise ConfigError(problems)
-    loaded.config = _with_task_defaults(config)
+    loaded.config = _with_home(_with_task_defaults(config))
     return loaded
 
 
@@ -110,18 +115,26 @@ def _read_text(path: Path) -> str:
     """The config file's text.
 
     Raises:
-        ConfigError: the file is missing, a folder, unreadable, or not UTF-8.
+        ConfigError: the file is missing, a folder or another non-file (a FIFO, a device),
+            larger than CONFIG_LIMIT, unreadable, binary, or not UTF-8.
     """
-    if not path.exists():
-        raise ConfigError(Problem("config file not found", file=str(path)))
-    if path.is_dir():
-        raise ConfigError(Problem("is a directory, not a config file", file=str(path)))
     try:
-        data = path.read_bytes()
+        data = read_bounded(path, CONFIG_LIMIT, "a config file")
+    except (FileNotFoundError, NotADirectoryError):
+        raise ConfigError(Problem("config file not found", file=str(path))) from None
+    except NotAFile as exc:
+        directory = exc.kind == "a directory"
+        problem = "is a directory, not a config file" if directory else exc.problem
+        raise ConfigError(Problem(problem, file=str(path))) from None
     except OSError as exc:
         raise ConfigError(
             Problem(f"cannot read the file: {exc.strerror}", file=str(path))
         ) from None
+    looks = sniff(data)
+    if looks is not None:
+        what, hint = looks
+        hint = hint if what not in ("binary data", "a Parquet file") else "a config is YAML text"
+        raise ConfigError(Problem(f"looks like {what}, not YAML text", file=str(path), hint=hint))
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -131,6 +144,32 @@ def _read_text(path: Path) -> str:
                 "the file is not UTF-8 text", file=str(path), line=line, hint="save it as UTF-8"
             )
         ) from None
+
+
+def _with_home(config: Config) -> Config:
+    """The config with a leading `~` (or `~user`) in data.path and in a local
+    tracking.mlflow.uri replaced by that home folder: a shell expands it only in an unquoted
+    word, never inside a file, and a literal `~` folder is never what was meant."""
+    data, mlflow = config.data, config.tracking.mlflow
+    path = data.path if data.path is None else os.path.expanduser(data.path)
+    uri = mlflow.uri if mlflow.uri is None else home_uri(mlflow.uri)
+    if (path, uri) == (data.path, mlflow.uri):
+        return config
+    tracking = config.tracking.model_copy(update={"mlflow": mlflow.model_copy(update={"uri": uri})})
+    return config.model_copy(
+        update={"data": data.model_copy(update={"path": path}), "tracking": tracking}
+    )
+
+
+def home_uri(uri: str) -> str:
+    """A tracking URI with `~` expanded where it begins a local path: `~/mlruns`,
+    `file:~/mlruns`, `sqlite:///~/mlflow.db` (then `sqlite:////home/me/mlflow.db`, the
+    absolute form); any other URI as it is."""
+    for scheme in ("sqlite:///", "file:", ""):
+        rest = uri.removeprefix(scheme)
+        if uri.startswith(scheme) and rest.startswith("~"):
+            return scheme + os.path.expanduser(rest)
+    return uri
 
 
 def _apply_override(raw: dict[str, Any], text: str) -> Path_:

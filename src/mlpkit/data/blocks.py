@@ -6,17 +6,23 @@ report the same problems. A CSV block is parsed by pyarrow (fast, and strict abo
 count); if pyarrow refuses it, the block is parsed again by csvtext.parse_text, which names the
 exact line and cell. Streamed CSV rows may not span lines (no newline inside a quoted field):
 a block boundary would cut them.
+
+Every open goes through reading.open_regular (a FIFO or device is refused, never waited on),
+a line is read with a bound (LINE_LIMIT), and a Parquet file's metadata and row groups are
+sized before pyarrow reads them, so a hostile file is refused rather than read into memory.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -25,12 +31,24 @@ from mlpkit.config.load import LoadedConfig
 from mlpkit.config.schema import DataConfig
 from mlpkit.data.columns import convert_columns, locate_columns, numeric_and_categorical
 from mlpkit.data.csvtext import parse_header, parse_text
-from mlpkit.data.table import Table, check_data_file, file_error, read_table
+from mlpkit.data.table import (
+    Table,
+    check_data_file,
+    file_error,
+    open_error,
+    read_first_line,
+    read_table,
+    too_large,
+)
 from mlpkit.errors import DataError, Problem
+from mlpkit.reading import LINE_LIMIT, NotAFile, memory_bound, open_regular, size_text
 
 # What the in-memory reader treats as a missing number; other spellings fall back to it.
 _NULLS = ["", "NA", "na", "N/A", "n/a", "NaN", "nan", "NAN", "null", "NULL", "None", "none"]
 HASH_BLOCK = 1 << 20  # bytes read at a time to hash a Parquet file
+# Peak memory of reading Parquet, per byte of its uncompressed data (measured 3-6x: pyarrow's
+# columns, then pandas' and the converted ones).
+PARQUET_COST = 8
 
 
 @dataclass(frozen=True)
@@ -92,11 +110,7 @@ class CsvBlocks:
             with_target,
             chunk_rows,
         )
-        try:
-            with path.open("rb") as file:
-                self.header_raw = file.readline()
-        except OSError as exc:
-            raise file_error(path, origin, f"cannot read the data file ({exc.strerror})") from None
+        self.header_raw = read_first_line(path, origin, data.encoding)
         self.header = parse_header(path, self.header_raw, data.encoding, origin)
         numeric, categorical = numeric_and_categorical(data, with_target)
         _, problems = locate_columns(path, self.header, numeric + categorical)
@@ -108,10 +122,12 @@ class CsvBlocks:
     def scan(self) -> Iterator[Block]:
         """Every block in file order; the file's sha256 is known when this ends."""
         digest = hashlib.sha256(self.header_raw)
-        with self.path.open("rb") as file:
+        with _reopen(self.path) as file:
             file.seek(len(self.header_raw))
             offset, line = len(self.header_raw), 2
-            while lines := list(islice(file, self.chunk_rows)):
+            bounded = iter(functools.partial(file.readline, LINE_LIMIT), b"")
+            while lines := list(islice(bounded, self.chunk_rows)):
+                _refuse_long_line(self.path, lines, line)
                 raw = b"".join(lines)
                 digest.update(raw)
                 ref = BlockRef(offset, offset + len(raw), line)
@@ -121,7 +137,7 @@ class CsvBlocks:
 
     def read(self, ref: BlockRef) -> Block:
         """The block at `ref` again, alone, as scan() gave it (how a worker reads its share)."""
-        with self.path.open("rb") as file:
+        with _reopen(self.path) as file:
             file.seek(ref.start)
             raw = file.read(ref.end - ref.start)
         return self._convert(ref, raw, list(io.BytesIO(raw)))
@@ -172,6 +188,29 @@ class CsvBlocks:
         return {name: table.column(name).to_pandas() for name in types}
 
 
+def _reopen(path: Path) -> BinaryIO:
+    """The data file opened again (a block read, a scan), still a regular file.
+
+    Raises:
+        DataError: it is gone, or is no longer a regular file.
+    """
+    try:
+        return open_regular(path)
+    except (NotAFile, OSError) as exc:
+        raise open_error(path, None, exc) from None
+
+
+def _refuse_long_line(path: Path, lines: list[bytes], first: int) -> None:
+    """Raises DataError when a line of a block (`first` the line of lines[0]) was cut at
+    LINE_LIMIT: a streamed file must have lines, not one endless run of bytes."""
+    if max(map(len, lines)) < LINE_LIMIT:
+        return
+    for index, line in enumerate(lines):
+        if len(line) == LINE_LIMIT and not line.endswith(b"\n"):
+            problem = f"the line is longer than {size_text(LINE_LIMIT)}; is it a CSV file?"
+            raise DataError(Problem(problem, file=str(path), where=f"line {first + index}"))
+
+
 def _blank(lines: list[bytes]) -> np.ndarray:
     """Which lines are empty (a blank line is no row, for the csv module and pyarrow alike)."""
     lengths = np.fromiter(map(len, lines), dtype=np.int64, count=len(lines))
@@ -190,9 +229,21 @@ class ParquetBlocks:
         self, path: Path, data: DataConfig, with_target: bool, origin: LoadedConfig | None
     ) -> None:
         self.path, self.data, self.with_target = path, data, with_target
+        check_parquet_footer(path, origin)
         file = self._open(origin)
         metadata = file.metadata
-        self.group_rows = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
+        groups = [metadata.row_group(i) for i in range(metadata.num_row_groups)]
+        self.group_rows = [group.num_rows for group in groups]
+        self.group_bytes = [group.total_byte_size for group in groups]  # uncompressed
+        largest = max(self.group_bytes, default=0)
+        if largest * PARQUET_COST > memory_bound(1):
+            problem = (
+                f"a row group holds {size_text(largest)} uncompressed; reading it takes about "
+                f"{size_text(largest * PARQUET_COST)} of memory, more than the "
+                f"{size_text(memory_bound(1))} available"
+            )
+            hint = "write the file again with smaller row groups"
+            raise DataError(Problem(problem, file=str(path), hint=hint))
         numeric, categorical = numeric_and_categorical(data, with_target)
         _, problems = locate_columns(path, file.schema_arrow.names, numeric + categorical)
         if problems:
@@ -204,6 +255,7 @@ class ParquetBlocks:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        check_data_file(self.path, origin)  # pyarrow opens it by name: never a FIFO
         try:
             return pq.ParquetFile(self.path)
         except (pa.ArrowInvalid, OSError) as exc:
@@ -230,9 +282,29 @@ class ParquetBlocks:
         return Block(ref, frame, rows)
 
 
+def check_parquet_footer(path: Path, origin: LoadedConfig | None) -> None:
+    """Refuse a Parquet file whose footer claims more metadata than memory can take, before
+    pyarrow reads it whole (the footer's length is in the file's last 8 bytes).
+
+    Raises:
+        DataError: the file cannot be opened, or its metadata is too large.
+    """
+    try:
+        with open_regular(path) as file:
+            size = os.fstat(file.fileno()).st_size
+            file.seek(max(size - 8, 0))
+            tail = file.read(8)
+    except (NotAFile, OSError) as exc:
+        raise open_error(path, origin, exc) from None
+    claimed = int.from_bytes(tail[:4], "little") if len(tail) == 8 else 0
+    if tail[4:] == b"PAR1" and claimed > memory_bound(1 / PARQUET_COST):
+        said = f"its metadata claims {size_text(claimed)}"
+        raise too_large(path, origin, said, claimed * PARQUET_COST)
+
+
 def _file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as file:
+    with _reopen(path) as file:
         while chunk := file.read(HASH_BLOCK):
             digest.update(chunk)
     return digest.hexdigest()
@@ -249,6 +321,11 @@ def load_table(
     if not is_parquet(path):
         return read_table(path, data, origin, with_target)
     reader = open_blocks(path, data, origin, with_target)
+    assert isinstance(reader, ParquetBlocks)
+    uncompressed = sum(reader.group_bytes)
+    if uncompressed * PARQUET_COST > memory_bound(1):
+        said = f"holds {size_text(uncompressed)} uncompressed"
+        raise too_large(path, origin, said, uncompressed * PARQUET_COST)
     blocks = list(reader.scan())
     if not blocks or sum(len(b.lines) for b in blocks) == 0:
         raise DataError(Problem("the file has no rows", file=str(path)))

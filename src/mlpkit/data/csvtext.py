@@ -2,11 +2,14 @@
 
 The csv module parses the text, so a row with too few or too many fields is an error, never a
 silent shift of columns, and a problem names the line it is on. Cells stay text until
-columns.py checks each configured column.
+columns.py checks each configured column. Bytes that are not text at all (gzip, zip, Parquet,
+other binary data) are named for what they look like before any decoding, so the encoding
+hint is given only for text in another encoding.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 from dataclasses import dataclass
@@ -19,6 +22,7 @@ from mlpkit.config.load import LoadedConfig
 from mlpkit.config.schema import DataConfig
 from mlpkit.data.columns import convert_columns, locate_columns, numeric_and_categorical
 from mlpkit.errors import DataError, Problem
+from mlpkit.reading import sniff
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,8 @@ def parse_text(
         DataError: the text is not valid in data.encoding, is malformed or ragged, has no rows,
             lacks a configured column, or a cell is unusable.
     """
+    if line_offset == 0:  # the file's own first bytes (a later block was checked with them)
+        refuse_binary(path, raw, data.encoding)
     text = _decode(path, raw, data.encoding, origin, line_offset)
     parsed = _parse(path, text, line_offset)
     numeric, categorical = numeric_and_categorical(data, with_target)
@@ -65,8 +71,9 @@ def parse_header(path: Path, raw: bytes, encoding: str, origin: LoadedConfig | N
     """The column names in a CSV's first line (`raw`).
 
     Raises:
-        DataError: the line is not valid text in `encoding`, malformed, or empty.
+        DataError: the line is binary, not valid text in `encoding`, malformed, or empty.
     """
+    refuse_binary(path, raw, encoding)
     text = _decode(path, raw, encoding, origin)
     try:
         header = next(csv.reader(io.StringIO(text, newline=""), strict=True), [])
@@ -78,6 +85,22 @@ def parse_header(path: Path, raw: bytes, encoding: str, origin: LoadedConfig | N
             Problem("the file is empty", file=str(path), hint="expected a CSV with a header line")
         )
     return names
+
+
+def refuse_binary(path: Path, head: bytes, encoding: str = "utf-8") -> None:
+    """Raises DataError when a file's first bytes (`head`) say it is not text: compressed, an
+    archive, Parquet, or other binary data (reading.sniff). Whatever data.encoding says, such a
+    file decodes to no table."""
+    try:
+        wide = codecs.lookup(encoding).name.startswith(("utf-16", "utf-32"))
+    except LookupError:
+        wide = False  # _decode names the unknown encoding
+    looks = sniff(head, wide)
+    if looks is not None:
+        what, hint = looks
+        if what == "binary data":
+            hint = "expected CSV text with a header line"
+        raise DataError(Problem(f"looks like {what}, not CSV text", file=str(path), hint=hint))
 
 
 def _decode(

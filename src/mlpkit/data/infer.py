@@ -30,11 +30,11 @@ import numpy as np
 import pandas as pd
 
 from mlpkit.config.schema import DataConfig, TaskKind
-from mlpkit.data.blocks import is_parquet, load_table
+from mlpkit.data.blocks import check_parquet_footer, is_parquet, load_table
 from mlpkit.data.columns import MISSING_NUMBERS, NO_IMPUTING
 from mlpkit.data.csvtext import parse_header
 from mlpkit.data.preprocessing import canonical_label
-from mlpkit.data.table import check_data_file, read_bytes
+from mlpkit.data.table import check_data_file, read_first_line
 from mlpkit.errors import DataError, Problem, did_you_mean
 
 FEW_VALUES = 10  # integer features: named as possible codes; integer targets: classes
@@ -123,12 +123,18 @@ def infer(path: Path, target: str) -> Starter:
 
 
 def _header(path: Path) -> list[str]:
+    """The column names: a CSV's first line (read alone), a Parquet file's schema.
+
+    Raises:
+        DataError: the file is missing, not a regular file, binary or unreadable.
+    """
     if not is_parquet(path):
-        return parse_header(path, read_bytes(path, None), "utf-8", None)
+        return parse_header(path, read_first_line(path, None), "utf-8", None)
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    check_data_file(path, None)
+    check_data_file(path, None)  # pyarrow opens it by name: never a FIFO
+    check_parquet_footer(path, None)
     try:
         return list(pq.ParquetFile(path).schema_arrow.names)
     except (pa.ArrowInvalid, OSError) as exc:

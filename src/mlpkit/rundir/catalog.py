@@ -1,19 +1,21 @@
 """`mlpkit runs`: the runs under a folder, each with its status, progress and key metrics.
 
 Reading is forgiving where opening a run (runs.open_run) is strict: a damaged or foreign folder
-becomes a row that says what is wrong, never a crash. A run whose run.json says running while no
-process holds its lock died without saying so (kill -9, power loss): it shows as interrupted.
+becomes a row that says what is wrong, never a crash, and every file is read bounded (a FIFO,
+a device, a huge or undecodable file is junk, never waited on or read whole). A run whose
+run.json says running while no process holds its lock died without saying so (kill -9, power
+loss): it shows as interrupted.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mlpkit.errors import Problem, RunDirError
+from mlpkit.reading import RUN_FILE_LIMIT, NotAFile, read_bounded
 from mlpkit.rundir import lock, runs
 
 KEY_METRICS = ("r2", "mae", "accuracy", "f1", "f1_macro")  # the first two a run has are shown
@@ -57,11 +59,11 @@ def _run_files(root: Path) -> list[Path]:
 def read_row(run_dir: Path) -> RunRow:
     """One run's row; whatever cannot be read is said in the row."""
     try:  # read here rather than with runs.read_json_or_empty: the row says what is wrong
-        info = json.loads((run_dir / runs.RUN_INFO).read_text())
+        info = json.loads(read_bounded(run_dir / runs.RUN_INFO, RUN_FILE_LIMIT, runs.RUN_INFO))
         if not isinstance(info, dict) or not str(info.get("format", "")).startswith("mlpkit.run/"):
             raise ValueError("not an mlpkit run.json")
         status, note = str(info["status"]), str(info.get("error") or "")
-    except (OSError, ValueError, KeyError) as exc:
+    except (NotAFile, OSError, ValueError, KeyError, RecursionError) as exc:
         return RunRow(run_dir, "?", "unreadable", "?", {}, f"{runs.RUN_INFO}: {exc}", "")
     if status == "running" and not lock.is_held(run_dir):
         status, note = "interrupted", "process died"
@@ -89,11 +91,15 @@ def _epochs(run_dir: Path, status: str) -> str:
     """Epochs trained / configured: history.csv of a complete run, else the newest checkpoint."""
     config = runs.read_yaml_or_none(run_dir / runs.CONFIG)
     training = config.get("training") if isinstance(config, dict) else None
-    planned = training.get("epochs", "?") if isinstance(training, dict) else "?"
+    planned = training.get("epochs") if isinstance(training, dict) else None
+    planned = planned if isinstance(planned, int) and not isinstance(planned, bool) else "?"
     done: Any = "?"
     if status == "complete":
-        with contextlib.suppress(OSError):
-            done = len((run_dir / runs.HISTORY).read_text().splitlines()) - 1
+        history = runs.read_bytes_or_none(run_dir / runs.HISTORY)
+        try:  # a history.csv that is not UTF-8 is junk like any other
+            done = len(history.decode().splitlines()) - 1 if history is not None else "?"
+        except UnicodeDecodeError:
+            done = "?"
     else:
         manifests = f"ckpt-*/{runs.CHECKPOINT_MANIFEST}"
         newest = sorted((run_dir / runs.CHECKPOINTS).glob(manifests))

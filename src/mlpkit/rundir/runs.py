@@ -7,6 +7,8 @@ trains. run.json carries the status; `complete` is written last, so a directory 
 does not say complete is never treated as finished. The names below are the only spelling of
 those files: other modules ask for them.
 Loading never executes code: JSON, a safe YAML loader, and safetensors for the weights.
+Reading is bounded (reading.py): only regular files, run files up to RUN_FILE_LIMIT, weights up
+to half the memory available, and never through a link that leads outside the run directory.
 torch is imported only where weights are written or loaded: `mlpkit init` and `mlpkit runs`
 use this module without a model. It runs a little over the usual ~400 lines on purpose: the
 whole format in one place is the point of the module.
@@ -29,8 +31,17 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 from safetensors import SafetensorError
 
+from mlpkit.config.yamlfile import parse_yaml
 from mlpkit.data.preprocessing import Preprocessor
-from mlpkit.errors import EnvironmentFault, Problem, RunDirError
+from mlpkit.errors import EnvironmentFault, MlpkitError, Problem, RunDirError
+from mlpkit.reading import (
+    RUN_FILE_LIMIT,
+    NotAFile,
+    TooLarge,
+    memory_bound,
+    read_bounded,
+    size_text,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -300,8 +311,9 @@ class Run:
         from safetensors.torch import load  # imports torch: see the module docstring
 
         path = self.path / WEIGHTS
+        data = read_file(path, weights_limit(), self.path)
         try:
-            model.load_state_dict(load(read_file(path)))
+            model.load_state_dict(load(data))
         except (SafetensorError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0]
             raise RunDirError(Problem(f"unusable weights: {first}", file=str(path))) from None
@@ -316,6 +328,7 @@ def open_run(path: Path, require_complete: bool = True) -> Run:
     if not path.is_dir():
         what = "does not exist" if not path.exists() else "is not a directory"
         raise RunDirError(Problem(f"{what}; expected a run directory", file=str(path)))
+    check_links(path)
     info_path = path / RUN_INFO
     if not info_path.exists():
         raise RunDirError(
@@ -357,14 +370,65 @@ def _validated(model: type[Any], path: Path) -> Any:
         raise RunDirError(Problem(problem, file=str(path), hint=_FORMAT_HINT)) from None
 
 
-def read_file(path: Path) -> bytes:
-    """A run file's bytes; missing or unreadable is a one-line RunDirError."""
+def weights_limit() -> int:
+    """The largest weights file loaded: half the memory available, since the file's bytes and
+    the tensors made from them are held at once."""
+    return memory_bound(1 / 2)
+
+
+def read_file(path: Path, limit: int = RUN_FILE_LIMIT, run_dir: Path | None = None) -> bytes:
+    """A run file's bytes: a regular file of at most `limit` bytes inside `run_dir` (by
+    default the file's own folder), never through a link that leads outside it.
+
+    Raises:
+        RunDirError: the file is missing, a link outside the run, not a regular file, larger
+            than `limit`, or unreadable: one line.
+    """
+    refuse_outside(path, path.parent if run_dir is None else run_dir)
     try:
-        return path.read_bytes()
+        return read_bounded(path, limit, "a run file")
     except FileNotFoundError:
         raise RunDirError(Problem("missing from the run directory", file=str(path))) from None
+    except TooLarge as exc:
+        problem = f"is {size_text(exc.size)}; mlpkit reads at most {size_text(limit)} here"
+        hint = (
+            "that is half the memory available, as loading weights holds the file and its "
+            "tensors; free some memory"
+            if limit != RUN_FILE_LIMIT
+            else "a run file written by mlpkit is far smaller; is it the right file?"
+        )
+        raise RunDirError(Problem(problem, file=str(path), hint=hint)) from None
+    except NotAFile as exc:
+        raise RunDirError(Problem(exc.problem, file=str(path))) from None
     except OSError as exc:
         raise RunDirError(Problem(f"cannot read: {exc.strerror}", file=str(path))) from None
+
+
+def refuse_outside(path: Path, run_dir: Path) -> None:
+    """Raises RunDirError when `path` (a file or folder of the run) is, or passes through, a
+    link that leads outside `run_dir`: a run is read from its own files only."""
+    try:
+        target, root = path.resolve(), run_dir.resolve()
+    except (OSError, RuntimeError):  # a loop of links
+        raise RunDirError(Problem("is a loop of links", file=str(path))) from None
+    if not target.is_relative_to(root):
+        problem = f"is a link to {target}, outside the run directory"
+        raise RunDirError(Problem(problem, file=str(path), hint="copy the file into the run"))
+
+
+def check_links(run_dir: Path) -> None:
+    """Raises RunDirError when an entry of the run (a file or folder mlpkit writes, a
+    checkpoint or one of its files) is a link leading outside the run directory."""
+    entries = [run_dir / name for name in sorted(OWN_NAMES)]
+    checkpoints = run_dir / CHECKPOINTS
+    if checkpoints.is_dir() and not checkpoints.is_symlink():
+        for folder in sorted(checkpoints.glob("ckpt-*")):
+            entries.append(folder)
+            parts = (CHECKPOINT_MANIFEST, CHECKPOINT_WEIGHTS, CHECKPOINT_BEST, CHECKPOINT_STATE)
+            entries += [folder / name for name in parts]
+    for entry in entries:
+        if entry.is_symlink():
+            refuse_outside(entry, run_dir)
 
 
 def read_json(path: Path) -> Any:
@@ -377,6 +441,8 @@ def read_json(path: Path) -> Any:
         return json.loads(read_file(path))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RunDirError(Problem(f"malformed JSON: {exc}", file=str(path))) from None
+    except RecursionError:
+        raise RunDirError(Problem("malformed JSON: nested too deeply", file=str(path))) from None
 
 
 def read_csv(path: Path) -> dict[str, list[str]]:
@@ -396,21 +462,33 @@ def read_csv(path: Path) -> dict[str, list[str]]:
     return {name: list(cells) for name, *cells in zip(*rows, strict=True)}
 
 
-# Forgiving readers, for listing runs and finding links: whatever is wrong reads as nothing.
+# Forgiving readers, for listing runs and finding links: whatever is wrong reads as nothing,
+# and is read within the same bounds (a FIFO, a device or a huge file is nothing too).
+
+
+def read_bytes_or_none(path: Path) -> bytes | None:
+    """The bytes of the regular file `path` (at most RUN_FILE_LIMIT), or None."""
+    try:
+        return read_bounded(path, RUN_FILE_LIMIT, "a run file")
+    except (NotAFile, OSError):
+        return None
 
 
 def read_json_or_empty(path: Path) -> dict[str, Any]:
     """The JSON object in `path`, or {} when it is missing, unreadable or not an object."""
+    data = read_bytes_or_none(path)
     try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
+        value = json.loads(data) if data is not None else None
+    except (ValueError, RecursionError):
         return {}
     return value if isinstance(value, dict) else {}
 
 
 def read_yaml_or_none(path: Path) -> Any:
-    """The YAML value in `path` (safe loader), or None when it is missing or unreadable."""
+    """The YAML value in `path` (read as configs are), or None when it is missing, unreadable
+    or not YAML."""
+    data = read_bytes_or_none(path)
     try:
-        return yaml.safe_load(path.read_text())
-    except (OSError, ValueError, yaml.YAMLError):
+        return parse_yaml(data.decode(), str(path)).data if data is not None else None
+    except (UnicodeDecodeError, MlpkitError, RecursionError):
         return None
