@@ -207,7 +207,9 @@ def test_a_non_finite_loss_is_found_without_a_per_step_sync_and_never_applied() 
         model = build_model([dense(4, "relu"), dense(1)], 3, seed=0)
         optimizer = adam(model)
         step = DirectStep(model, nn.MSELoss(), optimizer) if use_direct else None
-        with pytest.raises(DivergedError, match="in epoch 1, batch 6; that batch was not applied"):
+        with pytest.raises(
+            DivergedError, match="loss became inf in epoch 1, batch 6; that batch was not applied"
+        ):
             fit(
                 model, nn.MSELoss(), optimizer, data, None,
                 epochs=2, batch_size=4, shuffle=False, seed=0, step=step,
@@ -218,6 +220,52 @@ def test_a_non_finite_loss_is_found_without_a_per_step_sync_and_never_applied() 
         assert torch.equal(a, b)
     assert int(optimizer_d.state_dict()["state"][0]["step"]) == 5  # batches 6-10 did not count
     assert all(torch.isfinite(p).all() for p in model_d.parameters())
+
+
+CPU_AND_CUDA = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=[
+            pytest.mark.cuda,
+            pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize("device", CPU_AND_CUDA)
+def test_a_non_finite_gradient_of_a_finite_loss_is_divergence_on_both_engines(
+    device: str,
+) -> None:
+    # Row 6 makes the loss 1e38 (finite in float32) and the weight's gradient 2e19 x 1e20:
+    # inf. Neither engine may apply it, and both name the batch.
+    x = rows(8).to(device)
+    x[5, 0] = 1e20
+    finals = []
+    for use_direct in (False, True):
+        model = build_model([dense(1)], 3, seed=0, device=device)
+        with torch.no_grad():
+            y = model(x).clone()
+        y[5] -= 1e19  # the output misses row 6 by 1e19
+        optimizer = adam(model)
+        step = DirectStep(model, nn.MSELoss(), optimizer) if use_direct else None
+        with pytest.raises(DivergedError) as raised:
+            fit(
+                model, nn.MSELoss(), optimizer, Tensors(x, y), None,
+                epochs=1, batch_size=1, shuffle=False, seed=0, step=step,
+            )  # fmt: skip
+        assert str(raised.value) == (
+            "Error: training: a gradient became non-finite (the loss was 1e+38) in epoch 1, "
+            "batch 6; that batch was not applied; lower training.optimizer.lr or scale the "
+            "target (data.scale_target: true)"
+        )
+        finals.append((model, optimizer))
+    (model_a, _), (model_d, optimizer_d) = finals
+    for a, b in zip(model_a.parameters(), model_d.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0 if device == "cpu" else 1e-5, atol=0)
+        assert torch.isfinite(b).all()
+    assert int(optimizer_d.state_dict()["state"][0]["step"]) == 5  # batches 6-8 did not count
 
 
 def test_no_checkpoint_is_saved_past_a_divergence() -> None:

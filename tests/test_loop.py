@@ -4,7 +4,7 @@ from torch import nn
 
 from mlpkit.config.schema import BatchNormLayer, DenseLayer, Layer
 from mlpkit.errors import DivergedError
-from mlpkit.train.loop import EpochRecord, Tensors, fit
+from mlpkit.train.loop import EpochRecord, Hooks, Position, Tensors, fit
 from mlpkit.train.model import build_model
 
 LAYERS: list[Layer] = [
@@ -111,3 +111,42 @@ def test_batch_norm_skips_a_last_batch_of_one_row() -> None:
             for i in range(0, 40, 4)
         ]
     assert history[0]["train_loss"] == pytest.approx(float(torch.stack(losses).mean()), rel=1e-5)
+
+
+def test_the_epoch_mean_is_summed_in_float64() -> None:
+    # Two rows of loss 3e38 each: finite in float32, their float32 sum is not.
+    big = torch.tensor(3e38)
+    position = Position(losses=[big, big], sizes=[1, 1])
+    assert float(torch.stack(position.losses).sum()) == float("inf")  # the premise
+    assert position.epoch_loss() == pytest.approx(3e38, rel=1e-7)
+
+
+def test_a_validation_loss_that_overflows_is_divergence_before_the_epoch_is_saved() -> None:
+    model = build_model(LAYERS, 3, seed=0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    val = data(10)
+    val = Tensors(val.x, torch.full_like(val.y, 1e19))  # each squared error 1e38: finite
+    saved: list[int] = []
+    with pytest.raises(DivergedError) as raised:
+        fit(
+            model, torch.nn.MSELoss(), optimizer, data(), val, epochs=3, batch_size=4,
+            shuffle=True, seed=0, hooks=Hooks(save=lambda at: saved.append(at.epoch)),
+        )  # fmt: skip
+    assert str(raised.value).startswith(
+        "Error: training: the validation loss of epoch 1 became inf: it overflowed float32; "
+        "the run stopped before saving that epoch"
+    )
+    assert saved == []
+
+
+def test_an_optimizer_moment_that_overflows_is_divergence() -> None:
+    # The loss (1e36) and the weight's gradient (2e18 x 1e4) are finite; Adam's square of the
+    # gradient is not, and would freeze that weight for good (an update of m / sqrt(inf) = 0).
+    model = build_model([DenseLayer(type="dense", units=1)], 3, seed=0)
+    x = torch.full((4, 3), 1e4)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with pytest.raises(DivergedError, match=r"the optimizer's 'exp_avg_sq' of 0\.weight became"):
+        fit(
+            model, torch.nn.MSELoss(), optimizer, Tensors(x, torch.full((4, 1), 1e18)), None,
+            epochs=1, batch_size=4, shuffle=False, seed=0,
+        )  # fmt: skip

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import os
 import pickle
 import signal
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import Cli, Project, stop_at_poll
+from safetensors.torch import load_file, save_file
 
 from mlpkit.config.schema import DenseLayer, Layer
 from mlpkit.errors import DivergedError
@@ -475,3 +477,54 @@ def test_hostile_newest_checkpoint_is_skipped_in_one_line(
     (warning,) = resumed.err.splitlines()
     assert warning.startswith("Warning: skipped ")
     assert weights_of(run) == weights_of(reference)
+
+
+def nan_checkpoint(folder: Path, part: str) -> None:
+    """Put a NaN into the checkpoint's weights or Adam moments and fix the manifest's hash, as
+    altered (or mis-written) state would look: whole files, the right keys and shapes."""
+    if part == "model.safetensors":
+        tensors = load_file(folder / part)
+        tensors["0.weight"][0, 0] = math.nan
+        save_file(tensors, folder / part)
+    else:
+        state = torch.load(folder / part, weights_only=True)
+        state["optimizer"]["state"][0]["exp_avg_sq"][0, 0] = math.inf
+        torch.save(state, folder / part)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    data = (folder / part).read_bytes()
+    manifest["files"][part] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_checkpoint_with_non_finite_weights_is_passed_over(
+    cli: Cli, long_project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reference = reference_run(cli, long_project)
+    run = interrupted_run(cli, long_project, monkeypatch)
+    newest = sorted((run / "checkpoints").glob("ckpt-*"))[-1]
+    nan_checkpoint(newest, "model.safetensors")
+    resumed = cli("train", "--resume", run, "-q")
+    assert resumed.code == 0, resumed.err
+    assert resumed.err == (
+        f"Warning: skipped {newest}: damaged: model.safetensors tensor '0.weight' holds 1 "
+        "non-finite values (NaN or infinite)\n"
+    )
+    assert weights_of(run) == weights_of(reference)
+
+
+def test_no_finite_checkpoint_left_is_exit_2_naming_the_tensors(
+    cli: Cli, long_project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = interrupted_run(cli, long_project, monkeypatch)
+    folders = sorted((run / "checkpoints").glob("ckpt-*"))
+    nan_checkpoint(folders[0], "model.safetensors")
+    nan_checkpoint(folders[1], "state.pt")
+    result = cli("train", "--resume", run)
+    assert result.code == 2
+    assert result.err.splitlines() == [
+        f"Error: {folders[1]}: damaged: state.pt: optimizer state 'exp_avg_sq' of parameter 0 "
+        "holds 1 non-finite values (NaN or infinite)",
+        f"Error: {folders[0]}: damaged: model.safetensors tensor '0.weight' holds 1 non-finite "
+        "values (NaN or infinite)",
+    ]
+    assert status_of(run) == "interrupted"  # refused: nothing changed

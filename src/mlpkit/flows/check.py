@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from mlpkit.config.load import LoadedConfig
-from mlpkit.flows.common import load_run_config, resolve_device, summarize_network
+from mlpkit.flows.common import load_run_config, resolve_device, summarize_network, warn
 from mlpkit.report import tracking
 from mlpkit.report.summary import Summary
 from mlpkit.rundir import runs
@@ -26,7 +26,8 @@ class Checked:
 
 
 def check(loaded: LoadedConfig) -> Checked:
-    """Run every check that `train` runs before training, and nothing else.
+    """Run every check that `train` runs before training, and nothing else; print the
+    warnings train would print.
 
     Raises:
         MlpkitError: the first problem found, as train would report it.
@@ -35,6 +36,7 @@ def check(loaded: LoadedConfig) -> Checked:
     tracking.check(loaded)
     prepared = prepare(loaded)
     build_trainer(prepared, torch.device("cpu"))
+    warn(prepared.warnings)
     return Checked(prepared, summarize_network(prepared.config, prepared.preprocessor))
 
 

@@ -3,6 +3,8 @@ the rows a run was trained on found again, and the resolved config as a run reco
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,8 +21,10 @@ from mlpkit.errors import DataError, DeviceError, Problem, RunDirError
 from mlpkit.report import tracking
 from mlpkit.report.summary import Summary, summarize
 from mlpkit.rundir import runs
+from mlpkit.train import budget
 from mlpkit.train.build import Engine, input_specs, network
 from mlpkit.train.loop import Position
+from mlpkit.train.model import non_finite
 from mlpkit.train.prepare import split_table, synthetic_table
 from mlpkit.train.tasks import Task, make_task
 
@@ -114,14 +118,72 @@ def rebuild(run: runs.Run, device_name: str) -> tuple[LoadedConfig, Task, nn.Mod
     """A run's config, task and trained network, from its directory alone.
 
     Raises:
-        RunDirError: the run's files do not fit together; DeviceError: no such device.
+        RunDirError: the run's files do not fit together, or its weights are not finite;
+            ConfigError: its network would not fit in memory; DeviceError: no such device.
     """
     loaded = load_run_config(run)
     device = resolve_device(loaded, device_name)
     task = make_task(loaded.config, run.preprocessor.target, None)
+    budget.check_network(loaded, run.preprocessor, device)
     model = network(loaded.config, run.preprocessor, task, device)
     run.load_weights(model)
+    refuse_non_finite(model.state_dict(), run.path / runs.WEIGHTS)
     return loaded, task, model
+
+
+def refuse_non_finite(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Weights with NaN or infinite values would only give NaN or infinite predictions.
+
+    Raises:
+        RunDirError: a tensor holds a non-finite value (the first such tensor named).
+    """
+    bad = non_finite(tensors)
+    if bad is not None:
+        name, count = bad
+        raise RunDirError(
+            Problem(
+                f"tensor '{name}' holds {count:,} non-finite values (NaN or infinite)",
+                file=str(path),
+                hint="the weights are damaged; train the run again",
+            )
+        )
+
+
+def refuse_non_finite_outputs(
+    outputs: torch.Tensor, lines: np.ndarray, unit: str, path: Path | str
+) -> None:
+    """Refuse to score or write outputs that are NaN or infinite, naming the first row's line
+    in the input file. The weights are finite (checked when loaded), so it is the row's
+    values, far outside what the network was trained on, that overflow float32.
+
+    Raises:
+        DataError: some row's output (any of its columns) is not finite.
+    """
+    finite = torch.isfinite(outputs.reshape(outputs.shape[0], -1)).all(dim=1).cpu().numpy()
+    if finite.all():
+        return
+    bad = np.flatnonzero(~finite)
+    value = outputs.reshape(outputs.shape[0], -1)[int(bad[0])].tolist()
+    more = f", and {len(bad) - 1:,} more rows" if len(bad) > 1 else ""
+    raise DataError(
+        Problem(
+            f"the network's output for this row is not finite ({_shown(value)}){more}",
+            file=str(path),
+            where=f"{unit} {int(lines[bad[0]])}",
+            hint="its values lie far outside the training data's; check them",
+        )
+    )
+
+
+def _shown(values: list[float]) -> str:
+    shown = ", ".join(str(v) for v in values[:3])
+    return shown + (", ..." if len(values) > 3 else "")
+
+
+def warn(problems: tuple[Problem, ...]) -> None:
+    """Each problem that does not stop the command as one `Warning:` line on stderr."""
+    for problem in problems:
+        sys.stderr.write(f"Warning: {problem.render().removeprefix('Error: ')}\n")
 
 
 def trained_rows(run: runs.Run, loaded: LoadedConfig, hint: str) -> tuple[Table, Split]:

@@ -12,7 +12,7 @@ import torch
 from mlpkit.data.blocks import load_table
 from mlpkit.data.table import Table
 from mlpkit.errors import DataError, Problem
-from mlpkit.flows.common import rebuild, trained_rows
+from mlpkit.flows.common import rebuild, refuse_non_finite_outputs, trained_rows
 from mlpkit.rundir import runs
 from mlpkit.train.loop import predict
 from mlpkit.train.prepare import make_tensors
@@ -36,7 +36,9 @@ def evaluate_run(
     when given.
 
     Raises:
-        RunDirError: the run is not usable; DataError: the data does not fit the run.
+        RunDirError: the run is not usable (its weights not finite included).
+        DataError: the data does not fit the run, or the network's output for a row is not
+            finite.
     """
     run = runs.open_run(run_dir)
     # The training device by default, so the run's own test split scores exactly as it did.
@@ -51,7 +53,9 @@ def evaluate_run(
         rows = np.arange(table.n_rows)
     device = next(model.parameters()).device
     tensors = make_tensors(table.frame.iloc[rows], run.preprocessor, task, device)
-    scores = task.score(tensors.y, predict(model, tensors.x), None)
+    outputs = predict(model, tensors.x)  # [rows, outputs]
+    refuse_non_finite_outputs(outputs, table.lines[rows], table.unit, table.path)
+    scores = task.score(tensors.y, outputs, None)
     return EvalResult(run, scores, len(rows), "test split" if data_path is None else str(data_path))
 
 

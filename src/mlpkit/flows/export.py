@@ -39,8 +39,9 @@ from torch import nn
 
 from mlpkit.config.load import LoadedConfig
 from mlpkit.data.preprocessing import Preprocessor
+from mlpkit.data.table import Table
 from mlpkit.errors import MlpkitError, Problem, did_you_mean
-from mlpkit.flows.common import rebuild, trained_rows
+from mlpkit.flows.common import rebuild, refuse_non_finite_outputs, trained_rows
 from mlpkit.report.onnx_graph import onnx_bytes, run_onnx
 from mlpkit.report.torchscript import run_torchscript, torchscript_bytes
 from mlpkit.rundir import lock, runs
@@ -76,8 +77,10 @@ def export_run(run_dir: Path, fmt: str, out: Path | None = None, force: bool = F
     `out` defaults to the format's file (runs.EXPORTS) inside the run directory.
 
     Raises:
-        RunDirError: the run is not complete or not a run; out's folder does not exist.
-        DataError: the data file changed since training (the run's test rows are gone).
+        RunDirError: the run is not complete or not a run, its weights are not finite; out's
+            folder does not exist.
+        DataError: the data file changed since training (the run's test rows are gone), or
+            the network's output for one of them is not finite.
         MlpkitError: an unknown format, out exists (without force), the format's packages are
             not installed, or the exported model differs from predict by more than TOLERANCE
             (nothing is written then).
@@ -96,7 +99,10 @@ def export_run(run_dir: Path, fmt: str, out: Path | None = None, force: bool = F
         _require_onnx()
     loaded, task, model = rebuild(run, "cpu")
     model = model.eval().requires_grad_(False)  # no autograd graph in the export
-    frame, part = check_rows(run, loaded)
+    table, rows, part = check_rows(run, loaded)
+    frame = table.frame.iloc[rows]
+    x = torch.from_numpy(run.preprocessor.transform(frame))  # [rows, inputs]
+    refuse_non_finite_outputs(predict(model, x), table.lines[rows], table.unit, table.path)
     serialize, execute = _FORMATS[fmt]
     data = serialize(run.preprocessor, model, task)
     expected = reference(run.preprocessor, model, task, frame)
@@ -177,10 +183,10 @@ def _write(run_dir: Path, path: Path, data: bytes, record: runs.ExportInfo) -> N
 # --- the rows and numbers the check compares ------------------------------------------------
 
 
-def check_rows(run: runs.Run, loaded: LoadedConfig) -> tuple[pd.DataFrame, str]:
-    """The run's test rows, read again from its data file (drawn again from the seed for a
-    synthetic source), and which part they are: the validation or else the training rows
-    when the split has no test part.
+def check_rows(run: runs.Run, loaded: LoadedConfig) -> tuple[Table, np.ndarray, str]:
+    """The run's data read again from its file (drawn again from the seed for a synthetic
+    source), the positions of its test rows in it, and which part they are: the validation
+    or else the training rows when the split has no test part.
 
     Raises:
         DataError: the data file changed since the run was trained.
@@ -188,7 +194,7 @@ def check_rows(run: runs.Run, loaded: LoadedConfig) -> tuple[pd.DataFrame, str]:
     hint = "restore the file the run was trained on: the export is checked on its test rows"
     table, split = trained_rows(run, loaded, hint)
     part = next(name for name in ("test", "val", "train") if len(getattr(split, name)))
-    return table.frame.iloc[getattr(split, part)], part
+    return table, getattr(split, part), part
 
 
 def reference(

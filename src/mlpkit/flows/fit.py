@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from mlpkit.errors import DivergedError, Interrupted, MlpkitError, Problem, one_line
-from mlpkit.flows.common import csv_rows, training_info
+from mlpkit.flows.common import csv_rows, refuse_non_finite_outputs, training_info
 from mlpkit.report import tracking
 from mlpkit.report.summary import Summary
 from mlpkit.rundir import checkpoints, runs
@@ -197,13 +197,20 @@ def final_metrics(
     stopping: EarlyStopping | None,
 ) -> dict[str, Any]:
     """Every metric of the task per split, the baselines' test metrics beside them, and for
-    classification the confusion matrices (rows: true class, columns: predicted)."""
-    task = prepared.task
+    classification the confusion matrices (rows: true class, columns: predicted).
+
+    Raises:
+        DataError: the trained network's output for a row is not finite (a row far outside
+            the training rows' range): no metric or prediction of it is written.
+    """
+    task, table = prepared.task, prepared.table
     metrics: dict[str, Any] = {}
     confusion: dict[str, Any] = {}
     for part in SPLITS:
         if data[part].x.shape[0]:
             outputs = predict(model, data[part].x)
+            lines = table.lines[getattr(prepared.split, part)]
+            refuse_non_finite_outputs(outputs, lines, table.unit, table.path)
             metrics[part] = task.score(data[part].y, outputs, None)
             if not isinstance(task, Regression):
                 confusion[part] = task.confusion(data[part].y, outputs)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from mlpkit.data.blocks import load_table
-from mlpkit.flows.common import csv_rows, rebuild
+from mlpkit.flows.common import csv_rows, rebuild, refuse_non_finite_outputs
 from mlpkit.rundir import runs
 from mlpkit.train.loop import predict
 
@@ -38,11 +38,15 @@ def predict_run(run_dir: Path, data_path: Path, device_name: str | None = None) 
     A category never seen in training encodes as all zeros (data/preprocessing.py).
 
     Raises:
-        RunDirError: the run is not usable; DataError: the file lacks columns or has bad cells.
+        RunDirError: the run is not usable (its weights not finite included).
+        DataError: the file lacks columns or has bad cells, or the network's output for a row
+            is not finite (nothing is returned, so nothing is written).
     """
     run = runs.open_run(run_dir)
     loaded, task, model = rebuild(run, device_name or "cpu")
     table = load_table(data_path, loaded.config.data, with_target=False)
     device = next(model.parameters()).device
     x = torch.from_numpy(run.preprocessor.transform(table.frame)).to(device)  # [rows, inputs]
-    return Predictions({table.unit: table.lines, **task.columns(predict(model, x))})
+    outputs = predict(model, x)  # [rows, outputs]
+    refuse_non_finite_outputs(outputs, table.lines, table.unit, data_path)
+    return Predictions({table.unit: table.lines, **task.columns(outputs)})

@@ -1,7 +1,8 @@
 """`mlpkit train CONFIG`: check everything, then train into a new run directory.
 
 Top to bottom: device -> prepare (read, check and split the table, fit preprocessing on the
-training rows) -> build the trainer and its step -> open the trackers -> the layer table ->
+training rows) -> build the trainer and its step (after the memory and step-count budget) ->
+warnings (a constant target) -> open the trackers -> the layer table ->
 create the run directory -> under its lock, the first files (config.yaml, summary.txt,
 preprocessing.json) -> fit_run (fit.py). Everything that can be checked is checked before the
 run directory exists, so a rejected input leaves runs/ as it was.
@@ -18,7 +19,13 @@ import torch
 import mlpkit
 from mlpkit.config.load import LoadedConfig
 from mlpkit.errors import MlpkitError
-from mlpkit.flows.common import resolve_device, resolved_config, summarize_network, training_info
+from mlpkit.flows.common import (
+    resolve_device,
+    resolved_config,
+    summarize_network,
+    training_info,
+    warn,
+)
 from mlpkit.flows.fit import Job, Listener, Start, TrainResult, fit_run
 from mlpkit.report import tracking
 from mlpkit.report.summary import render_text
@@ -44,6 +51,7 @@ def train(
     config = resolved_config(loaded)
     prepared = prepare(loaded)
     step, trainer = make_step(build_trainer(prepared, device))
+    warn(prepared.warnings)
     trackers = tracking.open_tracking(loaded, config, runs_dir)
     summary = summarize_network(prepared.config, prepared.preprocessor)
     if listener is not None:

@@ -34,6 +34,7 @@ from safetensors.torch import load as load_safetensors
 from mlpkit.errors import Problem, RunDirError
 from mlpkit.rundir import runs
 from mlpkit.train.loop import Position
+from mlpkit.train.model import non_finite
 from mlpkit.train.schedules import Schedule
 
 FORMAT = "mlpkit.checkpoint/1"
@@ -159,7 +160,7 @@ def read(path: Path) -> Checkpoint:
         progress = _progress(state["progress"])
         if runs.CHECKPOINT_BEST in data:
             progress.best_weights = _tensors(path, runs.CHECKPOINT_BEST, data)
-        return Checkpoint(
+        checkpoint = Checkpoint(
             path=path,
             position=progress,
             model=_tensors(path, runs.CHECKPOINT_WEIGHTS, data),
@@ -168,9 +169,38 @@ def read(path: Path) -> Checkpoint:
             config=manifest["config"],
             scheduler=state["scheduler"],
         )
+        found = _non_finite(checkpoint)
+    except RunDirError:
+        raise
     except Exception as exc:  # any shape a damaged or hostile state.pt may take
         problem = f"not a {FORMAT} state: {type(exc).__name__} {exc}"
         raise RunDirError(Problem(problem, file=str(path / runs.CHECKPOINT_STATE))) from None
+    if found is not None:
+        name, count = found
+        problem = f"damaged: {name} holds {count:,} non-finite values (NaN or infinite)"
+        raise RunDirError(Problem(problem, file=str(path)))
+    return checkpoint
+
+
+def _non_finite(checkpoint: Checkpoint) -> tuple[str, int] | None:
+    """The first tensor of the checkpoint holding NaN or infinite values, named with its
+    file, and how many it holds; None when all are finite. Training never saves one (it stops
+    at a non-finite loss, gradient or state first), so such a checkpoint was altered or
+    damaged, and resuming from it could only diverge or train on garbage."""
+    tensors = {
+        f"{runs.CHECKPOINT_WEIGHTS} tensor '{name}'": t for name, t in checkpoint.model.items()
+    }
+    for name, t in (checkpoint.position.best_weights or {}).items():
+        tensors[f"{runs.CHECKPOINT_BEST} tensor '{name}'"] = t
+    for index, entries in checkpoint.optimizer["state"].items():
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[
+                    f"{runs.CHECKPOINT_STATE}: optimizer state '{key}' of parameter {index}"
+                ] = value
+    for batch, loss in enumerate(checkpoint.position.losses):
+        tensors[f"{runs.CHECKPOINT_STATE}: the loss of batch {batch + 1}"] = loss
+    return non_finite(tensors)
 
 
 def _verified_parts(path: Path, listed: Any) -> dict[str, bytes]:

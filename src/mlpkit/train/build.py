@@ -15,8 +15,8 @@ from torch import nn
 from mlpkit.config import registries
 from mlpkit.config.schema import Config
 from mlpkit.data.preprocessing import Preprocessor
-from mlpkit.errors import ConfigError
-from mlpkit.train import direct, threads
+from mlpkit.errors import ConfigError, EnvironmentFault, Problem
+from mlpkit.train import budget, direct, threads
 from mlpkit.train.loop import EarlyStopping
 from mlpkit.train.model import InputSpec, build_model
 from mlpkit.train.prepare import Prepared
@@ -87,10 +87,14 @@ def build_trainer(prepared: Prepared, device: torch.device) -> Trainer:
     """Build model, optimizer and loss, so whatever torch refuses is known before a run exists.
 
     Raises:
-        ConfigError: torch refuses an optimizer option the config checks let through, or
-            training.engine is direct for a model, loss or optimizer it does not cover.
+        ConfigError: the run would not fit in memory or take over budget.MAX_STEPS steps
+            (checked before anything is allocated), torch refuses an optimizer option the
+            config checks let through, or training.engine is direct for a model, loss or
+            optimizer it does not cover.
+        EnvironmentFault: the memory ran out while building the network all the same.
     """
-    model = network(prepared.config, prepared.preprocessor, prepared.task, device)
+    budget.check(prepared, device)
+    model = _network(prepared, device)
     try:
         optimizer = make_optimizer(model, prepared.config)
     except ValueError as exc:
@@ -104,6 +108,19 @@ def build_trainer(prepared: Prepared, device: torch.device) -> Trainer:
         schedule = Schedule(settings, optimizer, prepared.config.training.epochs)
     stopping = early_stopping(prepared.config)
     return Trainer(model, optimizer, loss_fn, engine, schedule, stopping)
+
+
+def _network(prepared: Prepared, device: torch.device) -> nn.Module:
+    """The network, built after the budget passed it; should the memory still run out (other
+    processes took it meanwhile), that is the machine's failure, not a bug."""
+    try:
+        return network(prepared.config, prepared.preprocessor, prepared.task, device)
+    except (MemoryError, RuntimeError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+        if not isinstance(exc, MemoryError | torch.OutOfMemoryError) and "alloc" not in str(exc):
+            raise
+        size = budget.training_estimate(prepared).total / budget.GB
+        what = f"out of memory building the network (training needs about {size:,.1f} GB)"
+        raise EnvironmentFault(Problem(what, where="model")) from None
 
 
 def choose_engine(

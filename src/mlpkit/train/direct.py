@@ -11,11 +11,13 @@ optimizer's own state tensors, so optimizer.state_dict() and checkpoints are the
 On CPU the result is the autograd path's, bit for bit (tests/test_direct.py trains both ways
 and compares weights and optimizer state), at a fraction of the cost.
 
-A NaN or infinite loss must never reach the weights, yet checking it per step is a host sync
-(a stall on a GPU). Instead each step ORs "the loss is not finite" into a flag on the device,
-and the fused optimizer skips its update while the flag is up (the mechanism AMP's GradScaler
-uses). The flag is read once an epoch and before a checkpoint: the batch that diverged is the
-first non-finite loss of the epoch, and the weights are those from before it, as with autograd.
+A NaN or infinite loss must never reach the weights, nor a non-finite gradient of a finite
+loss, yet checking them per step is a host sync (a stall on a GPU). Instead each step ORs "the
+loss or a gradient is not finite" into a flag on the device, and the fused optimizer skips its
+update while the flag is up (the mechanism AMP's GradScaler uses); a counter on the device adds
+up the skipped steps. The flag is read once an epoch and before a checkpoint: the batch that
+diverged is the one that many steps back, and the weights are those from before it, as with
+autograd.
 
 `unsupported` says whether a model, loss and optimizer are covered; anything else (dropout,
 batch norm, other activations, losses or optimizers) trains through autograd.
@@ -254,6 +256,7 @@ class DirectStep:
         self.loss = _loss(loss_fn, scalars)
         self.one = scalars.one
         self.found_inf = torch.zeros((), device=device)  # 1 once a step was not finite
+        self.skips = torch.zeros((), device=device)  # steps skipped since found_inf rose
         self._settle: Callable[[], None] | None = None
         if isinstance(optimizer, torch.optim.Adam):  # and AdamW, a subclass
             self.update, self._settle = _adam(optimizer, group, params, self.found_inf, scalars)
@@ -322,15 +325,22 @@ class DirectStep:
                     grad = torch.mm(weight_t, grad.t()).t()
                 else:
                     grad = torch.mm(grad, weight)
-        # The loss alone decides, as in the autograd path: found_inf goes up (and stays up) if
-        # it is NaN or infinite, and the fused kernel then skips the update.
-        torch._amp_foreach_non_finite_check_and_unscale_([loss], self.found_inf, self.one)
+        # As in the autograd path, the loss and the gradients decide: found_inf goes up (and
+        # stays up) if one is NaN or infinite (multiplying by one changes no bit), and the
+        # fused kernel then skips the update.
+        checked = [loss, *grads]
+        torch._amp_foreach_non_finite_check_and_unscale_(checked, self.found_inf, self.one)
         self.update(grads)
+        self.skips.add_(self.found_inf)
         return loss
 
     def diverged(self) -> bool:
         """Whether some step's loss or gradient was not finite (one host sync)."""
         return bool(self.found_inf)
+
+    def skipped(self) -> int:
+        """How many of the latest steps were skipped, the first non-finite one included."""
+        return int(self.skips)
 
     def settle(self) -> None:
         """Bring the optimizer's own state up to date (Adam's step counts)."""

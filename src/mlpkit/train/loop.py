@@ -13,6 +13,7 @@ trained are skipped and the rest are the very batches the uninterrupted run woul
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from mlpkit.errors import DivergedError, Problem
+from mlpkit.train.model import non_finite
 from mlpkit.train.steps import AutogradStep, NonFiniteLoss, Step
 
 
@@ -93,11 +95,14 @@ class Position:
     stopped_early: bool = False
 
     def epoch_loss(self) -> float:
-        """The mean training loss per row of the epoch so far."""
+        """The mean training loss per row of the epoch so far, summed in float64: the batch
+        losses are float32, and their size-weighted sum may overflow float32 while each of
+        them, and their mean, is finite."""
         if not self.sizes:
             raise RuntimeError("an epoch yielded no training batches")
-        weights = torch.tensor(self.sizes, dtype=self.losses[0].dtype, device=self.losses[0].device)
-        return float(torch.stack(self.losses) @ weights) / sum(self.sizes)  # one sync an epoch
+        losses = torch.stack(self.losses).double()  # [batches]
+        weights = torch.tensor(self.sizes, dtype=torch.float64, device=losses.device)
+        return float(losses @ weights) / sum(self.sizes)  # one sync an epoch
 
 
 @dataclass(frozen=True)
@@ -169,7 +174,7 @@ def fit(
         try:
             _train_epoch(step, remaining, position, hooks)
         except NonFiniteLoss as bad:  # seen at its own step: the batch after those done
-            what = f"the training loss became {bad.value}"
+            what = _what(bad.value, bad.gradients)
             raise _diverged(what, position.epoch, position.batches_done + 1) from None
         finally:  # whatever stops the epoch, the optimizer's state is left up to date
             step.settle()
@@ -177,6 +182,7 @@ def fit(
         record: EpochRecord = {"epoch": position.epoch, "train_loss": position.epoch_loss()}
         if val is not None:
             record |= evaluate(model, loss_fn, val, score, prefix="val_")
+        _check_epoch(record, position.epoch, model, optimizer)
         record["lr"] = float(optimizer.param_groups[0]["lr"])  # the rate of the whole epoch
         record["seconds"] = time.perf_counter() - started
         _end_epoch(position, record, model, early_stopping)
@@ -266,16 +272,26 @@ def _train_epoch(
 
 def _settle(position: Position, step: Step) -> None:
     """Bring the optimizer's state up to date for a checkpoint or the caller, and raise if a
-    step of this epoch had a non-finite loss: a step that flags it on the device (direct)
-    skipped it and every step after it, so the weights are from before it."""
+    step of this epoch had a non-finite loss or gradient: a step that flags it on the device
+    (direct) skipped it and every step after it, so the weights are from before it."""
     step.settle()
     if not step.diverged():
         return
-    # The flag rises with the first non-finite loss (a resumed epoch's earlier losses are
-    # finite: checkpoints are only written while the flag is down).
-    batch = torch.isfinite(torch.stack(position.losses)).tolist().index(False)
+    # The flag rose at a step of this epoch since the last settle (checkpoints are only
+    # written while it is down), `skipped` steps back counting the latest as one.
+    batch = position.batches_done - step.skipped()  # 0-based, in this epoch
     value = position.losses[batch].item()
-    raise _diverged(f"the training loss became {value}", position.epoch, batch + 1)
+    gradients = bool(torch.isfinite(position.losses[batch]))
+    raise _diverged(_what(value, gradients), position.epoch, batch + 1)
+
+
+def _what(value: float, gradients: bool) -> str:
+    if gradients:
+        return f"a gradient became non-finite (the loss was {value:.4g})"
+    return f"the training loss became {value}"
+
+
+HINT = "lower training.optimizer.lr or scale the target (data.scale_target: true)"
 
 
 def _diverged(what: str, epoch: int, batch: int) -> DivergedError:
@@ -283,8 +299,37 @@ def _diverged(what: str, epoch: int, batch: int) -> DivergedError:
         Problem(
             f"{what} in epoch {epoch}, batch {batch}; that batch was not applied",
             where="training",
-            hint="lower training.optimizer.lr or scale the target",
+            hint=HINT,
         )
+    )
+
+
+def _check_epoch(
+    record: EpochRecord, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer
+) -> None:
+    """Raise DivergedError if the epoch's losses or the state it leaves are not finite, before
+    the epoch is recorded or saved: each batch's loss and gradients were finite (the step
+    checks them), yet the mean of finite float32 losses over the validation rows may
+    overflow, and an update or an optimizer moment (a gradient squared) may too."""
+    for key, what in (("train_loss", "training"), ("val_loss", "validation")):
+        value = record.get(key)
+        if value is not None and not math.isfinite(value):
+            overflowed = ": it overflowed float32" if value == math.inf else ""
+            raise _epoch_diverged(f"the {what} loss of epoch {epoch} became {value}{overflowed}")
+    named = {id(p): name for name, p in model.named_parameters()}
+    tensors = {name: p.detach() for name, p in model.named_parameters()}
+    for parameter, state in optimizer.state.items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and value.is_floating_point():
+                tensors[f"the optimizer's '{key}' of {named.get(id(parameter), '?')}"] = value
+    bad = non_finite(tensors)
+    if bad is not None:
+        raise _epoch_diverged(f"{bad[0]} became non-finite in epoch {epoch}")
+
+
+def _epoch_diverged(what: str) -> DivergedError:
+    return DivergedError(
+        Problem(f"{what}; the run stopped before saving that epoch", where="training", hint=HINT)
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -108,3 +109,15 @@ def _initialize(model: nn.Module, generator: torch.Generator) -> None:
                 if module.bias is not None:
                     bound = 1 / math.sqrt(module.in_features)
                     nn.init.uniform_(module.bias, -bound, bound, generator=generator)
+
+
+def non_finite(tensors: Mapping[str, torch.Tensor]) -> tuple[str, int] | None:
+    """The first floating-point tensor holding NaN or infinite values, by name, with how many
+    it holds; None when all are finite. One host sync per device the tensors are on."""
+    names = [name for name, t in tensors.items() if t.is_floating_point() and t.numel()]
+    counts: dict[str, int] = {}
+    for device in {tensors[name].device for name in names}:
+        here = [name for name in names if tensors[name].device == device]
+        found = torch.stack([(~torch.isfinite(tensors[name])).sum() for name in here])
+        counts |= dict(zip(here, found.tolist(), strict=True))
+    return next(((name, counts[name]) for name in names if counts[name]), None)

@@ -50,6 +50,7 @@ class Prepared:
     preprocessor: Preprocessor
     task: Task
     scan: FileScan | None = None  # a streamed file: its blocks; `table` holds samples of it
+    warnings: tuple[Problem, ...] = ()  # what the data allows but the user should know
 
     @property
     def config(self) -> Config:
@@ -165,11 +166,33 @@ def prepared_from(
         counts = training_rows.class_counts(classes)
     preprocessor = training_rows.preprocessor(classes)
     task = make_task(loaded.config, preprocessor.target, counts)
-    prepared = Prepared(loaded, table, split, preprocessor, task)
+    warnings = _constant_target(loaded, table, training_rows) if classes is None else ()
+    prepared = Prepared(loaded, table, split, preprocessor, task, warnings=warnings)
     problems = _head_reaches_target(prepared, training_rows.target_range)
     if problems:
         raise DataError(problems)
     return prepared
+
+
+def _constant_target(
+    loaded: LoadedConfig, table: Table, training_rows: TrainingRows
+) -> tuple[Problem, ...]:
+    """A regression target with one value in every training row: training works, but there
+    is nothing to learn but that value, and R2 is undefined (0 or 1 by sklearn's convention)."""
+    low, high = training_rows.target_range
+    if low != high:
+        return ()
+    target = loaded.config.data.target
+    return (
+        Problem(
+            f"the target has a single value ({low:g}) in all {training_rows.rows:,} training "
+            "rows: the network can only learn that value, and R2 is undefined (reported as 1 "
+            "if predicted exactly, else 0)",
+            file=str(table.path),
+            where=f"column '{target}'",
+            hint="check data.target",
+        ),
+    )
 
 
 SAMPLE_ROWS = 4096  # synthetic: rows drawn to fit preprocessing and the baselines
