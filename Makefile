@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint typecheck pytest clean
+.PHONY: setup run test lint typecheck pytest clean fuzz
 
 setup: $(STAMP)
 
@@ -34,6 +34,14 @@ test: lint typecheck pytest
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Hostile-input fuzzer (issue 14), on demand: generated configs and CSVs through check and
+# train under a memory cap; prints cases tried and violations by class (saved under
+# $TMPDIR/mlpkit-fuzz unless --out says). make test runs 25 (tests/test_fuzz.py).
+# E.g. make fuzz FUZZ_ARGS="--cases 500 --jobs 2 --seed 3"
+FUZZ_ARGS ?= --cases 2000
+fuzz: setup
+	$(BIN)/python tests/fuzz_harness.py $(FUZZ_ARGS)
 
 # Benchmark of mlpkit beside its peers (bench/README.md): on demand, never part of `make test`.
 # The peers (lightning, keras, skorch) live in bench/.venv only, never in mlpkit's dependencies.
