@@ -349,3 +349,8 @@ def test_many_input_columns_missing_from_the_features_are_one_line(project: Proj
         "'z1', 'z2', 'z3', 'z4', 'z5', 'z6', 'z7', 'z8', 'z9' and 390 more; "
         "list them there too, or leave data.features out"
     )
+
+
+def test_a_set_path_with_a_non_ascii_digit_is_a_key_not_an_index(project: Project) -> None:
+    with pytest.raises(ConfigError, match=r"data\.split"):
+        load_config(project.config, ["data.split.\u00b2=0.5"])

@@ -18,6 +18,7 @@ from bounded import assert_contract, run_bounded
 from conftest import REPO, Cli, Project, tiny_csv
 from safetensors.torch import load_file, save_file
 
+from mlpkit import reading
 from mlpkit.config.load import load_config
 from mlpkit.errors import ConfigError
 from mlpkit.train import budget
@@ -79,7 +80,6 @@ def test_unknown_available_memory_refuses_only_absurd_sizes(
     project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(budget, "available_memory", lambda: 0)
-    monkeypatch.setattr(budget, "_address_space_left", lambda: None)
     cpu = torch.device("cpu")
     budget.check(prepare(load_config(project.config, ["model.layers.0.units=1000000000"])), cpu)
     big = prepare(load_config(project.config, ["model.layers.0.units=100000000000"]))
@@ -99,8 +99,9 @@ def test_a_named_input_branch_is_named(cli: Cli) -> None:
 def test_an_address_space_cap_counts_as_the_memory_available(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(budget, "available_memory", lambda: 64 * budget.GB)
-    monkeypatch.setattr(budget, "_address_space_left", lambda: 3 * budget.GB)
+    monkeypatch.setattr(reading, "_meminfo_available", lambda: 64 * budget.GB)
+    monkeypatch.setattr(reading, "_cgroup_headroom", lambda: None)
+    monkeypatch.setattr(reading, "_address_space_headroom", lambda: 3 * budget.GB)
     assert budget.available_bytes(torch.device("cpu")) == 3 * budget.GB
 
 

@@ -224,3 +224,11 @@ def test_a_shape_needs_a_synthetic_source(two: Project) -> None:
         ConfigError, match=r"model\.inputs\.color\.shape: a shape applies to a synthetic"
     ):
         load_config(two.config, ["model.inputs.color={shape: 1}"])
+
+
+def test_eval_rows_beyond_memory_are_refused_before_drawing() -> None:
+    from mlpkit.train.prepare import prepare
+
+    loaded = load_config(REPO / "configs" / "xor.yaml", ["data.eval_rows=1000000000000"])
+    with pytest.raises(ConfigError, match=r"data\.eval_rows: 2,000,000,004,096 drawn rows"):
+        prepare(loaded)

@@ -360,3 +360,13 @@ def test_a_failure_to_write_them_fails_the_run_as_any_write(
     assert (result.code, result.err) == (4, "Error: x.png: cannot write: No space left on device\n")
     (run,) = (tmp_path / "runs" / "tiny").iterdir()
     assert json.loads((run / "run.json").read_text())["status"] == "failed"
+
+
+def test_labels_the_font_cannot_draw_leave_stderr_quiet(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An emoji or a control character in a class name is drawn as a box, without matplotlib
+    printing a warning (and the raw text) on stderr."""
+    run = trained(tmp_path / "odd", MULTICLASS_CONFIG, labelled_csv(["\U0001f642", "x\x1by", "z"]))
+    assert capsys.readouterr().err == ""
+    assert {p.name for p in (run / "plots").iterdir()} == CLASSIFICATION_PLOTS

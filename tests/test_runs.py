@@ -184,3 +184,12 @@ def test_the_lock_never_follows_a_link_nor_waits_on_a_fifo(run: Path, tmp_path: 
     fifo = r"is a FIFO \(named pipe\), not the regular"
     with pytest.raises(RunDirError, match=fifo), lock.hold(run):
         pass
+
+
+def test_run_yaml_reads_back_as_written_under_yaml_1_2(tmp_path: Path) -> None:
+    """config.yaml must load again on resume: texts that look like numbers stay texts."""
+    from mlpkit.config.yamlfile import parse_yaml
+
+    value = {"name": "010", "a": "1e3", "b": "no", "c": "-.5", "d": ["08", "yes", 10, 0.5, True]}
+    runs.write_yaml(tmp_path / "config.yaml", value)
+    assert parse_yaml((tmp_path / "config.yaml").read_text(), "config.yaml").data == value

@@ -184,7 +184,7 @@ def _apply_override(raw: dict[str, Any], text: str) -> Path_:
             Problem(f"'{text}' is not key=value", file="--set", hint="e.g. --set training.epochs=5")
         )
     value = parse_yaml(value_text, f"--set {key}").data
-    path: list[str | int] = [int(p) if p.isdigit() else p for p in key.split(".")]
+    path: list[str | int] = [int(p) if p.isascii() and p.isdigit() else p for p in key.split(".")]
     node: Any = raw
     created: Path_ | None = None
     for depth, part in enumerate(path[:-1]):

@@ -9,7 +9,6 @@ The same checks serve a whole CSV (csvtext.py), a streamed block and a Parquet f
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from mlpkit.config.schema import DataConfig
-from mlpkit.errors import DataError, Problem, did_you_mean
+from mlpkit.errors import LISTED, SHOWN, DataError, Problem, clip, closest, did_you_mean
 
 # Cells that mean "no value" in a numeric column. A categorical column only treats an empty cell
 # as missing: "NA" may well be a category (North America).
@@ -73,16 +72,21 @@ def locate_columns(
             ),
         )
     elif missing:
-        named = ", ".join(_with_suggestion(name, header) for name in missing)
-        problems.insert(
-            0, Problem(f"{len(missing)} columns missing from the header: {named}", file=str(path))
+        # suggestions for the first few only: each one compares the name with the header
+        named = ", ".join(
+            _with_suggestion(name, header) if place < SHOWN else f"'{clip(name, 60)}'"
+            for place, name in enumerate(missing[:LISTED])
         )
+        if len(missing) > LISTED:
+            named += f" and {len(missing) - LISTED:,} more"
+        problem = f"{len(missing):,} columns missing from the header: {named}"
+        problems.insert(0, Problem(problem, file=str(path)))
     return positions, problems
 
 
 def _with_suggestion(name: str, header: list[str]) -> str:
-    close = difflib.get_close_matches(name, header, n=1, cutoff=0.6)
-    return f"'{name}' (did you mean '{close[0]}'?)" if close else f"'{name}'"
+    near = closest(name, header)
+    return f"'{name}' (did you mean '{near}'?)" if near else f"'{name}'"
 
 
 def convert_columns(

@@ -21,7 +21,10 @@ a torn PNG.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -75,17 +78,29 @@ def draw_run(run_dir: Path) -> list[Path]:
         RunDirError: history.csv, metrics.json or predictions.csv is missing or malformed.
         EnvironmentFault: a PNG cannot be written (disk full, permissions).
     """
-    figures = draw(read_run(run_dir))
+    with _without_font_warnings():
+        figures = draw(read_run(run_dir))
+        pictures = {name: png(figure) for name, figure in figures.items()}
     folder = run_dir / runs.PLOTS
     try:
         folder.mkdir(exist_ok=True)
     except OSError as exc:
         raise runs.write_fault(exc, folder) from None
     paths = []
-    for name, figure in figures.items():
+    for name, picture in pictures.items():
         paths.append(folder / f"{name}.png")
-        runs.write_bytes(paths[-1], png(figure))
+        runs.write_bytes(paths[-1], picture)
     return paths
+
+
+@contextlib.contextmanager
+def _without_font_warnings() -> Iterator[None]:
+    """A label the font cannot draw (an emoji, a control character from the data) is drawn
+    as a box; matplotlib's warning about it would print raw user text on stderr."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Glyph .* missing", category=UserWarning)
+        warnings.filterwarnings("ignore", message=r"Matplotlib currently does not support")
+        yield
 
 
 def redraw(run_dir: Path) -> list[Path]:

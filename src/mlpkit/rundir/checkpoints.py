@@ -32,6 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 
 from mlpkit.errors import Problem, RunDirError
+from mlpkit.reading import RUN_FILE_LIMIT, NotAFile, read_bounded
 from mlpkit.rundir import runs
 from mlpkit.train.loop import Position
 from mlpkit.train.model import non_finite
@@ -319,9 +320,24 @@ def _digest(data: bytes) -> dict[str, Any]:
     return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
 
 
+def _read_part(path: Path, limit: int) -> bytes:
+    """A checkpoint file's bytes, bounded like every run file: a regular file within the run
+    (run/checkpoints/ckpt-*/part), of at most `limit` bytes.
+
+    Raises:
+        RunDirError: a link outside the run, not a regular file, or too large.
+        OSError: missing or unreadable (the callers word these).
+    """
+    runs.refuse_outside(path, path.parent.parent.parent)
+    try:
+        return read_bounded(path, limit, "a checkpoint file")
+    except NotAFile as exc:
+        raise RunDirError(Problem(exc.problem, file=str(path))) from None
+
+
 def _manifest(path: Path) -> dict[str, Any]:
     try:
-        manifest = json.loads(path.read_bytes())
+        manifest = json.loads(_read_part(path, RUN_FILE_LIMIT))
     except FileNotFoundError:
         raise RunDirError(
             Problem("missing: the checkpoint is incomplete", file=str(path))
@@ -339,7 +355,7 @@ def _manifest(path: Path) -> dict[str, Any]:
 
 def _verified(path: Path, expected: Any) -> bytes:
     try:
-        data = path.read_bytes()
+        data = _read_part(path, runs.weights_limit())
     except OSError as exc:
         raise RunDirError(Problem(f"unreadable: {exc.strerror}", file=str(path))) from None
     if not isinstance(expected, dict) or _digest(data) != expected:

@@ -27,11 +27,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 from safetensors import SafetensorError
 
-from mlpkit.config.yamlfile import parse_yaml
+from mlpkit.config.yamlfile import dump_yaml, parse_yaml
 from mlpkit.data.preprocessing import Preprocessor
 from mlpkit.errors import EnvironmentFault, MlpkitError, Problem, RunDirError
 from mlpkit.reading import (
@@ -248,7 +247,8 @@ def write_json(path: Path, value: Any) -> None:
 
 
 def write_yaml(path: Path, value: Any) -> None:
-    write_bytes(path, yaml.safe_dump(value, sort_keys=False).encode())
+    """YAML that mlpkit's reader reads back as `value` (a text like '010' or '1e3' stays text)."""
+    write_bytes(path, dump_yaml(value, sort_keys=False).encode())
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:

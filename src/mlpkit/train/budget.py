@@ -26,7 +26,6 @@ it would take at the fastest step measured (docs/PERFORMANCE.md).
 from __future__ import annotations
 
 import math
-import resource
 from dataclasses import dataclass
 
 import torch
@@ -221,30 +220,12 @@ def _stack(layers: list[Layer], width: int, where: Path_) -> tuple[list[Part], i
 
 def available_bytes(device: torch.device) -> int:
     """Memory a run may use on `device` now, 0 if unknown: a GPU's free memory; on the CPU
-    the machine's available memory, or less where the process's address space is capped."""
+    reading.available_memory (the machine's, less where a container or an address-space cap
+    holds the process to less)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
-    available = available_memory()
-    headroom = _address_space_left()
-    if headroom is not None:
-        available = headroom if available == 0 else min(available, headroom)
-    return available
-
-
-def _address_space_left() -> int | None:
-    """RLIMIT_AS less the address space already mapped, or None when there is no cap."""
-    limit, _ = resource.getrlimit(resource.RLIMIT_AS)
-    if limit == resource.RLIM_INFINITY:
-        return None
-    try:
-        with open("/proc/self/status", "rb") as status:
-            for line in status:
-                if line.startswith(b"VmSize:"):
-                    return max(limit - int(line.split()[1]) * 1024, 0)
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+    return available_memory()
 
 
 def _refuse_over(

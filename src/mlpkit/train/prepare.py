@@ -35,7 +35,8 @@ from mlpkit.data.preprocessing import (
     sorted_labels,
 )
 from mlpkit.data.table import Split, Table, check_split, split_rows
-from mlpkit.errors import DataError, Problem
+from mlpkit.errors import ConfigError, DataError, Problem
+from mlpkit.reading import memory_bound, size_text
 from mlpkit.train.loop import BatchStream, Tensors
 from mlpkit.train.tasks import Task, make_task
 
@@ -236,6 +237,7 @@ def synthetic_table(loaded: LoadedConfig) -> tuple[Table, Split, list[str] | Non
     if problems:
         raise DataError(problems)
     n_eval = cfg.data.eval_rows
+    _refuse_rows_over_memory(loaded, SAMPLE_ROWS + 2 * n_eval, len(made))
     frame = synthetic.table(source, SAMPLE_ROWS + 2 * n_eval, cfg.seed + 1)
     spec = json.dumps([source.model_dump(), n_eval, cfg.seed], sort_keys=True)
     table = Table(
@@ -249,6 +251,29 @@ def synthetic_table(loaded: LoadedConfig) -> tuple[Table, Split, list[str] | Non
         rows[:SAMPLE_ROWS], rows[SAMPLE_ROWS : SAMPLE_ROWS + n_eval], rows[SAMPLE_ROWS + n_eval :]
     )
     return table, split, classes
+
+
+# Bytes a drawn row costs while it is drawn, framed, preprocessed and made a tensor: float64
+# columns in a few copies at once (measured ~5 copies; 8 leaves room).
+SYNTHETIC_ROW_COPIES = 8
+
+
+def _refuse_rows_over_memory(loaded: LoadedConfig, rows: int, columns: int) -> None:
+    """A synthetic source's validation and test rows are drawn and held whole: refuse a
+    data.eval_rows whose rows cannot fit in memory, before drawing them.
+
+    Raises:
+        ConfigError: over the memory available (or absurd where that is unknown).
+    """
+    needed = rows * columns * 8 * SYNTHETIC_ROW_COPIES
+    limit = memory_bound(1.0)
+    if needed > limit:
+        problem = (
+            f"{rows:,} drawn rows of {columns} columns need about {size_text(needed)} of memory "
+            f"and {size_text(limit)} is available"
+        )
+        hint = "validation and test each draw data.eval_rows rows: use fewer"
+        raise ConfigError(loaded.problem(("data", "eval_rows"), problem, hint))
 
 
 def training_stream(prepared: Prepared, device: torch.device, first_epoch: int = 1) -> BatchStream:
