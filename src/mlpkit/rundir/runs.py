@@ -10,8 +10,8 @@ Loading never executes code: JSON, a safe YAML loader, and safetensors for the w
 Reading is bounded (reading.py): only regular files, run files up to RUN_FILE_LIMIT, weights up
 to half the memory available, and never through a link that leads outside the run directory.
 torch is imported only where weights are written or loaded: `mlpkit init` and `mlpkit runs`
-use this module without a model. It runs a little over the usual ~400 lines on purpose: the
-whole format in one place is the point of the module.
+use this module without a model. It runs past the usual ~400 lines on purpose: the whole
+format, its writers and its bounded readers in one place is the point of the module.
 """
 
 from __future__ import annotations
