@@ -367,6 +367,8 @@ def test_labels_the_font_cannot_draw_leave_stderr_quiet(
 ) -> None:
     """An emoji or a control character in a class name is drawn as a box, without matplotlib
     printing a warning (and the raw text) on stderr."""
-    run = trained(tmp_path / "odd", MULTICLASS_CONFIG, labelled_csv(["\U0001f642", "x\x1by", "z"]))
+    run = trained(
+        tmp_path / "odd", MULTICLASS_CONFIG, labelled_csv(["\U0001f642", "x\x1by", '"new\nline"'])
+    )
     assert capsys.readouterr().err == ""
     assert {p.name for p in (run / "plots").iterdir()} == CLASSIFICATION_PLOTS

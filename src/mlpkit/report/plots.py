@@ -98,7 +98,7 @@ def _without_font_warnings() -> Iterator[None]:
     """A label the font cannot draw (an emoji, a control character from the data) is drawn
     as a box; matplotlib's warning about it would print raw user text on stderr."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"Glyph .* missing", category=UserWarning)
+        warnings.filterwarnings("ignore", message=r"(?s)Glyph .* missing", category=UserWarning)
         warnings.filterwarnings("ignore", message=r"Matplotlib currently does not support")
         yield
 
