@@ -64,7 +64,7 @@ def test_non_numeric_cell_names_first_line_and_count(project: Project) -> None:
 @pytest.mark.parametrize(
     ("row", "expected"),
     [
-        ("1,,red,3", "column 'b', line 3: missing value; mlpkit does not impute"),
+        ("1,,red,3", "column 'b', line 3: missing value; to fill them"),
         ("1,NaN,red,3", "column 'b', line 3: missing value"),
         ("1,inf,red,3", "column 'b', line 3: infinite value; expected a finite number"),
         ("1,2,,3", "column 'color', line 3: missing value"),

@@ -105,7 +105,8 @@ def test_every_key_has_a_comment_and_the_rules_are_written(mixed: Path) -> None:
         "  #   - id    # text, 60 values in 60 rows",
         "  categorical: [flag, color]       # one-hot encoded (categories of the train rows)",
         "  scale_target: true               # learn a standardized target; metrics in its units",
-        "  epochs: 200                      # at most; 2 steps an epoch, 400 in all",
+        "  epochs: 200                      # at most; 6 steps an epoch, 1200 in all",
+        "  batch_size: 8                    # smaller: noisier steps, slower epochs",
     ]
     assert [line for line in expected if line not in lines] == []
 

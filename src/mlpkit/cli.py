@@ -24,7 +24,10 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from mlpkit.config.load import LoadedConfig
+    from mlpkit.config.schema import Config
+    from mlpkit.flows.crossval import CrossvalResult, FoldResult
     from mlpkit.flows.fit import Listener, Start, TrainResult
+    from mlpkit.report.crossval import FoldsPrinter
     from mlpkit.report.display import EpochPrinter, SeedsPrinter
     from mlpkit.train.loop import EpochRecord
 
@@ -137,12 +140,23 @@ def train(
             show_default=False,
         ),
     ] = None,
+    folds: Annotated[
+        int | None,
+        typer.Option(
+            min=2,
+            help="k-fold cross-validation (sets data.split.folds): K runs in "
+            "<runs-dir>/<name>/cv-*/fold-i, each validating on one part of the non-test rows; "
+            "print each metric's mean and sample std. With --seeds: one per seed.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Train CONFIG into a new run directory and print its path as the last line.
 
     Ctrl-C or SIGTERM stops at the next step with a checkpoint; --resume RUN carries on.
     --seeds N trains N runs and prints the spread of their test metrics; the last line is
-    then the summary file.
+    then the summary file. --folds K cross-validates; the last line is then its folder, which
+    --resume carries on too.
 
     Example: mlpkit train configs/mpg.yaml --set training.epochs=5
     """
@@ -156,12 +170,23 @@ def train(
         )
     if not runs_dir:  # Path("") would silently mean the working directory
         raise MlpkitError(Problem("is empty", where="--runs-dir", hint="give a folder, e.g. runs"))
+    overrides = [*(set_ or []), *([f"data.split.folds={folds}"] if folds is not None else [])]
+    if folds is not None and resume is not None:
+        hint = "resume alone: mlpkit train --resume FOLDER carries on a cross-validation"
+        raise MlpkitError(Problem("cannot be combined with --resume", where="--folds", hint=hint))
     if seeds is not None:
-        _train_seeds(config, resume, set_ or [], Path(runs_dir), device, quiet, seeds)
+        _train_seeds(config, resume, overrides, Path(runs_dir), device, quiet, seeds)
+        return
+    if resume is not None and _is_crossval(resume):
+        _train_folds(config, overrides, Path(runs_dir), device, quiet, resume)
         return
     loaded = None
     if config is not None and resume is None:
-        loaded = _load_config(config, set_)  # config mistakes exit here, before torch is imported
+        loaded = _load_config(config, overrides)  # config mistakes exit here, before torch
+        split = loaded.config.data.split
+        if split.folds is not None and split.fold is None:
+            _train_folds(config, overrides, Path(runs_dir), device, quiet)
+            return
     from mlpkit.report import display
 
     console = _stdout()
@@ -197,9 +222,23 @@ def check(config: ConfigArg, set_: SetOpt = None) -> None:
     prepared = checked.prepared
     counts = prepared.split_counts
     print(
-        f"ok: {config}: {prepared.data_rows} rows, split {counts['train']}/{counts['val']}/"
-        f"{counts['test']}, {len(prepared.preprocessor.input_names)} inputs, "
+        f"ok: {config}: {prepared.data_rows} rows{prepared.data_note}, split "
+        f"{counts['train']}/{counts['val']}/"
+        f"{counts['test']}{_folds_note(prepared.config, counts)}, "
+        f"{len(prepared.preprocessor.input_names)} inputs, "
         f"{checked.summary.total_parameters:,} parameters"
+    )
+
+
+def _folds_note(config: Config, counts: dict[str, int]) -> str:
+    """check's word on the split of a cross-validation: which fold the counts are."""
+    split = config.data.split
+    if split.folds is None:
+        return ""
+    rows = counts["train"] + counts["val"]
+    return (
+        f" (fold {split.fold or 1} of {split.folds} over {rows} rows; "
+        "data.split.train and val are not used)"
     )
 
 
@@ -346,9 +385,15 @@ def runs_command(
         print(f"no runs under {folder}")
         return
     table = Table("run", "name", "status", "epochs", "test metrics", "note", box=None)
+    folders = {row.path for row in rows if row.kind == "crossval"}
     for row in rows:
         shown = row.path.relative_to(folder) if row.path != folder else row.path
-        metrics = ", ".join(f"{name} {value:.4g}" for name, value in row.metrics.items())
+        if row.path.parent in folders:  # a fold, listed under its cross-validation
+            shown = Path(f"  {row.path.name}")
+        metrics = ", ".join(
+            f"{name} {value:.4g}" + (f" ± {row.spread[name]:.2g}" if name in row.spread else "")
+            for name, value in row.metrics.items()
+        )
         table.add_row(str(shown), row.name, row.status, row.epochs, metrics or "-", row.note)
     _stdout().print(table)
 
@@ -446,7 +491,7 @@ def _headline(start: Start) -> str:
     prepared = start.prepared
     return (
         f"{prepared.config.name}: {prepared.data_rows} rows of {prepared.table.path.name}"
-        f" -> {prepared.describe_split()}; "
+        f"{prepared.data_note} -> {prepared.describe_split()}; "
         f"{len(prepared.preprocessor.input_names)} inputs; "
         f"{start.summary.total_parameters:,} parameters; device {start.device}"
     )
@@ -506,7 +551,10 @@ def _train_seeds(
             )
         )
     assert config is not None  # train refused neither CONFIG nor --resume already
-    _load_config(config, overrides)  # config mistakes exit here, before torch is imported
+    loaded = _load_config(config, overrides)  # config mistakes exit here, before torch
+    if loaded.config.data.split.folds is not None and loaded.config.data.split.fold is None:
+        _train_folds(config, overrides, runs_dir, device, quiet, count=count)
+        return
     from mlpkit.flows import seeds
     from mlpkit.report import display
 
@@ -527,6 +575,109 @@ def _train_seeds(
     if not quiet:
         console.print(seeds.render(found))
     print(path)
+
+
+def _is_crossval(path: Path) -> bool:
+    from mlpkit.rundir import crossval
+
+    return crossval.is_crossval(path)
+
+
+class _FoldLines:
+    """train --folds' listener: the headline once, each fold's epochs under one bar."""
+
+    def __init__(self, printer: FoldsPrinter, seeds: bool) -> None:
+        self.printer = printer
+        self.seeds = seeds
+
+    def started(self, start: Start) -> None:
+        config = start.prepared.config
+        split = config.data.split
+        label = f"seed {config.seed} " if self.seeds else ""
+        label += f"fold {split.fold}/{split.folds}"
+        done = start.position.epoch - 1 if start.position is not None else 0
+        self.printer.start(_folds_headline(start), label, config.training.epochs, done)
+
+    def epoch(self, record: EpochRecord) -> None:
+        self.printer(record)
+
+
+def _folds_headline(start: Start) -> str:
+    """What a cross-validation trains, in one line."""
+    prepared = start.prepared
+    split, counts = prepared.config.data.split, prepared.split_counts
+    return (
+        f"{prepared.config.name}: {prepared.data_rows} rows of {prepared.table.path.name}"
+        f"{prepared.data_note} -> {counts['test']} test, {split.folds} folds of the other "
+        f"{counts['train'] + counts['val']} (each validates on one, trains on the rest); "
+        f"{len(prepared.preprocessor.input_names)} inputs; "
+        f"{start.summary.total_parameters:,} parameters; device {start.device}"
+    )
+
+
+def _train_folds(
+    config: Path | None,
+    overrides: list[str],
+    runs_dir: Path,
+    device: str | None,
+    quiet: bool,
+    resume: Path | None = None,
+    count: int | None = None,
+) -> None:
+    """train --folds K (or a config with data.split.folds), or --resume of its folder: a line
+    per fold as it ends, the table of every metric's spread, and last the folder. With
+    --seeds (`count`): a folder per seed, then the spread of their means and the summary
+    file. With --quiet: the fold directories (with --seeds: the folders), then the last line."""
+    from mlpkit.flows import crossval
+    from mlpkit.report import crossval as shown
+    from mlpkit.rundir import runs
+
+    source = resume / runs.CONFIG if resume is not None else config
+    assert source is not None  # train refused neither CONFIG nor --resume already
+    folds = _load_config(source, [] if resume else overrides).config.data.split.folds
+    console = _stdout()
+    printer = shown.FoldsPrinter(console, folds or 0)
+    listener: Listener | None = None if quiet else _FoldLines(printer, count is not None)
+
+    def on_fold(found: FoldResult) -> None:
+        if quiet:
+            if count is None:
+                print(found.run_dir)
+            return
+        label = f"seed {found.seed} " if count is not None else ""
+        label += f"fold {found.fold}/{printer.folds}"
+        printer.finished(label, found.metrics, found.run_dir)
+
+    def on_cv(seed: int, place: int, result: CrossvalResult) -> None:
+        if quiet:
+            print(result.cv_dir)
+        else:
+            line = shown.mean_line(result.info)
+            console.print(f"seed {seed} ({place}/{count}): {line}  {result.cv_dir}")
+
+    try:
+        if count is not None:
+            assert config is not None
+            summary, path = crossval.over_seeds(
+                config, overrides, runs_dir, count, device, listener, on_fold, on_cv
+            )
+        elif resume is not None:
+            result = crossval.resume(resume, config, overrides, device, listener, on_fold)
+        else:
+            assert config is not None
+            result = crossval.cross_validate(config, overrides, runs_dir, device, listener, on_fold)
+    finally:
+        printer.close()
+    if count is not None:
+        from mlpkit.flows import seeds
+
+        if not quiet:
+            console.print(seeds.render(summary))
+        print(path)
+        return
+    if not quiet:
+        console.print(shown.render(result.info))
+    print(result.cv_dir)
 
 
 def _load_config(config: Path, overrides: list[str] | None) -> LoadedConfig:

@@ -4,8 +4,8 @@ defaults. `load_config` builds one.
 
 `1e-3` is a float (see yamlfile.py); every problem is located at its file and line, or --set.
 The file is read bounded (reading.py: a regular file of at most CONFIG_LIMIT bytes), and a
-leading `~` in a path of the config (data.path, tracking.mlflow.uri) means the home folder, as
-it would in a shell.
+leading `~` in a path of the config (data.path, data.val_path, data.test_path,
+tracking.mlflow.uri) means the home folder, as it would in a shell.
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ from mlpkit.config.yamlfile import Path_, parse_yaml
 from mlpkit.errors import ConfigError, Problem
 from mlpkit.reading import CONFIG_LIMIT, NotAFile, read_bounded, sniff
 
+# The keys of data that name a file, read relative to the config's folder, `~` expanded.
+DATA_FILE_KEYS = ("path", "val_path", "test_path")
+
 
 @dataclass
 class LoadedConfig(ConfigSource):
@@ -36,6 +39,11 @@ class LoadedConfig(ConfigSource):
         """data.path, resolved from the config file's folder (only for a file source)."""
         assert self.config.data.path is not None
         return (self.source.parent / self.config.data.path).resolve()
+
+    def file_path(self, key: str) -> Path | None:
+        """data.<key> (path, val_path, test_path), resolved as data_path is; None when unset."""
+        written: str | None = getattr(self.config.data, key)
+        return None if written is None else (self.source.parent / written).resolve()
 
 
 def load_config(path: Path, overrides: tuple[str, ...] | list[str] = ()) -> LoadedConfig:
@@ -147,17 +155,18 @@ def _read_text(path: Path) -> str:
 
 
 def _with_home(config: Config) -> Config:
-    """The config with a leading `~` (or `~user`) in data.path and in a local
+    """The config with a leading `~` (or `~user`) in data's file paths and in a local
     tracking.mlflow.uri replaced by that home folder: a shell expands it only in an unquoted
     word, never inside a file, and a literal `~` folder is never what was meant."""
     data, mlflow = config.data, config.tracking.mlflow
-    path = data.path if data.path is None else os.path.expanduser(data.path)
+    paths = {key: getattr(data, key) for key in DATA_FILE_KEYS}
+    expanded = {key: p if p is None else os.path.expanduser(p) for key, p in paths.items()}
     uri = mlflow.uri if mlflow.uri is None else home_uri(mlflow.uri)
-    if (path, uri) == (data.path, mlflow.uri):
+    if (expanded, uri) == (paths, mlflow.uri):
         return config
     tracking = config.tracking.model_copy(update={"mlflow": mlflow.model_copy(update={"uri": uri})})
     return config.model_copy(
-        update={"data": data.model_copy(update={"path": path}), "tracking": tracking}
+        update={"data": data.model_copy(update=expanded), "tracking": tracking}
     )
 
 

@@ -13,7 +13,9 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from mlpkit.config import registries
+from mlpkit.config.fold_rules import fold_problems
 from mlpkit.config.locate import ALIKE
+from mlpkit.config.missing_rules import missing_problems
 from mlpkit.config.model_rules import head_problems, input_problems
 from mlpkit.config.schema import (
     LOSS_TASKS,
@@ -24,6 +26,7 @@ from mlpkit.config.schema import (
     TrainingConfig,
     task_of,
 )
+from mlpkit.config.split_rules import file_parts, has_val_rows, split_file_problems
 from mlpkit.errors import Problem, clip, did_you_mean, listed
 
 if TYPE_CHECKING:  # load.py imports this module, so the class is only named here, not imported
@@ -34,7 +37,10 @@ def cross_field_problems(loaded: LoadedConfig) -> list[Problem]:
     """Rules pydantic's per-field checks cannot see; each problem points at the key to change."""
     return [
         *_split_problems(loaded),
+        *split_file_problems(loaded),
+        *fold_problems(loaded),
         *_feature_problems(loaded),
+        *missing_problems(loaded),
         *_source_problems(loaded),
         *_task_problems(loaded),
         *input_problems(loaded),
@@ -47,8 +53,10 @@ def cross_field_problems(loaded: LoadedConfig) -> list[Problem]:
 
 
 def _split_problems(loaded: LoadedConfig) -> list[Problem]:
-    """The split's fractions share out every row."""
+    """The split's fractions share out every row (with split files, see split_rules.py)."""
     split = loaded.config.data.split
+    if file_parts(loaded.config.data) or split.folds is not None:  # folds: only test is used
+        return []
     total = split.train + split.val + split.test
     if abs(total - 1.0) > 1e-9:
         return [
@@ -233,7 +241,7 @@ def _early_stopping_problems(loaded: LoadedConfig) -> list[Problem]:
     if stopping is None:
         return []
     where = ("training", "early_stopping")
-    if loaded.config.data.split.val == 0:
+    if not has_val_rows(loaded.config.data):
         hint = "give data.split.val a fraction, e.g. 0.1"
         return [loaded.problem(where, "needs validation rows but data.split.val is 0", hint)]
     choices = [f"val_{name}" for name in _watched(loaded)]
@@ -290,7 +298,7 @@ def _one_cycle_problems(loaded: LoadedConfig, schedule: OneCycleSchedule) -> lis
 
 def _plateau_problems(loaded: LoadedConfig, schedule: PlateauSchedule) -> list[Problem]:
     """reduce_on_plateau's monitor is the training loss or a value of the validation rows."""
-    has_val = loaded.config.data.split.val > 0
+    has_val = has_val_rows(loaded.config.data)
     choices = ["train_loss", *([f"val_{name}" for name in _watched(loaded)] if has_val else [])]
     if schedule.monitor in choices:
         return []

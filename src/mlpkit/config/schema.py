@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from mlpkit.config import registries
@@ -47,6 +47,10 @@ class SplitConfig(_Strict):
     train: float = Field(0.8, gt=0, lt=1)
     val: float = Field(0.1, ge=0, lt=1)
     test: float = Field(0.1, gt=0, lt=1)
+    # k-fold cross-validation (`mlpkit train --folds K`): after the test rows, the rest is cut
+    # into `folds` parts (train and val are then not used); data/folds.py
+    folds: int | None = Field(None, ge=2)
+    fold: int | None = Field(None, ge=1)  # the part this run validates on; each fold run's own
 
 
 class XorSource(_Strict):
@@ -74,9 +78,72 @@ class ClassificationSource(_Strict):
 Source = Annotated[XorSource | RegressionSource | ClassificationSource, Field(discriminator="name")]
 
 
+Strategy = Literal["error", "mean", "median", "most_frequent", "constant"]
+STRATEGIES: tuple[str, ...] = ("error", "mean", "median", "most_frequent", "constant")
+# Cells that mean "no value": in a numeric column always; in a categorical column or a class
+# target only once data.missing is set (before that, "NA" may well be a category).
+MISSING_MARKERS = ["", "na", "n/a", "nan", "null", "none"]
+
+
+def _spelled_out(value: Any) -> Any:
+    """`median` -> {strategy: median}; `{constant: V}` -> {strategy: constant, value: V}."""
+    if isinstance(value, str):
+        return {"strategy": value}
+    if isinstance(value, dict) and set(value) == {"constant"}:
+        return {"strategy": "constant", "value": value["constant"]}
+    return value
+
+
+class ColumnMissing(_Strict):
+    """One column's way with missing cells; what it leaves out comes from data.missing."""
+
+    strategy: Strategy | None = None
+    value: float | str | None = None  # constant: the value filled in
+    indicator: bool | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return _spelled_out(value)
+
+
+class MissingConfig(_Strict):
+    """Imputation of missing feature cells, with statistics from the training rows only."""
+
+    # error (no imputing), mean, median (numeric columns), most_frequent, constant (`value`)
+    strategy: Strategy = "error"
+    value: float | str | None = None
+    indicator: bool = False  # add an is-missing input (0/1) after each imputed column
+    target: Literal["drop", "error"] = "drop"  # rows with a missing target
+    # lowercase text meaning missing (after stripping); numeric columns also take NaN cells
+    markers: list[str] = Field(default_factory=lambda: list(MISSING_MARKERS))
+    columns: dict[str, ColumnMissing] = Field(default_factory=dict)  # per-column overrides
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return _spelled_out(value)
+
+    def strategy_for(self, column: str) -> str:
+        own = self.columns.get(column)
+        return own.strategy if own is not None and own.strategy is not None else self.strategy
+
+    def value_for(self, column: str) -> float | str | None:
+        own = self.columns.get(column)
+        return own.value if own is not None and own.strategy is not None else self.value
+
+    def indicator_for(self, column: str) -> bool:
+        own = self.columns.get(column)
+        return own.indicator if own is not None and own.indicator is not None else self.indicator
+
+
 class DataConfig(_Strict):
     # a CSV or Parquet file, relative to this config; or a synthetic `source` instead
     path: str | None = Field(None, examples=["../data/mpg.csv"], min_length=1)
+    # validation / test rows from their own files (same columns), not cut from `path`: the
+    # training file is then cut into train and the other part only (data/splitfiles.py)
+    val_path: str | None = Field(None, examples=["../data/mpg-val.csv"], min_length=1)
+    test_path: str | None = Field(None, examples=["../data/mpg-test.csv"], min_length=1)
     source: Source | None = None
     # read the file block by block, never whole (files larger than memory); see data/filestream.py
     stream: bool = False
@@ -91,6 +158,9 @@ class DataConfig(_Strict):
     scale_target: bool = False
     split: SplitConfig = SplitConfig()
     encoding: str = "utf-8"
+    # missing cells: a strategy for all features (`missing: median`) or a section; unset, a
+    # missing cell is an error that shows the lines to add
+    missing: MissingConfig | None = None
     # auto: from the loss (bce -> binary, cross_entropy -> multiclass, else regression)
     task: Literal["auto", "regression", "binary", "multiclass"] = "auto"
 

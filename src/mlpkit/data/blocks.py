@@ -29,7 +29,13 @@ import pandas as pd
 
 from mlpkit.config.load import LoadedConfig
 from mlpkit.config.schema import DataConfig
-from mlpkit.data.columns import convert_columns, locate_columns, numeric_and_categorical
+from mlpkit.data.columns import (
+    convert_columns,
+    drop_missing_target,
+    locate_columns,
+    no_rows_left,
+    numeric_and_categorical,
+)
 from mlpkit.data.csvtext import parse_header, parse_text
 from mlpkit.data.table import (
     Table,
@@ -67,6 +73,14 @@ class Block:
     ref: BlockRef
     frame: pd.DataFrame
     lines: np.ndarray
+    dropped: int = 0  # rows left out for a missing target
+
+    @classmethod
+    def of_rows(
+        cls, ref: BlockRef, frame: pd.DataFrame, lines: np.ndarray, data: DataConfig
+    ) -> Block:
+        """The block's rows, less those whose target is missing (data.missing drops them)."""
+        return cls(ref, *drop_missing_target(frame, lines, data))
 
 
 def is_parquet(path: Path) -> bool:
@@ -147,7 +161,7 @@ class CsvBlocks:
         if len(row_lines) == 0:
             empty = {c: pd.Series([], dtype=object) for c in self.numeric + self.categorical}
             frame = convert_columns(self.path, empty, row_lines, self.data, self.with_target)
-            return Block(ref, frame, row_lines)
+            return Block.of_rows(ref, frame, row_lines, self.data)
         cells = self._pyarrow_cells(raw, len(row_lines))
         if cells is None:  # pyarrow refused the block: the strict reader says exactly why
             frame, found = parse_text(
@@ -157,9 +171,9 @@ class CsvBlocks:
                 self.with_target,
                 line_offset=ref.first - 2,
             )
-            return Block(ref, frame, found)
+            return Block.of_rows(ref, frame, found, self.data)
         frame = convert_columns(self.path, cells, row_lines, self.data, self.with_target)
-        return Block(ref, frame, row_lines)
+        return Block.of_rows(ref, frame, row_lines, self.data)
 
     def _pyarrow_cells(self, raw: bytes, n_rows: int) -> dict[str, pd.Series] | None:
         import pyarrow as pa
@@ -279,7 +293,7 @@ class ParquetBlocks:
         rows = ref.first + np.arange(table.num_rows)
         cells = {name: table.column(name).to_pandas() for name in self.columns}
         frame = convert_columns(self.path, cells, rows, self.data, self.with_target, unit="row")
-        return Block(ref, frame, rows)
+        return Block.of_rows(ref, frame, rows, self.data)
 
 
 def check_parquet_footer(path: Path, origin: LoadedConfig | None) -> None:
@@ -327,8 +341,11 @@ def load_table(
         said = f"holds {size_text(uncompressed)} uncompressed"
         raise too_large(path, origin, said, uncompressed * PARQUET_COST)
     blocks = list(reader.scan())
-    if not blocks or sum(len(b.lines) for b in blocks) == 0:
+    if not blocks or sum(len(b.lines) + b.dropped for b in blocks) == 0:
         raise DataError(Problem("the file has no rows", file=str(path)))
     frame = pd.concat([b.frame for b in blocks], ignore_index=True)
     lines = np.concatenate([b.lines for b in blocks])
-    return Table(frame, lines, path, reader.sha256, unit="row")
+    dropped = sum(b.dropped for b in blocks)
+    if len(lines) == 0:
+        raise no_rows_left(path, data, dropped)
+    return Table(frame, lines, path, reader.sha256, unit="row", dropped=dropped)

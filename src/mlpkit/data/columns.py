@@ -3,6 +3,9 @@
 `locate_columns` finds each column in a header by name; `convert_columns` turns the cells of
 each into float64 (numeric) or stripped text (categorical) and reports every unusable cell, one
 problem per column and kind (first line, count), instead of letting it surface as a NaN loss.
+A missing cell is NaN (numeric) or "" (categorical) where data.missing fills that column or
+drops the row (the target: `drop_missing_target`), and otherwise one problem for all the columns
+that have them, with the lines to add to the config.
 The same checks serve a whole CSV (csvtext.py), a streamed block and a Parquet file
 (blocks.py), so every reader accepts the same cells and reports the same problems.
 """
@@ -15,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mlpkit.config.schema import DataConfig
+from mlpkit.config.missing_rules import column_strategy
+from mlpkit.config.schema import MISSING_MARKERS, DataConfig
 from mlpkit.errors import LISTED, SHOWN, DataError, Problem, clip, closest, did_you_mean
 
-# Cells that mean "no value" in a numeric column. A categorical column only treats an empty cell
-# as missing: "NA" may well be a category (North America).
-MISSING_NUMBERS = {"", "na", "n/a", "nan", "null", "none"}
-NO_IMPUTING = "mlpkit does not impute: drop or fill those rows"
+# Cells that mean "no value" in a numeric column. Until data.missing is set, a categorical
+# column only treats an empty cell as missing: "NA" may well be a category (North America).
+MISSING_NUMBERS = set(MISSING_MARKERS)
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -103,21 +106,107 @@ def convert_columns(
     `lines` locate the rows in problems, as `unit` N (a CSV's line, a Parquet file's row).
 
     Raises:
-        DataError: one problem per column and kind of bad cell (first row and count).
+        DataError: one problem per column and kind of bad cell (first row and count), and one
+            for the missing cells data.missing does not fill.
     """
     numeric, categorical = numeric_and_categorical(data, with_target)
+    markers = _markers(data)
     frame = pd.DataFrame(index=pd.RangeIndex(len(lines)))
     problems: list[Problem] = []
+    unfilled: list[tuple[_Where, np.ndarray]] = []
     for column in numeric + categorical:
         where = _Where(path, column, lines, unit)
         if column in numeric:
-            frame[column], found = _convert_numbers(where, cells[column], _hint(data, column))
+            frame[column], missing, found = _convert_numbers(
+                where, cells[column], _hint(data, column), markers or MISSING_NUMBERS
+            )
         else:
-            frame[column], found = _check_categories(where, cells[column])
+            frame[column], missing, found = _check_categories(where, cells[column], markers)
+        if missing.any() and not _fills(data, column):
+            unfilled.append((where, missing))
         problems += found
+    if unfilled:
+        problems.insert(0, _unfilled_problem(data, unfilled))
     if problems:
         raise DataError(problems)
     return frame
+
+
+def drop_missing_target(
+    frame: pd.DataFrame, lines: np.ndarray, data: DataConfig
+) -> tuple[pd.DataFrame, np.ndarray, int]:
+    """The rows whose target is present (NaN, or "" for class labels, is missing: only there
+    when data.missing drops them), their lines, and how many were dropped."""
+    if data.target not in frame:
+        return frame, lines, 0
+    target = frame[data.target]
+    if pd.api.types.is_float_dtype(target.dtype):
+        missing = target.isna().to_numpy()
+    else:
+        missing = (target == "").to_numpy()
+    if not missing.any():
+        return frame, lines, 0
+    kept = ~missing
+    return frame[kept].reset_index(drop=True), lines[kept], int(missing.sum())
+
+
+def no_rows_left(path: Path, data: DataConfig, dropped: int) -> DataError:
+    """Every row of the file misses the target: none is left to train or score on."""
+    return DataError(
+        Problem(
+            f"all {dropped:,} rows miss the target, so none is left",
+            file=str(path),
+            where=f"column '{data.target}'",
+            hint="check data.target",
+        )
+    )
+
+
+def _markers(data: DataConfig) -> set[str] | None:
+    """The text that means missing once data.missing is set (lowercase), else None."""
+    if data.missing is None:
+        return None
+    return {marker.strip().lower() for marker in data.missing.markers}
+
+
+def _fills(data: DataConfig, column: str) -> bool:
+    """data.missing fills this feature's missing cells, or drops the row (the target)."""
+    if data.missing is None:
+        return False
+    if column == data.target:
+        return data.missing.target == "drop"
+    return column_strategy(data, column) != "error"
+
+
+def _unfilled_problem(data: DataConfig, unfilled: list[tuple[_Where, np.ndarray]]) -> Problem:
+    """One problem for every column with missing cells nothing fills, with the fix."""
+    if data.missing is None:
+        numeric = [w.column for w, _ in unfilled if w.column not in data.categorical]
+        target_only = [w.column for w, _ in unfilled] == [data.target]
+        setting = "missing: median" if numeric else "missing: most_frequent"
+        if target_only:
+            setting = "missing: {target: drop}"
+        hint = (
+            f'to fill them from the training rows (numbers: median, categories: most '
+            f'frequent; rows missing the target dropped), add "{setting}" under data'
+        )
+    elif any(where.column == data.target for where, _ in unfilled):
+        hint = "set data.missing.target: drop, or give the columns a strategy"
+    else:
+        column = unfilled[0][0].column
+        hint = f"give them a strategy, e.g. data.missing.columns: {{{column}: most_frequent}}"
+    if len(unfilled) == 1:
+        where, mask = unfilled[0]
+        return where.problem(mask, "missing value", hint)
+    path = unfilled[0][0].path
+    named = ", ".join(
+        f"'{clip(where.column, 60)}' ({int(mask.sum())} from {where.unit} "
+        f"{int(where.lines[mask.nonzero()[0][0]])})"
+        for where, mask in unfilled[:LISTED]
+    )
+    more = f" and {len(unfilled) - LISTED} more" if len(unfilled) > LISTED else ""
+    problem = f"missing values in {len(unfilled)} columns: {named}{more}"
+    return Problem(problem, str(path), hint=hint)
 
 
 def _hint(data: DataConfig, column: str) -> str:
@@ -156,30 +245,36 @@ def _as_text(cells: pd.Series) -> pd.Series:
     return cells.str.strip()
 
 
-def _check_categories(where: _Where, cells: pd.Series) -> tuple[pd.Series, list[Problem]]:
-    """Categorical cells as text, and a problem for the empty ones (mlpkit does not impute)."""
+def _check_categories(
+    where: _Where, cells: pd.Series, markers: set[str] | None
+) -> tuple[pd.Series, np.ndarray, list[Problem]]:
+    """Categorical cells as text (a missing one as ""), and which are missing: empty cells, or
+    the markers once data.missing is set."""
     cells = _as_text(cells)
-    empty = (cells == "").to_numpy()
-    if not empty.any():
-        return cells, []
-    return cells, [where.problem(empty, "missing value", NO_IMPUTING)]
+    if markers is None:
+        return cells, (cells == "").to_numpy(), []
+    missing = cells.str.lower().isin(markers).to_numpy()
+    if missing.any():
+        cells = cells.where(~missing, "")
+    return cells, missing, []
 
 
-def _convert_numbers(where: _Where, cells: pd.Series, hint: str) -> tuple[pd.Series, list[Problem]]:
-    """float64 values of a numeric column, and a problem for each kind of unusable cell."""
+def _convert_numbers(
+    where: _Where, cells: pd.Series, hint: str, markers: set[str]
+) -> tuple[pd.Series, np.ndarray, list[Problem]]:
+    """float64 values of a numeric column (NaN where missing), which cells are missing, and a
+    problem for each kind of unusable cell."""
     if pd.api.types.is_numeric_dtype(cells.dtype) and not pd.api.types.is_bool_dtype(cells.dtype):
         values = cells.to_numpy(dtype=np.float64, na_value=np.nan)  # typed: null -> NaN
         missing = np.isnan(values)
         bad = np.zeros(len(values), dtype=bool)
     else:
         text = _as_text(cells)
-        missing = text.str.lower().isin(MISSING_NUMBERS).to_numpy()
+        missing = text.str.lower().isin(markers).to_numpy()
         values = pd.to_numeric(text.where(~missing), errors="coerce").to_numpy(dtype=np.float64)
         bad = np.isnan(values) & ~missing
         cells = text
     problems = []
-    if missing.any():
-        problems.append(where.problem(missing, "missing value", NO_IMPUTING))
     if bad.any():
         first = str(cells.iloc[int(bad.nonzero()[0][0])])
         problems.append(where.problem(bad, f"non-numeric value '{first}'", hint))
@@ -189,4 +284,4 @@ def _convert_numbers(where: _Where, cells: pd.Series, hint: str) -> tuple[pd.Ser
     huge = (np.abs(values) > FLOAT32_MAX) & ~infinite
     if huge.any():
         problems.append(where.problem(huge, "value beyond float32's range", "rescale the column"))
-    return pd.Series(values), problems
+    return pd.Series(values), missing, problems

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from mlpkit.config.load import LoadedConfig
 from mlpkit.config.schema import SplitConfig
 from mlpkit.data.blocks import Block, BlockRef, CsvBlocks, ParquetBlocks, open_blocks
+from mlpkit.data.columns import no_rows_left
 from mlpkit.data.preprocessing import Preprocessor, TrainingRows, canonical_label, sorted_labels
 from mlpkit.data.table import Split, Table
 from mlpkit.errors import DataError, Problem
@@ -135,8 +136,10 @@ def scan(loaded: LoadedConfig) -> FileScan:
     counts = dict.fromkeys(PARTS, 0)
     labels: set[str] = set()
     blocks: list[BlockRef] = []
+    dropped = 0
     for block in reader.scan():
         blocks.append(block.ref)
+        dropped += block.dropped
         part, priority = assign_parts(block.frame, cfg.data.split, cfg.seed)
         for index, name in enumerate(PARTS):
             rows = part == index
@@ -146,15 +149,17 @@ def scan(loaded: LoadedConfig) -> FileScan:
         if classification:
             target = block.frame[cfg.data.target].unique()
             labels.update(canonical_label(value) for value in target)
+    if sum(counts.values()) == 0 and dropped:
+        raise no_rows_left(reader.path, cfg.data, dropped)
     if sum(counts.values()) == 0:
         raise DataError(Problem("the file has a header but no rows", file=str(reader.path)))
-    table, split = _sample_table(reader, samples)
+    table, split = _sample_table(reader, samples, dropped)
     classes = sorted_labels(np.asarray(sorted(labels))) if classification else None
     return FileScan(reader, blocks, counts, table, split, classes, training_rows)
 
 
 def _sample_table(
-    reader: CsvBlocks | ParquetBlocks, samples: dict[str, _Sample]
+    reader: CsvBlocks | ParquetBlocks, samples: dict[str, _Sample], dropped: int
 ) -> tuple[Table, Split]:
     frames, lines, positions = [], [], []
     start = 0
@@ -170,6 +175,7 @@ def _sample_table(
         reader.path,
         reader.sha256,
         reader.unit,
+        dropped,
     )
     return table, Split(*positions)
 

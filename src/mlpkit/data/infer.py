@@ -12,6 +12,7 @@ that into the config's text. The rules, also written into the config's comments:
   MAX_CATEGORIES values or more values than half the rows: such a column is an identifier or
   free text, and is left out (named in a comment), since a one-hot code of it only memorizes
   rows.
+- A feature with one value in every row is left out (named in a comment): nothing to learn.
 - The target decides the task: two values -> binary (bce); integers with at most FEW_VALUES
   values, or text with at most MAX_CATEGORIES values (and at most half the rows) -> multiclass
   (cross_entropy); other numbers -> regression (mse). A target with one value, or with text
@@ -31,11 +32,11 @@ import pandas as pd
 
 from mlpkit.config.schema import DataConfig, TaskKind
 from mlpkit.data.blocks import check_parquet_footer, is_parquet, load_table
-from mlpkit.data.columns import MISSING_NUMBERS, NO_IMPUTING
+from mlpkit.data.columns import MISSING_NUMBERS
 from mlpkit.data.csvtext import parse_header
 from mlpkit.data.preprocessing import canonical_label
 from mlpkit.data.table import check_data_file, read_first_line
-from mlpkit.errors import DataError, Problem, did_you_mean
+from mlpkit.errors import DataError, Problem, clip, did_you_mean, escaped
 
 FEW_VALUES = 10  # integer features: named as possible codes; integer targets: classes
 MAX_CATEGORIES = 50  # more distinct texts than this: an identifier, not a category
@@ -52,6 +53,7 @@ class Column:
     kind: Kind
     note: str
     code_like: bool = False  # an integer column with few values: maybe a code
+    constant: bool = False  # left out for having one value in every row
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class Target:
     task: TaskKind
     classes: int  # distinct values (the output units of a multiclass head)
     note: str
+    largest_class: int = 0  # classification: rows of its most common class
 
 
 @dataclass(frozen=True)
@@ -113,8 +116,9 @@ def infer(path: Path, target: str) -> Starter:
     if not inferred.features:
         raise DataError(
             Problem(
-                "every column but the target looks like an identifier or free text "
-                "(more distinct texts than half the rows); nothing to learn from",
+                "every column but the target is left out: an identifier or free text (more "
+                "distinct texts than half the rows) or one value in every row; nothing to "
+                "learn from",
                 file=str(path),
             )
         )
@@ -152,6 +156,8 @@ def _column(path: Path, cells: pd.Series, lines: np.ndarray, unit: str) -> Colum
     values = _numbers(cells)
     distinct = cells.nunique()
     if values.notna().all():
+        if values.nunique() == 1:  # 1, 1.0 and 01 alike
+            return _constant(cells)
         if bool((values == values.round()).all()) and distinct <= FEW_VALUES:
             return Column(name, "numeric", f"integers, {distinct} values", code_like=distinct > 2)
         return Column(name, "numeric", "numbers")
@@ -163,7 +169,7 @@ def _column(path: Path, cells: pd.Series, lines: np.ndarray, unit: str) -> Colum
                 f"missing value ({int(missing.sum())} cells)",
                 file=str(path),
                 where=f"column '{name}', {unit} {lines[first]}",
-                hint=NO_IMPUTING,
+                hint="drop or fill those rows",
             )
         )
     strays = values.isna()
@@ -179,11 +185,20 @@ def _column(path: Path, cells: pd.Series, lines: np.ndarray, unit: str) -> Colum
             )
         )
     rows = len(cells)
+    if distinct == 1:
+        return _constant(cells)
     if distinct > MAX_CATEGORIES or distinct > rows / 2:
         note = f"text, {distinct} values in {rows} rows: an identifier or free text"
         return Column(name, "left out", note)
     kind = "true/false" if set(cells.str.lower()) <= {"true", "false"} else "text"
     return Column(name, "categorical", f"{kind}, {distinct} categories")
+
+
+def _constant(cells: pd.Series) -> Column:
+    """A column with one value in every row: nothing to learn from, so left out."""
+    shown = escaped(clip(str(cells.iloc[0]).strip(), 40))
+    note = f"one value in every row ({shown}): nothing to learn from"
+    return Column(str(cells.name), "left out", note, constant=True)
 
 
 def _target(path: Path, cells: pd.Series) -> Target:
@@ -214,10 +229,13 @@ def _target(path: Path, cells: pd.Series) -> Target:
         )
     labels = [canonical_label(v) for v in sorted(set(values))] if numeric else sorted(set(cells))
     shown = ", ".join(labels[:5]) + (", ..." if len(labels) > 5 else "")
+    largest = int((values if numeric else cells).value_counts().max())
     if distinct == 2:
-        return Target(name, "binary", 2, f"2 classes: {shown} (the second is positive)")
+        note = f"2 classes: {shown} (the second is positive)"
+        return Target(name, "binary", 2, note, largest)
     kind = "integers" if numeric else "text"
-    return Target(name, "multiclass", distinct, f"{kind}, {distinct} classes: {shown}")
+    note = f"{kind}, {distinct} classes: {shown}"
+    return Target(name, "multiclass", distinct, note, largest)
 
 
 def _check_cells(path: Path, starter: Starter) -> None:

@@ -18,7 +18,9 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from mlpkit.config.missing_rules import column_strategy
 from mlpkit.config.schema import DataConfig
+from mlpkit.errors import DataError, Problem
 
 
 class _Frozen(BaseModel):
@@ -30,12 +32,43 @@ class NumericFeature(_Frozen):
     kind: Literal["numeric"] = "numeric"
     mean: float
     std: float = Field(gt=0)
+    fill: float | None = None  # what a missing cell (NaN) becomes; None: none is expected
+    indicator: bool = False  # an is-missing input (0/1) follows the column
+
+    @property
+    def width(self) -> int:
+        return 1 + self.indicator
+
+    def encode(self, values: np.ndarray) -> list[np.ndarray]:
+        """float64 values (NaN: missing) -> the model's columns for them, [rows, 1] each."""
+        missing = np.isnan(values)
+        if self.fill is not None:
+            values = np.where(missing, self.fill, values)
+        blocks = [((values - self.mean) / self.std)[:, None]]
+        return [*blocks, missing[:, None]] if self.indicator else blocks
 
 
 class CategoricalFeature(_Frozen):
     name: str
     kind: Literal["categorical"] = "categorical"
     categories: list[str] = Field(min_length=1)
+    fill: str | None = None  # what a missing cell ("" once read) becomes; None: not expected
+    indicator: bool = False
+    # text an exported model also takes as missing (lowercase, stripped); mlpkit's own reader
+    # turns these into "" before preprocessing
+    markers: list[str] = Field(default_factory=list)
+
+    @property
+    def width(self) -> int:
+        return len(self.categories) + self.indicator
+
+    def encode(self, values: np.ndarray) -> list[np.ndarray]:
+        """Text values ("": missing) -> one-hot columns [rows, categories] (then is-missing)."""
+        missing = values == ""
+        if self.fill is not None:
+            values = np.where(missing, self.fill, values)
+        blocks = [values[:, None] == np.asarray(self.categories)[None, :]]
+        return [*blocks, missing[:, None]] if self.indicator else blocks
 
 
 Feature = Annotated[NumericFeature | CategoricalFeature, Field(discriminator="kind")]
@@ -104,13 +137,16 @@ class Preprocessor(_Frozen):
 
     @property
     def input_names(self) -> list[str]:
-        """Model input columns in order, one-hot columns named `column=category`."""
+        """Model input columns in order: one-hot columns named `column=category`, an
+        is-missing input `column:missing`."""
         names: list[str] = []
         for feature in self.features:
             if isinstance(feature, CategoricalFeature):
                 names += [f"{feature.name}={c}" for c in feature.categories]
             else:
                 names.append(feature.name)
+            if feature.indicator:
+                names.append(f"{feature.name}:missing")
         return names
 
     def positions(self, feature_names: list[str]) -> list[int]:
@@ -118,23 +154,26 @@ class Preprocessor(_Frozen):
         spans: dict[str, range] = {}
         start = 0
         for feature in self.features:
-            width = len(feature.categories) if isinstance(feature, CategoricalFeature) else 1
-            spans[feature.name] = range(start, start + width)
-            start += width
+            spans[feature.name] = range(start, start + feature.width)
+            start += feature.width
         return [position for name in feature_names for position in spans[name]]
 
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
-        """Model inputs as float32, shape [rows, len(input_names)]."""
+        """Model inputs as float32, shape [rows, len(input_names)]: missing cells filled."""
         blocks = []
         for feature in self.features:
             column = frame[feature.name]
             if isinstance(feature, CategoricalFeature):
-                values = column.astype(str).to_numpy()
-                blocks.append(values[:, None] == np.asarray(feature.categories)[None, :])
+                blocks += feature.encode(column.astype(str).to_numpy())
             else:
-                values = column.to_numpy(dtype=np.float64)
-                blocks.append(((values - feature.mean) / feature.std)[:, None])
+                blocks += feature.encode(column.to_numpy(dtype=np.float64))
         return np.concatenate(blocks, axis=1).astype(np.float32)
+
+
+def _most_frequent(counts: Counter[str | float]) -> str | float:
+    """The most frequent value; among ties the smallest (scikit-learn's SimpleImputer's rule)."""
+    top = max(counts.values())
+    return min(value for value, count in counts.items() if count == top)
 
 
 def fit_preprocessor(
@@ -173,20 +212,72 @@ class _Moments:
         self.m2 += m2 + delta * delta * self.n * len(values) / n
         self.n = n
 
+    def merged(self, other: _Moments) -> _Moments:
+        """The moments of both sets of values together (this one is left as it is)."""
+        both = _Moments(self.n, self.mean, self.m2)
+        if other.n == 0:
+            return both
+        if both.n == 0:
+            return _Moments(other.n, other.mean, other.m2)
+        n = both.n + other.n
+        delta = other.mean - both.mean
+        both.mean += delta * other.n / n
+        both.m2 += other.m2 + delta * delta * both.n * other.n / n
+        both.n = n
+        return both
+
     def mean_std(self) -> tuple[float, float]:
         std = math.sqrt(self.m2 / self.n) if self.n else 0.0
         return self.mean, std if std > 0 else 1.0
 
 
+class _Reservoir:
+    """Up to CAPACITY values drawn uniformly from all those added (every one while they fit):
+    the median of a column streamed in chunks without holding the whole column. Seeded, so a
+    run is reproducible."""
+
+    CAPACITY = 1 << 20
+
+    def __init__(self) -> None:
+        self.seen = 0
+        self.held = np.empty(0, dtype=np.float64)
+        self.rng = np.random.default_rng(0)
+
+    def add(self, values: np.ndarray) -> None:
+        room = max(self.CAPACITY - len(self.held), 0)
+        if room:
+            self.held = np.concatenate([self.held, values[:room]])
+        rest = values[room:]
+        if len(rest):  # Algorithm R: value i replaces a held one with probability CAPACITY / i
+            seen = self.seen + room + np.arange(1, len(rest) + 1)
+            slots = self.rng.integers(0, seen)
+            kept = slots < self.CAPACITY
+            self.held[slots[kept]] = rest[kept]
+        self.seen += len(values)
+
+    def median(self) -> float:
+        return float(np.median(self.held))
+
+
 class TrainingRows:
     """What preprocessing and the task learn from the training rows, added in any number of
-    chunks: feature moments and categories, the target's moments and range, class counts."""
+    chunks: feature moments, categories and the statistics missing cells are filled with, the
+    target's moments and range, class counts."""
 
     def __init__(self, data: DataConfig, classification: bool) -> None:
         self.data, self.classification = data, classification
         self.rows = 0
+        # numeric features: moments of the present values; the target's when it is scaled
         self.moments = {name: _Moments() for name in [*data.features, data.target]}
-        self.categories: dict[str, set[str]] = {name: set() for name in data.categorical}
+        self.missing: Counter[str] = Counter()  # feature -> missing cells seen
+        self.counts: dict[str, Counter[str | float]] = {}  # categories, or most_frequent values
+        self.samples: dict[str, _Reservoir] = {}  # median-filled columns
+        for name in data.features:
+            strategy = column_strategy(data, name)
+            if name in data.categorical or strategy == "most_frequent":
+                self.counts[name] = Counter()
+            if strategy == "median":
+                self.samples[name] = _Reservoir()
         self.label_counts: Counter[str] = Counter()  # classification: canonical label -> rows
         self.target_range = (math.inf, -math.inf)  # regression: the target's min and max
 
@@ -195,9 +286,20 @@ class TrainingRows:
         self.rows += len(train)
         for name in self.data.features:
             if name in self.data.categorical:
-                self.categories[name].update(train[name].astype(str).unique().tolist())
-            elif self.data.standardize:
-                self.moments[name].add(train[name].to_numpy(dtype=np.float64))
+                text = train[name].astype(str)
+                present = text[text != ""]
+                self.missing[name] += len(text) - len(present)
+                self.counts[name].update(present.tolist())
+                continue
+            values = train[name].to_numpy(dtype=np.float64)
+            present = values[~np.isnan(values)]
+            self.missing[name] += len(values) - len(present)
+            self.moments[name].add(present)
+            if name in self.counts:
+                found, times = np.unique(present, return_counts=True)
+                self.counts[name].update(dict(zip(found.tolist(), times.tolist(), strict=True)))
+            if name in self.samples:
+                self.samples[name].add(present)
         target = train[self.data.target]
         if self.classification:
             for label, count in target.value_counts(sort=False).items():
@@ -211,18 +313,16 @@ class TrainingRows:
 
     def preprocessor(self, classes: list[str] | None = None) -> Preprocessor:
         """The fitted state of the rows added so far; `classes`: a classification target's
-        labels (from every row, see fit_preprocessor), else the target is scaled or kept."""
+        labels (from every row, see fit_preprocessor), else the target is scaled or kept.
+
+        Raises:
+            DataError: a column to fill has no value in the training rows to fill it with.
+        """
         data = self.data
-        features: list[Feature] = []
-        for name in data.features:
-            if name in data.categorical:
-                categories = sorted(self.categories[name])
-                features.append(CategoricalFeature(name=name, categories=categories))
-            elif data.standardize:
-                mean, std = self.moments[name].mean_std()
-                features.append(NumericFeature(name=name, mean=mean, std=std))
-            else:
-                features.append(NumericFeature(name=name, mean=0.0, std=1.0))
+        features: list[Feature] = [
+            self._categorical(name) if name in data.categorical else self._numeric(name)
+            for name in data.features
+        ]
         target: TargetScale | ClassLabels = TargetScale(name=data.target)
         if classes is not None:
             target = ClassLabels(name=data.target, classes=classes)
@@ -230,6 +330,81 @@ class TrainingRows:
             mean, std = self.moments[data.target].mean_std()
             target = TargetScale(name=data.target, mean=mean, std=std)
         return Preprocessor(features=features, target=target)
+
+    def _numeric(self, name: str) -> NumericFeature:
+        """Scaling as it will see the column: missing cells at the fill value (impute, then
+        standardize, as scikit-learn's pipeline of the two would)."""
+        fill = self._numeric_fill(name)
+        if not self.data.standardize:
+            return NumericFeature(
+                name=name, mean=0.0, std=1.0, fill=fill, indicator=self._flag(name)
+            )
+        moments = self.moments[name]
+        if fill is not None and self.missing[name]:
+            moments = moments.merged(_Moments(self.missing[name], fill, 0.0))
+        mean, std = moments.mean_std()
+        return NumericFeature(name=name, mean=mean, std=std, fill=fill, indicator=self._flag(name))
+
+    def _numeric_fill(self, name: str) -> float | None:
+        strategy = column_strategy(self.data, name)
+        if strategy == "error":
+            return None
+        if strategy == "constant":
+            value = self._constant(name)
+            return float(value)
+        if self.moments[name].n == 0:
+            raise self._no_values(name, strategy)
+        if strategy == "mean":
+            return self.moments[name].mean
+        if strategy == "median":
+            return self.samples[name].median()
+        return float(_most_frequent(self.counts[name]))
+
+    def _categorical(self, name: str) -> CategoricalFeature:
+        strategy = column_strategy(self.data, name)
+        seen = self.counts[name]
+        fill: str | None = None
+        if strategy == "constant":
+            fill = canonical_label(self._constant(name))
+        elif strategy == "most_frequent":
+            if not seen:
+                raise self._no_values(name, strategy)
+            fill = str(_most_frequent(seen))
+        categories = {str(category) for category in seen}
+        if fill is not None and self.missing[name]:
+            categories.add(fill)
+        if not categories:
+            raise self._no_values(name, "one-hot encoding")
+        markers = (
+            sorted(self.data.missing.markers) if fill is not None and self.data.missing else []
+        )
+        return CategoricalFeature(
+            name=name,
+            categories=sorted(categories),
+            fill=fill,
+            indicator=self._flag(name),
+            markers=[marker.strip().lower() for marker in markers],
+        )
+
+    def _constant(self, name: str) -> float | str:
+        assert self.data.missing is not None
+        value = self.data.missing.value_for(name)
+        assert value is not None  # missing_rules refuses a constant without a value
+        return value
+
+    def _flag(self, name: str) -> bool:
+        missing = self.data.missing
+        filled = column_strategy(self.data, name) != "error"
+        return filled and missing is not None and missing.indicator_for(name)
+
+    def _no_values(self, name: str, need: str) -> DataError:
+        return DataError(
+            Problem(
+                f"no value in the {self.rows:,} training rows to take the {need} of",
+                where=f"column '{name}'",
+                hint="fill it with a constant (data.missing.columns), or leave it out",
+            )
+        )
 
     def class_counts(self, classes: list[str]) -> np.ndarray:
         """Training rows per class, in the order of `classes`."""

@@ -20,7 +20,9 @@ import pandas as pd
 
 from mlpkit.config.load import LoadedConfig
 from mlpkit.config.schema import DataConfig
+from mlpkit.data.columns import drop_missing_target, no_rows_left
 from mlpkit.data.csvtext import parse_text, refuse_binary
+from mlpkit.data.folds import cut_folds
 from mlpkit.errors import DataError, Problem
 from mlpkit.reading import (
     LINE_LIMIT,
@@ -48,6 +50,7 @@ class Table:
     path: Path
     sha256: str
     unit: str = "line"  # what `lines` count: a CSV's lines, or a Parquet file's rows
+    dropped: int = 0  # rows left out for a missing target (data.missing.target: drop)
 
     @property
     def n_rows(self) -> int:
@@ -79,7 +82,11 @@ def read_table(
     """
     raw = read_bytes(path, origin)
     frame, lines = parse_text(path, raw, data, with_target, origin)
-    return Table(frame=frame, lines=lines, path=path, sha256=hashlib.sha256(raw).hexdigest())
+    frame, lines, dropped = drop_missing_target(frame, lines, data)
+    if len(lines) == 0:
+        raise no_rows_left(path, data, dropped)
+    sha256 = hashlib.sha256(raw).hexdigest()
+    return Table(frame=frame, lines=lines, path=path, sha256=sha256, dropped=dropped)
 
 
 def read_bytes(path: Path, origin: LoadedConfig | None) -> bytes:
@@ -170,7 +177,14 @@ def split_rows(n_rows: int, data: DataConfig, seed: int, labels: np.ndarray | No
 
     train and val take floor(fraction * n); test takes the rest, so no row is lost. With
     `labels` (classification) each class is cut separately, so every part keeps the class mix.
+    With data.split.folds, the test rows and then the folds (folds.py): val is the part of
+    data.split.fold (the first when unset, as `mlpkit check` shows), train the other parts.
     """
+    split = data.split
+    if split.folds is not None:
+        found = cut_folds(n_rows, split.test, split.folds, seed, labels)
+        fold = split.fold or 1
+        return Split(found.rest(fold), found.part(fold), found.test)
     rng = np.random.default_rng(seed)
     if labels is None:
         return _cut(rng.permutation(n_rows), data)
@@ -199,7 +213,16 @@ def check_split(counts: dict[str, int], loaded: LoadedConfig) -> list[Problem]:
     cfg = loaded.config
     problems = []
     n_rows = sum(counts.values())
+    folds = cfg.data.split.folds
+    if folds is not None and counts["train"] + counts["val"] < folds:
+        problem = (
+            f"{folds} folds need at least {folds} rows besides the {counts['test']} test rows, "
+            f"and there are {counts['train'] + counts['val']}"
+        )
+        problems.append(loaded.problem(("data", "split", "folds"), problem, "use fewer folds"))
     for part in ("train", "val", "test"):
+        if folds is not None and part != "test":
+            continue  # the folds' parts: checked above
         if getattr(cfg.data.split, part) > 0 and counts[part] == 0:
             problems.append(
                 loaded.problem(

@@ -11,11 +11,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from mlpkit.config.load import LoadedConfig, load_config
+from mlpkit.config.load import DATA_FILE_KEYS, LoadedConfig, load_config
 from mlpkit.config.schema import Config
 from mlpkit.data import filestream
 from mlpkit.data.blocks import load_table
 from mlpkit.data.preprocessing import Preprocessor
+from mlpkit.data.splitfiles import read_split_file
 from mlpkit.data.table import Split, Table
 from mlpkit.errors import DataError, DeviceError, Problem, RunDirError
 from mlpkit.report import tracking
@@ -59,10 +60,13 @@ def resolve_device(loaded: LoadedConfig, override: str | None = None) -> torch.d
 
 
 def resolved_config(loaded: LoadedConfig) -> dict[str, Any]:
-    """The config with every default filled in and data.path absolute, as written to a run."""
+    """The config with every default filled in and data's file paths absolute, as written to
+    a run."""
     resolved = loaded.config.model_dump(mode="json")
-    if loaded.config.data.path is not None:
-        resolved["data"]["path"] = str(loaded.data_path)
+    for key in DATA_FILE_KEYS:
+        path = loaded.file_path(key)
+        if path is not None:
+            resolved["data"][key] = str(path)
     uri = loaded.config.tracking.mlflow.uri
     if uri is not None:  # a relative store path, like data.path, is read from the config's folder
         resolved["tracking"]["mlflow"]["uri"] = tracking.absolute_uri(uri, loaded.source.parent)
@@ -196,6 +200,11 @@ def trained_rows(run: runs.Run, loaded: LoadedConfig, hint: str) -> tuple[Table,
     if loaded.config.data.source is not None:
         table, split, _ = synthetic_table(loaded)
         return table, split
+    if loaded.config.data.test_path is not None:  # the test rows are that file's, all of them
+        test = read_split_file(loaded, "test")
+        same_split_file(run, test, "test", hint)
+        nothing = np.arange(0)
+        return test, Split(train=nothing, val=nothing, test=np.arange(test.n_rows))
     if loaded.config.data.stream:  # the scan finds the same samples again
         found = filestream.scan(loaded)
         table, split = found.table, found.split
@@ -211,6 +220,23 @@ def trained_rows(run: runs.Run, loaded: LoadedConfig, hint: str) -> tuple[Table,
             )
         )
     return table, split
+
+
+def same_split_file(run: runs.Run, file: Table, part: str, hint: str) -> None:
+    """A part's own file is the one the run was trained with (its sha256 in run.json).
+
+    Raises:
+        DataError: it changed since (or the run has no record of it).
+    """
+    recorded: runs.SplitFileInfo | None = getattr(run.info.data, f"{part}_file")
+    if recorded is None or recorded.sha256 != file.sha256:
+        raise DataError(
+            Problem(
+                f"the {part} file (data.{part}_path) changed since the run was trained",
+                file=str(file.path),
+                hint=hint,
+            )
+        )
 
 
 def csv_rows(columns: dict[str, np.ndarray]) -> list[dict[str, Any]]:

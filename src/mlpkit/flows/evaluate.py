@@ -1,5 +1,6 @@
 """`mlpkit eval RUN [--data FILE]`: rebuild a complete run's network from its directory alone
-and score it on its own test split (the data file unchanged) or on every row of a file."""
+and score it on its own test split (the data file unchanged), its test file (data.test_path,
+unchanged), or every row of a file."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mlpkit.config.load import LoadedConfig
 from mlpkit.data.blocks import load_table
 from mlpkit.data.table import Table
 from mlpkit.errors import DataError, Problem
@@ -56,7 +58,14 @@ def evaluate_run(
     outputs = predict(model, tensors.x)  # [rows, outputs]
     refuse_non_finite_outputs(outputs, table.lines[rows], table.unit, table.path)
     scores = task.score(tensors.y, outputs, None)
-    return EvalResult(run, scores, len(rows), "test split" if data_path is None else str(data_path))
+    return EvalResult(run, scores, len(rows), _source(loaded, table, data_path))
+
+
+def _source(loaded: LoadedConfig, table: Table, data_path: Path | None) -> str:
+    """Which rows were scored: the run's test split, its test file, or the file given."""
+    if data_path is not None:
+        return str(data_path)
+    return "test split" if loaded.config.data.test_path is None else f"test file {table.path}"
 
 
 def _check_known_labels(task: Task, target: np.ndarray, table: Table) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -210,7 +211,8 @@ def final_metrics(
         if data[part].x.shape[0]:
             outputs = predict(model, data[part].x)
             lines = table.lines[getattr(prepared.split, part)]
-            refuse_non_finite_outputs(outputs, lines, table.unit, table.path)
+            source = prepared.source_of(part)  # data.path, or the part's own file
+            refuse_non_finite_outputs(outputs, lines, source.unit, source.path)
             metrics[part] = task.score(data[part].y, outputs, None)
             if not isinstance(task, Regression):
                 confusion[part] = task.confusion(data[part].y, outputs)
@@ -245,14 +247,25 @@ def best_epoch(history: list[EpochRecord]) -> int:
 
 
 def _predictions(model: nn.Module, prepared: Prepared, test: Tensors) -> list[dict[str, Any]]:
-    """The test rows: their line, the true target, and the task's prediction columns."""
+    """The test rows: their line (in the test rows' own file), the true target, and the task's
+    prediction columns (regression: the model's output in target units)."""
     target = prepared.config.data.target
     columns = {
-        prepared.table.unit: prepared.table.lines[prepared.split.test],
-        target: prepared.task.truth(test.y),
+        prepared.source_of("test").unit: prepared.table.lines[prepared.split.test],
+        target: _truth(prepared, test),
         **prepared.task.columns(predict(model, test.x)),
     }
     return csv_rows(columns)
+
+
+def _truth(prepared: Prepared, test: Tensors) -> np.ndarray:
+    """The test rows' targets as the file has them: a regression target's values as read
+    (float64), not the training tensor's float32 after data.scale_target's round trip (191,
+    not 190.9999999622646); a class its label."""
+    if isinstance(prepared.task, Regression):
+        values = prepared.table.frame[prepared.config.data.target].iloc[prepared.split.test]
+        return np.asarray(values, dtype=np.float64)
+    return prepared.task.truth(test.y)
 
 
 def _interrupted(run_dir: Path, number: int, saved: bool) -> Interrupted:

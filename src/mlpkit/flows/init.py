@@ -9,6 +9,7 @@ quoted wherever mlpkit's own YAML loader would not read it back as the same text
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -22,9 +23,10 @@ from mlpkit.rundir import runs
 # The starter model and training, for tables of hundreds to hundreds of thousands of rows; see
 # docs/RESULTS.md ("mlpkit init's defaults") for the runs behind these choices.
 HIDDEN_UNITS = (64, 64)
-BATCH_SIZE = 32
+BATCH_SIZE = 32  # at most: a small table takes a smaller batch (batch_for)
+MIN_BATCHES = 4  # batches an epoch at least, so a tiny table still takes a few steps an epoch
 LEARNING_RATE = "1e-3"
-TRAIN_SHARE = 0.8  # of the rows: the split written below
+TRAIN_SHARE = 0.8  # of the rows: the split written below (split_for: less for tiny tables)
 TARGET_STEPS = 2000  # optimizer steps the epochs aim at, so small files train long enough
 MIN_EPOCHS, MAX_EPOCHS = 20, 200
 PATIENCE = 30  # epochs without a better val_loss before early stopping ends training
@@ -56,11 +58,37 @@ def run_name(path: Path) -> str:
     return name[:100]
 
 
+def batch_for(rows: int) -> int:
+    """The batch size for a table of `rows`: BATCH_SIZE, or for a table too small to give it
+    MIN_BATCHES batches an epoch, the largest power of two that does (1 at least). Never more
+    than the training rows, which `check` would refuse (linnerud's 20 rows: 16 train, batch 4).
+    """
+    train_rows = int(rows * TRAIN_SHARE)
+    if train_rows >= MIN_BATCHES * BATCH_SIZE:
+        return BATCH_SIZE
+    fits = max(1, train_rows // MIN_BATCHES)
+    return int(2 ** math.floor(math.log2(fits)))
+
+
 def epochs_for(rows: int) -> tuple[int, int]:
     """(epochs, steps an epoch) for a table of `rows`: about TARGET_STEPS optimizer steps, within
     [MIN_EPOCHS, MAX_EPOCHS] epochs."""
-    steps = max(1, -(-int(rows * TRAIN_SHARE) // BATCH_SIZE))
+    steps = max(1, -(-int(rows * TRAIN_SHARE) // batch_for(rows)))
     return max(MIN_EPOCHS, min(MAX_EPOCHS, -(-TARGET_STEPS // steps))), steps
+
+
+def split_for(starter: Starter) -> tuple[float, float, float]:
+    """The split: (TRAIN_SHARE, 0.1, 0.1), or for a table where a tenth would leave validation or
+    test without a row (of the largest class, since classification splits each class apart),
+    val and test each the smallest multiple of 0.05 that gives them one, at most 0.25."""
+    rows = starter.rows if starter.target.task == "regression" else starter.target.largest_class
+    twentieths = min(5, max(2, math.ceil(20 / max(rows, 1))))  # of the rows, for val and test
+    return (20 - 2 * twentieths) / 20, twentieths / 20, twentieths / 20
+
+
+def _counted(count: int, noun: str) -> str:
+    """`1 step`, `2 steps`."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def render(starter: Starter, out: Path, command: str) -> str:
@@ -90,7 +118,8 @@ def render(starter: Starter, out: Path, command: str) -> str:
 def _data_section(starter: Starter, data_path: Path) -> list[str]:
     target, features = starter.target, starter.features
     categorical = [c.name for c in features if c.kind == "categorical"]
-    left_out = [c for c in starter.columns if c.kind == "left out"]
+    left_out = [c for c in starter.columns if c.kind == "left out" and not c.constant]
+    constant = [c for c in starter.columns if c.constant]
     lines = ["data:", _comment(f"  path: {_yaml_text(data_path.as_posix())}", "from this file")]
     if target.task == "multiclass" and target.note.startswith("integers"):
         lines.append("  # integer classes; for a count or a score, regression may suit better")
@@ -113,6 +142,11 @@ def _data_section(starter: Starter, data_path: Path) -> list[str]:
             "  # an identifier or free text, which a one-hot code would only memorize",
             *(f"  #   - {_yaml_text(c.name)}    # {c.note.split(':')[0]}" for c in left_out),
         ]
+    if constant:
+        lines += [
+            "  # left out: one value in every row, so nothing to learn from",
+            *(f"  #   - {_yaml_text(c.name)}    # {c.note.rsplit(':', 1)[0]}" for c in constant),
+        ]
     names = ", ".join(_yaml_text(name) for name in categorical)
     lines += [
         _comment(f"  categorical: [{names}]", "one-hot encoded (categories of the train rows)"),
@@ -122,7 +156,8 @@ def _data_section(starter: Starter, data_path: Path) -> list[str]:
         lines.append(
             _comment("  scale_target: true", "learn a standardized target; metrics in its units")
         )
-    split = f"  split: {{train: {TRAIN_SHARE}, val: 0.1, test: 0.1}}"
+    train, val, test = split_for(starter)
+    split = f"  split: {{train: {train:g}, val: {val:g}, test: {test:g}}}"
     how = "stratified by class; " if target.task != "regression" else ""
     lines += [
         _comment(split, f"{how}val: early stopping"),
@@ -154,9 +189,12 @@ def _training_section(starter: Starter) -> list[str]:
     return [
         "training:",
         _comment(
-            f"  epochs: {epochs}", f"at most; {steps} steps an epoch, {epochs * steps} in all"
+            f"  epochs: {epochs}",
+            f"at most; {_counted(steps, 'step')} an epoch, {epochs * steps} in all",
         ),
-        _comment(f"  batch_size: {BATCH_SIZE}", "smaller: noisier steps, slower epochs"),
+        _comment(
+            f"  batch_size: {batch_for(starter.rows)}", "smaller: noisier steps, slower epochs"
+        ),
         _comment(
             f"  optimizer: {{name: adam, lr: {LEARNING_RATE}}}", "higher lr: faster, less stable"
         ),

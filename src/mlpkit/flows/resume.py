@@ -15,10 +15,16 @@ from typing import Any
 
 from mlpkit.config.load import LoadedConfig, differences, load_config
 from mlpkit.errors import ConfigError, DataError, Problem, RunDirError
-from mlpkit.flows.common import resolve_device, resolved_config, summarize_network, training_info
+from mlpkit.flows.common import (
+    resolve_device,
+    resolved_config,
+    same_split_file,
+    summarize_network,
+    training_info,
+)
 from mlpkit.flows.fit import Job, Listener, Start, TrainResult, fit_run
 from mlpkit.report import tracking
-from mlpkit.rundir import checkpoints, lock, runs
+from mlpkit.rundir import checkpoints, crossval, lock, runs
 from mlpkit.train.build import build_trainer, make_step
 from mlpkit.train.prepare import Prepared, prepare
 
@@ -53,7 +59,7 @@ def resume(
         checkpoints.load_into(checkpoint, trainer.model, trainer.optimizer, trainer.schedule)
         step, trainer = make_step(trainer)  # after the optimizer's state is loaded
         config = resolved_config(loaded)
-        runs_dir = run_dir.resolve().parent.parent  # runs/<name>/<run>: the default MLflow store
+        runs_dir = crossval.runs_dir_of(run_dir)  # where the default MLflow store is
         trackers = tracking.open_tracking(loaded, config, runs_dir, resumed=run_dir)
         if listener is not None:
             summary = summarize_network(prepared.config, prepared.preprocessor)
@@ -130,6 +136,8 @@ def _same_data(run: runs.Run, prepared: Prepared) -> None:
                 hint="restore the original file, or train a new run on this one",
             )
         )
+    for part, file in prepared.files.items():  # data.val_path, data.test_path
+        same_split_file(run, file, part, "restore the original file, or train a new run")
     if prepared.preprocessor != run.preprocessor:
         raise RunDirError(
             Problem(

@@ -47,6 +47,7 @@ class SeedsSummary:
     runs: list[Path]
     test: dict[str, Spread]  # the network's test metrics
     baselines: dict[str, dict[str, Spread]]  # baseline -> key metric -> spread
+    folds: int | None = None  # each seed's values: the mean of a K-fold cross-validation
 
     def to_json(self) -> dict[str, Any]:
         def spreads(found: dict[str, Spread]) -> dict[str, Any]:
@@ -60,6 +61,7 @@ class SeedsSummary:
             "config": str(self.config),
             "overrides": self.overrides,
             "seeds": self.seeds,
+            **({"folds": self.folds} if self.folds is not None else {}),
             "runs": [str(path) for path in self.runs],
             "std": "sample standard deviation (ddof=1)",
             "test": spreads(self.test),
@@ -126,9 +128,11 @@ def summarize(
     seeds: list[int],
     run_dirs: list[Path],
     metrics: list[dict[str, Any]],
+    folds: int | None = None,
 ) -> SeedsSummary:
     """The spread of every test metric all runs have (metrics.json's `test`), and of the
-    baselines' key metrics."""
+    baselines' key metrics. With `folds`, each "run" is a cross-validation folder and its
+    metrics the folds' means."""
     tests = [found["test"] for found in metrics]
     names = [name for name in tests[0] if all(name in test for test in tests)]
     keys = [name for name in catalog.KEY_METRICS if name in names][:2]
@@ -147,6 +151,7 @@ def summarize(
         runs=run_dirs,
         test={name: spread([test[name] for test in tests]) for name in names},
         baselines=baselines,
+        folds=folds,
     )
 
 
@@ -165,7 +170,8 @@ def render(summary: SeedsSummary) -> Table:
         "mean",
         "std",
         *(f"seed {seed}" for seed in summary.seeds),
-        title=f"test metrics over {count} seeds (std: sample, ddof=1)",
+        title=f"test metrics over {count} seeds (std: sample, ddof=1)"
+        + (f"; each the mean of {summary.folds} folds" if summary.folds else ""),
     )
     for column in table.columns[1:]:
         column.justify = "right"

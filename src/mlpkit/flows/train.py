@@ -18,6 +18,7 @@ import torch
 
 import mlpkit
 from mlpkit.config.load import LoadedConfig
+from mlpkit.data.table import Table
 from mlpkit.errors import MlpkitError
 from mlpkit.flows.common import (
     resolve_device,
@@ -29,7 +30,7 @@ from mlpkit.flows.common import (
 from mlpkit.flows.fit import Job, Listener, Start, TrainResult, fit_run
 from mlpkit.report import tracking
 from mlpkit.report.summary import render_text
-from mlpkit.rundir import lock, runs
+from mlpkit.rundir import crossval, lock, runs
 from mlpkit.train.build import Engine, build_trainer, make_step
 from mlpkit.train.prepare import Prepared, prepare
 
@@ -39,8 +40,12 @@ def train(
     runs_dir: Path,
     device_name: str | None = None,
     listener: Listener | None = None,
+    place: Path | None = None,
 ) -> TrainResult:
     """Train the config into a new run directory under `runs_dir` and write every file of it.
+
+    `place`, when given, is the run directory to make instead (a cross-validation's fold-i);
+    it must not exist yet. `runs_dir` still holds the default MLflow store.
 
     Raises:
         MlpkitError: any problem with the config, data or device (before the run exists), or
@@ -56,7 +61,10 @@ def train(
     summary = summarize_network(prepared.config, prepared.preprocessor)
     if listener is not None:
         listener.started(Start(prepared, device, summary, None))
-    run_dir = runs.create_run_dir(runs_dir, prepared.config.name)
+    if place is None:
+        run_dir = runs.create_run_dir(runs_dir, prepared.config.name)
+    else:
+        run_dir = crossval.create_fold_dir(place)
     fitting = False
     try:
         with lock.hold(run_dir):  # one hold from the first file to the last
@@ -74,6 +82,13 @@ def train(
         raise
 
 
+def split_file_info(file: Table | None) -> runs.SplitFileInfo | None:
+    """run.json's record of a part's own file, which eval and resume check it against."""
+    if file is None:
+        return None
+    return runs.SplitFileInfo(path=str(file.path), sha256=file.sha256, rows=file.n_rows)
+
+
 def run_info(prepared: Prepared, device: torch.device, engine: Engine) -> runs.RunInfo:
     """run.json as a new run begins: status running, the data file, the versions, the engine."""
     return runs.RunInfo(
@@ -82,7 +97,13 @@ def run_info(prepared: Prepared, device: torch.device, engine: Engine) -> runs.R
         seed=prepared.config.seed,
         device=str(device),
         data=runs.DataInfo(
-            path=str(prepared.table.path), sha256=prepared.table.sha256, rows=prepared.data_rows
+            path=str(prepared.table.path),
+            sha256=prepared.table.sha256,
+            rows=prepared.data_rows,
+            dropped_rows=prepared.table.dropped,
+            filled_cells=prepared.filled,
+            val_file=split_file_info(prepared.files.get("val")),
+            test_file=split_file_info(prepared.files.get("test")),
         ),
         versions={
             "mlpkit": mlpkit.__version__,

@@ -5,13 +5,14 @@ complete runs under it) and collects, per run, the network's test metrics, the b
 scores on the key metrics, and the config fields whose values differ between the runs;
 `render` draws that as one table. Runs of different tasks are refused: their metrics share no
 meaning (a binary and a multiclass accuracy have different chance levels), so a "best" marked
-across them would mislead.
+across them would mislead. A cross-validation folder (rundir/crossval.py) is one entry: its
+folds' mean test metrics, shown as `mean ± std` (its folds are not listed apart).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from rich.text import Text
 from mlpkit.config import registries
 from mlpkit.config.load import differences, load_config
 from mlpkit.errors import MlpkitError, Problem, RunDirError
-from mlpkit.rundir import catalog, runs
+from mlpkit.rundir import catalog, crossval, runs
 
 BEST_MARK = "*"
 
@@ -41,6 +42,19 @@ class Comparison:
     config: dict[str, list[str]]  # dotted path that differs -> each run's value, as YAML
     # runs left out: (path, status) of a folder's incomplete runs, or (path, "given twice")
     skipped: list[tuple[Path, str]]
+    # a cross-validation's standard deviation beside its mean, per row of metrics or baselines
+    spreads: dict[str, list[float | None]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """What is compared of one run, or of one cross-validation (means, with their std)."""
+
+    config: dict[str, Any]
+    test: dict[str, float]
+    baselines: dict[str, dict[str, float]]
+    test_std: dict[str, float]
+    baselines_std: dict[str, dict[str, float]]
 
 
 def compare(paths: list[Path]) -> Comparison:
@@ -52,13 +66,14 @@ def compare(paths: list[Path]) -> Comparison:
         MlpkitError: the runs are of different tasks.
     """
     found, skipped = expand(paths)
-    opened = [runs.open_run(path) for path in found]
-    configs = [load_config(run.config_path).config.model_dump(mode="json") for run in opened]
+    entries = [_open(path) for path in found]
+    configs = [entry.config for entry in entries]
     _alike(found, configs)
-    tests = [run.metrics.test if run.metrics else {} for run in opened]
-    metrics = _rows([{"": test} for test in tests])
+    metrics = _rows([{"": entry.test} for entry in entries])
     keys = [name for name in catalog.KEY_METRICS if name in metrics][:2]
-    baselines = [run.metrics.baselines if run.metrics else {} for run in opened]
+    baselines = [entry.baselines for entry in entries]
+    spreads = _rows([{"": entry.test_std} for entry in entries])
+    spreads |= _rows([entry.baselines_std for entry in entries], keys)
     folder, labels = _labels(found)
     return Comparison(
         runs=found,
@@ -70,6 +85,35 @@ def compare(paths: list[Path]) -> Comparison:
         baselines=_rows(baselines, keys),
         config=config_differences(configs),
         skipped=skipped,
+        spreads=spreads,
+    )
+
+
+def _open(path: Path) -> _Entry:
+    """A complete run, or a complete cross-validation, as compared.
+
+    Raises:
+        RunDirError: not a complete run or cross-validation; ConfigError: its config.yaml
+            is not a valid config.
+    """
+    if not crossval.is_crossval(path):
+        run = runs.open_run(path)
+        config = load_config(run.config_path).config.model_dump(mode="json")
+        assert run.metrics is not None  # open_run: complete
+        return _Entry(config, run.metrics.test, run.metrics.baselines, {}, {})
+    info = crossval.read_info(path)
+    if info.status != "complete":
+        hint = f"resume it: mlpkit train --resume {path}"
+        problem = f"the cross-validation is {info.status}, not complete"
+        raise RunDirError(Problem(problem, file=str(path), hint=hint))
+    config = load_config(path / runs.CONFIG).config.model_dump(mode="json")
+    tests = info.baselines.get("test", {})
+    return _Entry(
+        config,
+        {name: found.mean for name, found in info.test.items()},
+        {name: {m: s.mean for m, s in scores.items()} for name, scores in tests.items()},
+        {name: found.std for name, found in info.test.items()},
+        {name: {m: s.std for m, s in scores.items()} for name, scores in tests.items()},
     )
 
 
@@ -83,10 +127,10 @@ def expand(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
     found: list[Path] = []
     skipped: list[tuple[Path, str]] = []
     for path in paths:
-        if (path / runs.RUN_INFO).exists() or not path.is_dir():
-            found.append(path)  # a run, or a mistake runs.open_run names
+        if (path / runs.RUN_INFO).exists() or crossval.is_crossval(path) or not path.is_dir():
+            found.append(path)  # a run or cross-validation, or a mistake _open names
             continue
-        rows = catalog.list_runs(path)
+        rows = _entries(catalog.list_runs(path))
         complete = [row.path for row in rows if row.status == "complete"]
         if not complete:
             raise RunDirError(
@@ -108,6 +152,12 @@ def expand(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
                 skipped.append((path, "given twice"))
             seen.add(path.resolve())
     return unique, skipped
+
+
+def _entries(rows: list[catalog.RunRow]) -> list[catalog.RunRow]:
+    """The rows a folder stands for: its runs and cross-validations, not the folds apart."""
+    folders = {row.path for row in rows if row.kind == "crossval"}
+    return [row for row in rows if row.path.parent not in folders]
 
 
 def _alike(paths: list[Path], configs: list[dict[str, Any]]) -> None:
@@ -258,12 +308,19 @@ def render(comparison: Comparison, width: int = 120) -> Table:
 
 def _sections(comparison: Comparison) -> dict[str, list[tuple[str, list[Text]]]]:
     """The table's sections: title -> rows of (name, a cell per run)."""
+    spreads = comparison.spreads
     metrics = [
-        (name, [_cell(value, index in comparison.best[name]) for index, value in enumerate(values)])
+        (
+            name,
+            [
+                _cell(value, index in comparison.best[name], _std(spreads, name, index))
+                for index, value in enumerate(values)
+            ],
+        )
         for name, values in comparison.metrics.items()
     ]
     baselines = [
-        (name, [_cell(value, False) for value in values])
+        (name, [_cell(value, False, _std(spreads, name, i)) for i, value in enumerate(values)])
         for name, values in comparison.baselines.items()
     ]
     config = [(path, [Text(text) for text in texts]) for path, texts in comparison.config.items()]
@@ -271,10 +328,17 @@ def _sections(comparison: Comparison) -> dict[str, list[tuple[str, list[Text]]]]
     return {"test metrics": metrics, "baselines (test)": baselines, title: config}
 
 
-def _cell(value: float | None, best: bool) -> Text:
-    """A value; the best marked before it, so the numbers stay aligned on the right."""
+def _std(spreads: dict[str, list[float | None]], name: str, index: int) -> float | None:
+    found = spreads.get(name)
+    return found[index] if found is not None else None
+
+
+def _cell(value: float | None, best: bool, std: float | None = None) -> Text:
+    """A value (a cross-validation's: mean ± std); the best marked before it, so the numbers
+    stay aligned on the right."""
     if value is None:
         return Text("-")
+    shown = f"{value:.4f}" if std is None else f"{value:.4f} ± {std:.4f}"
     if best:
-        return Text(f"{BEST_MARK} {value:.4f}", style="bold")
-    return Text(f"{value:.4f}")
+        return Text(f"{BEST_MARK} {shown}", style="bold")
+    return Text(shown)

@@ -149,9 +149,10 @@ def onnx_model(preprocessor: Preprocessor, model: nn.Module, task: Task) -> onnx
 
 def _preprocessing(g: _Graph, preprocessor: Preprocessor) -> str:
     """Nodes from the raw columns to the model's inputs, as preprocessing.transform computes
-    them: (x - mean) / std in float64 rounded to float32; one-hot by matching the known
-    categories, spaces around the text aside as mlpkit's reader strips them (all zeros for any
-    other value)."""
+    them: a missing cell filled (IsNaN or a marker's match, then Where), (x - mean) / std in
+    float64 rounded to float32; one-hot by matching the known categories, spaces around the
+    text aside as mlpkit's reader strips them (all zeros for any other value); the is-missing
+    inputs."""
     from onnx import TensorProto
 
     axis = g.const(np.asarray([1], dtype=np.int64))
@@ -159,6 +160,13 @@ def _preprocessing(g: _Graph, preprocessor: Preprocessor) -> str:
     for feature in preprocessor.features:
         column = g.op("Unsqueeze", feature.name, axis)  # [batch, 1]
         if isinstance(feature, CategoricalFeature):
+            # a missing cell: blank, or (once filled) a marker in any case, spaces around
+            markers = feature.markers if feature.fill is not None else [""]
+            alternatives = "|".join(_re2_literal(marker) for marker in markers)
+            missing = g.op("RegexFullMatch", column, pattern=rf"(?i)\s*(?:{alternatives})\s*")
+            if feature.fill is not None:
+                fill = g.const(np.asarray([[feature.fill]], dtype=object))
+                column = g.op("Where", missing, fill, column)
             # one [batch, 1] match per category: Equal cannot strip, a full match can
             matches = [
                 g.op("RegexFullMatch", column, pattern=rf"\s*{_re2_literal(category)}\s*")
@@ -167,9 +175,15 @@ def _preprocessing(g: _Graph, preprocessor: Preprocessor) -> str:
             hot = g.op("Concat", *matches, axis=1) if len(matches) > 1 else matches[0]
             blocks.append(g.op("Cast", hot, to=TensorProto.FLOAT))  # [batch, categories]
         else:
+            missing = g.op("IsNaN", column)
+            if feature.fill is not None:
+                fill = g.const(np.asarray(feature.fill, dtype=np.float64))
+                column = g.op("Where", missing, fill, column)
             centred = g.op("Sub", column, g.const(np.asarray(feature.mean, dtype=np.float64)))
             scaled = g.op("Div", centred, g.const(np.asarray(feature.std, dtype=np.float64)))
             blocks.append(g.op("Cast", scaled, to=TensorProto.FLOAT))
+        if feature.indicator:
+            blocks.append(g.op("Cast", missing, to=TensorProto.FLOAT))  # [batch, 1]
     return g.op("Concat", *blocks, axis=1) if len(blocks) > 1 else blocks[0]
 
 

@@ -2,10 +2,12 @@
 
 The module takes the raw feature columns and gives predict's numbers (the contract is in
 flows/export.py): forward(numbers: Dict[str, Tensor], categories: Dict[str, List[str]]), each
-numeric column float64 [batch] and each categorical column its text; inside, standardizing in
-float64 rounded to float32 and one-hot (a category not seen in training is all zeros), as
-preprocessing.transform computes them; the network, traced, in float32; predict's output in
-float64. Its attributes say how to call it and read it.
+numeric column float64 [batch] and each categorical column its text; inside, as
+preprocessing.transform computes them: missing cells filled as data.missing says (NaN in a
+numeric column; empty text or a marker such as NA in a categorical one) with their is-missing
+inputs, standardizing in float64 rounded to float32 and one-hot (a category not seen in
+training is all zeros); the network, traced, in float32; predict's output in float64. Its
+attributes say how to call it and read it.
 """
 
 # No `from __future__ import annotations`: TorchScript reads Pipeline's annotations as types,
@@ -20,7 +22,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from mlpkit.data.preprocessing import CategoricalFeature, Preprocessor
+from mlpkit.data.preprocessing import CategoricalFeature, NumericFeature, Preprocessor
 from mlpkit.report.onnx_graph import output_name, raw_columns
 from mlpkit.train.tasks import Regression, Task
 
@@ -39,6 +41,11 @@ class Pipeline(nn.Module):
     means: list[float]  # per column; categorical columns 0
     stds: list[float]  # per column; categorical columns 1
     codes: list[dict[str, int]]  # per column: category -> its one-hot position; numeric {}
+    fills: list[bool]  # per column: whether a missing cell is filled (data.missing)
+    number_fills: list[float]  # numeric columns: a missing cell (NaN) becomes this
+    text_fills: list[str]  # categorical columns: a missing cell (a marker) becomes this
+    markers: list[list[str]]  # categorical columns: text that is missing (lowercase)
+    indicators: list[bool]  # per column: an is-missing input follows it
     target_mean: float  # regression: predictions are outputs * target_std + target_mean
     target_std: float
 
@@ -53,6 +60,17 @@ class Pipeline(nn.Module):
             {c: i for i, c in enumerate(f.categories)} if isinstance(f, CategoricalFeature) else {}
             for f in features
         ]
+        self.fills = [f.fill is not None for f in features]
+        self.number_fills = [
+            f.fill if isinstance(f, NumericFeature) and f.fill is not None else 0.0
+            for f in features
+        ]
+        self.text_fills = [
+            f.fill if isinstance(f, CategoricalFeature) and f.fill is not None else ""
+            for f in features
+        ]
+        self.markers = [f.markers if isinstance(f, CategoricalFeature) else [] for f in features]
+        self.indicators = [f.indicator for f in features]
         self.network = traced
         self.task = task.name
         self.output = output_name(task)
@@ -71,16 +89,28 @@ class Pipeline(nn.Module):
                 if categories is None or name not in categories:
                     raise ValueError("missing categorical column '" + name + "' in categories")
                 known = self.codes[i]
-                # [batch]; stripped as mlpkit's reader strips every cell
-                codes = torch.tensor([known.get(v.strip(), -1) for v in categories[name]])
+                # stripped as mlpkit's reader strips every cell; a missing one filled
+                texts = [v.strip() for v in categories[name]]
+                absent = [
+                    (v.lower() in self.markers[i]) if self.fills[i] else v == "" for v in texts
+                ]
+                if self.fills[i]:
+                    texts = [self.text_fills[i] if absent[j] else v for j, v in enumerate(texts)]
+                codes = torch.tensor([known.get(v, -1) for v in texts])  # [batch]
                 hot = codes.unsqueeze(1) == torch.arange(len(known)).unsqueeze(0)
                 blocks.append(hot.to(torch.float32))  # [batch, categories]; unknown: zeros
+                missing = torch.tensor(absent, dtype=torch.bool)
             else:
                 if name not in numbers:
                     raise ValueError("missing numeric column '" + name + "' in numbers")
                 column = numbers[name].to(torch.float64)  # [batch]
+                missing = torch.isnan(column)
+                if self.fills[i]:
+                    column = torch.where(missing, self.number_fills[i], column)
                 scaled = (column - self.means[i]) / self.stds[i]
                 blocks.append(scaled.to(torch.float32).unsqueeze(1))
+            if self.indicators[i]:
+                blocks.append(missing.to(torch.float32).unsqueeze(1))  # [batch, 1]
         logits: torch.Tensor = self.network(torch.cat(blocks, dim=1))  # [batch, outputs]
         if self.task == "multiclass":
             return torch.softmax(logits.to(torch.float64), dim=1)

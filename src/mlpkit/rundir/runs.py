@@ -104,10 +104,23 @@ class MetricsFile(BaseModel):
     confusion_matrix: dict[str, list[str] | list[list[int]]] | None = None  # classification
 
 
-class DataInfo(BaseModel):
+class SplitFileInfo(BaseModel):
+    """A part's own file (data.val_path, data.test_path): eval and resume check its sha256."""
+
     path: str
     sha256: str
     rows: int
+
+
+class DataInfo(BaseModel):
+    path: str
+    sha256: str
+    rows: int  # used: those left out for a missing target are not counted
+    dropped_rows: int = 0  # left out for a missing target (data.missing.target: drop)
+    # missing cells data.missing filled, per column (a streamed file: in its training rows)
+    filled_cells: dict[str, int] = {}
+    val_file: SplitFileInfo | None = None  # the validation rows' own file, when given
+    test_file: SplitFileInfo | None = None  # the test rows' own file, when given
 
 
 class TrainingInfo(BaseModel):

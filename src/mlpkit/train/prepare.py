@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from mlpkit.config import registries
 from mlpkit.config.load import LoadedConfig
 from mlpkit.config.model_rules import output_layer
 from mlpkit.config.schema import Config
+from mlpkit.config.split_rules import ignored_fractions
 from mlpkit.data import filestream, synthetic
 from mlpkit.data.blocks import load_table
 from mlpkit.data.filestream import FileScan
@@ -35,7 +36,8 @@ from mlpkit.data.preprocessing import (
     canonical_label,
     sorted_labels,
 )
-from mlpkit.data.table import Split, Table, check_split, split_rows
+from mlpkit.data.splitfiles import joined, read_split_files, split_training_file
+from mlpkit.data.table import Split, Table, check_split
 from mlpkit.errors import ConfigError, DataError, Problem
 from mlpkit.reading import memory_bound, size_text
 from mlpkit.train.loop import BatchStream, Tensors
@@ -53,6 +55,27 @@ class Prepared:
     task: Task
     scan: FileScan | None = None  # a streamed file: its blocks; `table` holds samples of it
     warnings: tuple[Problem, ...] = ()  # what the data allows but the user should know
+    filled: dict[str, int] = field(default_factory=dict)  # missing cells filled per column
+    # parts read from their own files (data.val_path, data.test_path); their rows are also
+    # in `table`, after data.path's, and `split` points at them there
+    files: dict[str, Table] = field(default_factory=dict)
+
+    @property
+    def data_note(self) -> str:
+        """The rows left out and the cells filled, for the first line ("" when none)."""
+        notes = []
+        if self.table.dropped:
+            notes.append(f"{self.table.dropped:,} dropped for a missing target")
+        filled = sum(self.filled.values())
+        if filled:
+            notes.append(f"{filled:,} missing cells filled in {len(self.filled)} columns")
+        notes += [f"{part}: {t.n_rows} rows of {t.path.name}" for part, t in self.files.items()]
+        return f" ({'; '.join(notes)})" if notes else ""
+
+    def source_of(self, part: str) -> Table:
+        """The table a part's rows came from (its file's path and unit): its own file, or
+        data.path's (synthetic or streamed: the samples)."""
+        return self.files.get(part, self.table)
 
     @property
     def config(self) -> Config:
@@ -65,7 +88,10 @@ class Prepared:
 
     @property
     def data_rows(self) -> int:
-        return self.table.n_rows if self.scan is None else self.scan.rows
+        """Rows of data.path (split files not counted)."""
+        if self.scan is not None:
+            return self.scan.rows
+        return self.table.n_rows - sum(file.n_rows for file in self.files.values())
 
     @property
     def split_counts(self) -> dict[str, int]:
@@ -107,24 +133,29 @@ def prepare(loaded: LoadedConfig) -> Prepared:
         return _streamed(loaded)
     table = load_table(loaded.data_path, cfg.data, loaded)
     split, classes = split_table(loaded, table)
-    return _prepared(loaded, table, split, classes)
+    files = read_split_files(loaded, classes)
+    if not files:
+        return _prepared(loaded, table, split, classes)
+    prepared = _prepared(loaded, *joined(table, split, files), classes)
+    return replace(prepared, files=files, warnings=prepared.warnings + ignored_fractions(loaded))
 
 
 def split_table(loaded: LoadedConfig, table: Table) -> tuple[Split, list[str] | None]:
     """The seeded split of a file's rows (stratified by class for classification) and the
     classes, checked against the task and the output layer; eval derives the same split again.
+    A part from its own file (data.val_path, data.test_path) takes none of these rows.
 
     Raises:
         DataError: the target's classes do not fit the task or the output layer.
     """
     cfg = loaded.config
     if cfg.data.task == "regression":
-        return split_rows(table.n_rows, cfg.data, cfg.seed), None
+        return split_training_file(table.n_rows, cfg.data, cfg.seed), None
     target = table.frame[cfg.data.target].to_numpy()
     labels = np.asarray([canonical_label(v) for v in target])  # 1 and 1.0: one class
     classes = sorted_labels(labels)
     _check_classes(loaded, table, classes)
-    return split_rows(table.n_rows, cfg.data, cfg.seed, labels), classes
+    return split_training_file(table.n_rows, cfg.data, cfg.seed, labels), classes
 
 
 def _prepared(
@@ -135,7 +166,19 @@ def _prepared(
         raise DataError(problems)
     training_rows = TrainingRows(loaded.config.data, classification=classes is not None)
     training_rows.add(table.frame.iloc[split.train])
-    return prepared_from(loaded, table, split, classes, training_rows)
+    prepared = prepared_from(loaded, table, split, classes, training_rows)
+    return replace(prepared, filled=_missing_cells(table, prepared.preprocessor))
+
+
+def _missing_cells(table: Table, preprocessor: Preprocessor) -> dict[str, int]:
+    """Missing cells per feature column that has any, in every row of the table."""
+    counts = {}
+    for feature in preprocessor.features:
+        column = table.frame[feature.name]
+        missing = column.isna() if isinstance(feature, NumericFeature) else column == ""
+        if missing.any():
+            counts[feature.name] = int(missing.sum())
+    return counts
 
 
 def _streamed(loaded: LoadedConfig) -> Prepared:
@@ -169,7 +212,8 @@ def prepared_from(
     preprocessor = training_rows.preprocessor(classes)
     task = make_task(loaded.config, preprocessor.target, counts)
     warnings = _constant_target(loaded, table, training_rows) if classes is None else ()
-    prepared = Prepared(loaded, table, split, preprocessor, task, warnings=warnings)
+    filled = {name: count for name, count in training_rows.missing.items() if count}
+    prepared = Prepared(loaded, table, split, preprocessor, task, warnings=warnings, filled=filled)
     problems = _head_reaches_target(prepared, training_rows.target_range)
     if problems:
         raise DataError(problems)
