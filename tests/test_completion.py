@@ -4,6 +4,7 @@ and --show-completion prints the script a user sources."""
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 
@@ -43,8 +44,11 @@ def test_commands_and_options_complete(shell: str) -> None:
 
 
 def test_show_completion_prints_a_script_to_source() -> None:
+    # Typer names the shell from the process tree, so the command runs under bash (`; true`
+    # keeps bash from replacing itself with the command), as when a user types it.
+    command = f"{shlex.quote(sys.executable)} -m mlpkit --show-completion; true"
     done = subprocess.run(
-        [sys.executable, "-m", "mlpkit", "--show-completion", "bash"],
+        ["bash", "-c", command],
         capture_output=True,
         text=True,
         check=False,

@@ -431,7 +431,10 @@ DATA_FILE_CASES = [
     ),
     Case(
         "empty cells name column, first line and count",
-        ("Error: {data}: column 'b', line 2: missing value (2 cells)", 'add "missing: median" under data'),
+        (
+            "Error: {data}: column 'b', line 2: missing value (2 cells)",
+            'add "missing: median" under data',
+        ),
         data=one_bad_row("1.0,,red,2.0\n2.0,,blue,3.0"),
     ),
     Case(

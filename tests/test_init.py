@@ -179,16 +179,11 @@ def test_init_errors_are_one_line_naming_the_file_or_column(cli: Cli, mixed: Pat
         f"Error: {mixed}: column 'id': has 60 different texts in 60 rows: too many to be "
         "classes; choose a numeric column or one with a few labels as --target"
     )
-    holes = folder / "holes.csv"
-    holes.write_text("a,b,y\n1,x,1\n NA,x,2\n3,,3\n")
-    assert error(holes, "--target", "y") == (
-        f"Error: {holes}: column 'b', line 4: missing value; "
-        "mlpkit does not impute: drop or fill those rows"
-    )
-    holes.write_text("a,b,y\n1,x,1\nNA,x,2\n3,y,3\nn/a,x,4\n")
-    assert error(holes, "--target", "y") == (
-        f"Error: {holes}: column 'a', line 3: missing value (2 cells); "
-        "mlpkit does not impute: drop or fill those rows"
+    no_target = folder / "no_target.csv"  # every row misses the target: nothing to learn
+    no_target.write_text("a,b,y\n1,x,\n2,x,NA\n")
+    assert error(no_target, "--target", "y") == (
+        f"Error: {no_target}: column 'y': all 2 rows miss the target, so none is left; "
+        "check data.target"
     )
     stray = folder / "stray.csv"  # auto-mpg's horsepower marks unknowns with '?'
     rows = [f"{i},{i % 7},{i * 2}" for i in range(40)]
@@ -196,9 +191,35 @@ def test_init_errors_are_one_line_naming_the_file_or_column(cli: Cli, mixed: Pat
     stray.write_text("a,hp,y\n" + "\n".join(rows) + "\n")
     assert error(stray, "--target", "y") == (
         f"Error: {stray}: column 'hp', line 19: '?' is not a number, in a column of numbers "
-        "(1 of its 40 cells are not); fix or drop those rows, then run init again"
+        "(1 of its 40 cells are not); fix those rows; if '?' means no value, replace it with "
+        "an empty cell and run init again"
     )
     assert not (folder / "out.yaml").exists()
+
+
+def test_missing_cells_are_counted_and_the_config_fills_them(cli: Cli, tmp_path: Path) -> None:
+    table = mixed_csv(tmp_path / "holes.csv").read_text().splitlines()
+    cells = [line.split(",") for line in table]
+    cells[3][0] = ""  # num
+    cells[5][0] = "NA"
+    cells[7][3] = "n/a"  # color
+    cells[9][6] = ""  # y: the row is dropped
+    holes = tmp_path / "holes.csv"
+    holes.write_text("\n".join(",".join(row) for row in cells) + "\n")
+    found = infer.infer(holes, "y")
+    assert (found.rows, found.dropped) == (59, 1)
+    assert {c.name: c.missing for c in found.columns}["num"] == 2
+    assert {c.name: c.note for c in found.columns}["color"] == "text, 3 categories, 1 missing"
+    out = tmp_path / "holes.yaml"
+    assert cli("init", holes, "--target", "y", "--out", out).code == 0
+    text = out.read_text()
+    assert "    target: drop                   # rows without a target: 1 row\n" in text
+    missing = load_config(out).config.data.missing
+    assert missing is not None and (missing.strategy, missing.target) == ("median", "drop")
+    result = cli("train", out, "--runs-dir", tmp_path / "runs", "-q", "--set", "training.epochs=2")
+    assert result.code == 0, result.err
+    data = json.loads((Path(result.last_line) / "run.json").read_text())["data"]
+    assert (data["dropped_rows"], data["filled_cells"]) == (1, {"num": 2, "color": 1})
 
 
 def test_mpg_starter_reaches_r2_085(cli: Cli, tmp_path: Path) -> None:

@@ -64,7 +64,7 @@ def test_constant_columns_are_left_out_with_a_comment(cli: Cli, tiny: Path) -> N
     }
     text = init.render(found, tiny.parent / "c.yaml", "mlpkit init linnerud.csv --target Weight")
     lines = text.splitlines()
-    start = lines.index("  # left out: one value in every row, so nothing to learn from")
+    start = lines.index("  # left out: one value (or none) in every row, so nothing to learn from")
     assert lines[start + 1 : start + 3] == [
         "  #   - site    # one value in every row (gym)",
         "  #   - version    # one value in every row (1.0)",

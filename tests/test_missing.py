@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import Cli, Project
 
-from mlpkit.config.schema import DataConfig
+from mlpkit.config.schema import DataConfig, MissingConfig
 from mlpkit.data import preprocessing
 from mlpkit.data.preprocessing import CategoricalFeature, NumericFeature, fit_preprocessor
 from mlpkit.errors import DataError
@@ -100,7 +100,9 @@ def test_median_fills_trains_and_reports_dropped_rows_and_filled_cells(
 
 
 def test_statistics_come_from_the_training_rows_only() -> None:
-    data = DataConfig(target="y", features=["a", "c"], categorical=["c"], missing="median")
+    data = DataConfig(
+        target="y", features=["a", "c"], categorical=["c"], missing=MissingConfig(strategy="median")
+    )
     train = pd.DataFrame(
         {"a": [1.0, np.nan, 3.0, 10.0], "c": ["x", "", "y", "y"], "y": [0.0, 1, 2, 3]}
     )
@@ -146,7 +148,7 @@ def test_indicator_adds_an_is_missing_input_after_its_column() -> None:
         target="y",
         features=["a", "c"],
         categorical=["c"],
-        missing={"strategy": "median", "indicator": True},
+        missing=MissingConfig(strategy="median", indicator=True),
     )
     train = pd.DataFrame({"a": [1.0, np.nan, 3.0], "c": ["x", "y", ""], "y": [0.0] * 3})
     fitted = fit_preprocessor(train, data)
@@ -157,7 +159,7 @@ def test_indicator_adds_an_is_missing_input_after_its_column() -> None:
 
 
 def test_a_column_with_no_value_in_training_cannot_take_a_median() -> None:
-    data = DataConfig(target="y", features=["a"], missing="median")
+    data = DataConfig(target="y", features=["a"], missing=MissingConfig(strategy="median"))
     train = pd.DataFrame({"a": [np.nan, np.nan], "y": [0.0, 1.0]})
     with pytest.raises(DataError, match="column 'a': no value in the 2 training rows"):
         fit_preprocessor(train, data)

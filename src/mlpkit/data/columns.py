@@ -187,7 +187,7 @@ def _unfilled_problem(data: DataConfig, unfilled: list[tuple[_Where, np.ndarray]
         if target_only:
             setting = "missing: {target: drop}"
         hint = (
-            f'to fill them from the training rows (numbers: median, categories: most '
+            f"to fill them from the training rows (numbers: median, categories: most "
             f'frequent; rows missing the target dropped), add "{setting}" under data'
         )
     elif any(where.column == data.target for where, _ in unfilled):

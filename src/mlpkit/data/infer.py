@@ -13,6 +13,9 @@ that into the config's text. The rules, also written into the config's comments:
   free text, and is left out (named in a comment), since a one-hot code of it only memorizes
   rows.
 - A feature with one value in every row is left out (named in a comment): nothing to learn.
+- Missing cells (empty, NA, null, ...: data.missing's markers) are counted per column and
+  do not decide its kind; the config then fills them (median, or most frequent for
+  categories) and drops rows without a target, saying how many of each.
 - The target decides the task: two values -> binary (bce); integers with at most FEW_VALUES
   values, or text with at most MAX_CATEGORIES values (and at most half the rows) -> multiclass
   (cross_entropy); other numbers -> regression (mse). A target with one value, or with text
@@ -30,9 +33,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from mlpkit.config.schema import DataConfig, TaskKind
+from mlpkit.config.schema import DataConfig, MissingConfig, TaskKind
 from mlpkit.data.blocks import check_parquet_footer, is_parquet, load_table
-from mlpkit.data.columns import MISSING_NUMBERS
 from mlpkit.data.csvtext import parse_header
 from mlpkit.data.preprocessing import canonical_label
 from mlpkit.data.table import check_data_file, read_first_line
@@ -44,6 +46,10 @@ STRAY_SHARE = 0.05  # a column of numbers with at most this share of other cells
 
 Kind = Literal["numeric", "categorical", "left out"]
 
+# What the written config says when the table has missing cells: numbers take the median,
+# categories the most frequent (missing_rules.column_strategy), rows without a target go.
+FILLED = MissingConfig(strategy="median", target="drop")
+
 
 @dataclass(frozen=True)
 class Column:
@@ -51,9 +57,15 @@ class Column:
 
     name: str
     kind: Kind
-    note: str
+    kind_note: str  # what its present cells are
     code_like: bool = False  # an integer column with few values: maybe a code
     constant: bool = False  # left out for having one value in every row
+    missing: int = 0  # cells with no value
+
+    @property
+    def note(self) -> str:
+        """The kind note, and the missing cells if any: 'numbers, 2 missing'."""
+        return self.kind_note + (f", {self.missing} missing" if self.missing else "")
 
 
 @dataclass(frozen=True)
@@ -72,9 +84,15 @@ class Starter:
     """What `render` needs: the file, its rows, the target and every other column."""
 
     data_path: Path
-    rows: int
+    rows: int  # with a target value
     target: Target
     columns: list[Column]
+    dropped: int = 0  # rows without a target value
+
+    @property
+    def has_missing(self) -> bool:
+        """Whether the config needs a data.missing section: a missing feature cell or target."""
+        return self.dropped > 0 or any(column.missing for column in self.features)
 
     @property
     def features(self) -> list[Column]:
@@ -87,8 +105,8 @@ def infer(path: Path, target: str) -> Starter:
 
     Raises:
         DataError: the file is missing or unreadable, has fewer than two columns, lacks
-            `target`, has a missing or bad cell, or its target has a single value or too many
-            texts to be classes.
+            `target`, has a bad cell, has no row with a target, or its target has a single
+            value or too many texts to be classes.
     """
     header = _header(path)
     if target not in header:
@@ -108,11 +126,18 @@ def infer(path: Path, target: str) -> Starter:
                 file=str(path),
             )
         )
-    # Every column as text first (missing cells are refused as training refuses them).
-    as_text = DataConfig(target=target, features=others, categorical=others, task="multiclass")
+    # Every column as text first, a missing cell as "" and a row without a target dropped.
+    as_text = DataConfig(
+        target=target,
+        features=others,
+        categorical=others,
+        task="multiclass",
+        missing=FILLED,
+    )
     table = load_table(path, as_text)
     columns = [_column(path, table.frame[name], table.lines, table.unit) for name in others]
-    inferred = Starter(path, table.n_rows, _target(path, table.frame[target]), columns)
+    target_column = _target(path, table.frame[target])
+    inferred = Starter(path, table.n_rows, target_column, columns, dropped=table.dropped)
     if not inferred.features:
         raise DataError(
             Problem(
@@ -151,54 +176,54 @@ def _numbers(cells: pd.Series) -> pd.Series:
 
 
 def _column(path: Path, cells: pd.Series, lines: np.ndarray, unit: str) -> Column:
-    """A feature's kind from its cells (text, as read); `lines` locate rows as `unit` N."""
+    """A feature's kind from its present cells (text, as read, "" where missing); `lines`
+    locate rows as `unit` N."""
     name = str(cells.name)
-    values = _numbers(cells)
-    distinct = cells.nunique()
+    absent = cells == ""
+    missing = int(absent.sum())
+    present = cells[~absent]
+    if present.empty:
+        note = "no value in any row: nothing to learn from"
+        return Column(name, "left out", note, constant=True, missing=missing)
+    values = _numbers(present)
+    distinct = present.nunique()
     if values.notna().all():
         if values.nunique() == 1:  # 1, 1.0 and 01 alike
-            return _constant(cells)
+            return _constant(present, missing)
         if bool((values == values.round()).all()) and distinct <= FEW_VALUES:
-            return Column(name, "numeric", f"integers, {distinct} values", code_like=distinct > 2)
-        return Column(name, "numeric", "numbers")
-    missing = cells.str.lower().isin(MISSING_NUMBERS)
-    if missing.any() and values[~missing].notna().all():  # numbers with 'NA' among them
-        first = int(missing.to_numpy().nonzero()[0][0])
-        raise DataError(
-            Problem(
-                f"missing value ({int(missing.sum())} cells)",
-                file=str(path),
-                where=f"column '{name}', {unit} {lines[first]}",
-                hint="drop or fill those rows",
-            )
-        )
+            note = f"integers, {distinct} values"
+            return Column(name, "numeric", note, code_like=distinct > 2, missing=missing)
+        return Column(name, "numeric", "numbers", missing=missing)
     strays = values.isna()
     if strays.mean() <= STRAY_SHARE:  # numbers but for a few cells, such as auto-mpg's '?'
         first = int(strays.to_numpy().nonzero()[0][0])
+        stray = str(present.iloc[first])
         raise DataError(
             Problem(
-                f"'{cells.iloc[first]}' is not a number, in a column of numbers "
-                f"({int(strays.sum())} of its {len(cells)} cells are not)",
+                f"'{stray}' is not a number, in a column of numbers "
+                f"({int(strays.sum())} of its {len(present)} cells are not)",
                 file=str(path),
-                where=f"column '{name}', {unit} {lines[first]}",
-                hint="fix or drop those rows, then run init again",
+                where=f"column '{name}', {unit} {lines[~absent.to_numpy()][first]}",
+                hint=f"fix those rows; if '{stray}' means no value, replace it with an empty "
+                "cell and run init again",
             )
         )
-    rows = len(cells)
+    rows = len(present)
     if distinct == 1:
-        return _constant(cells)
+        return _constant(present, missing)
     if distinct > MAX_CATEGORIES or distinct > rows / 2:
         note = f"text, {distinct} values in {rows} rows: an identifier or free text"
-        return Column(name, "left out", note)
-    kind = "true/false" if set(cells.str.lower()) <= {"true", "false"} else "text"
-    return Column(name, "categorical", f"{kind}, {distinct} categories")
+        return Column(name, "left out", note, missing=missing)
+    kind = "true/false" if set(present.str.lower()) <= {"true", "false"} else "text"
+    return Column(name, "categorical", f"{kind}, {distinct} categories", missing=missing)
 
 
-def _constant(cells: pd.Series) -> Column:
-    """A column with one value in every row: nothing to learn from, so left out."""
-    shown = escaped(clip(str(cells.iloc[0]).strip(), 40))
+def _constant(present: pd.Series, missing: int) -> Column:
+    """A column with one value in every row that has one: nothing to learn from, so left
+    out (a value beside missing cells could only say "present", which it leaves to the user)."""
+    shown = escaped(clip(str(present.iloc[0]).strip(), 40))
     note = f"one value in every row ({shown}): nothing to learn from"
-    return Column(str(cells.name), "left out", note, constant=True)
+    return Column(str(present.name), "left out", note, constant=True, missing=missing)
 
 
 def _target(path: Path, cells: pd.Series) -> Target:
@@ -248,5 +273,6 @@ def _check_cells(path: Path, starter: Starter) -> None:
         features=[c.name for c in features],
         categorical=categorical,
         task=starter.target.task,
+        missing=FILLED if starter.has_missing else None,
     )
     load_table(path, config)

@@ -140,12 +140,15 @@ def _data_section(starter: Starter, data_path: Path) -> list[str]:
             f"  # left out: text with more than {MAX_CATEGORIES} values, or more than half the "
             "rows:",
             "  # an identifier or free text, which a one-hot code would only memorize",
-            *(f"  #   - {_yaml_text(c.name)}    # {c.note.split(':')[0]}" for c in left_out),
+            *(f"  #   - {_yaml_text(c.name)}    # {c.kind_note.split(':')[0]}" for c in left_out),
         ]
     if constant:
         lines += [
-            "  # left out: one value in every row, so nothing to learn from",
-            *(f"  #   - {_yaml_text(c.name)}    # {c.note.rsplit(':', 1)[0]}" for c in constant),
+            "  # left out: one value (or none) in every row, so nothing to learn from",
+            *(
+                f"  #   - {_yaml_text(c.name)}    # {c.kind_note.rsplit(':', 1)[0]}"
+                for c in constant
+            ),
         ]
     names = ", ".join(_yaml_text(name) for name in categorical)
     lines += [
@@ -156,6 +159,8 @@ def _data_section(starter: Starter, data_path: Path) -> list[str]:
         lines.append(
             _comment("  scale_target: true", "learn a standardized target; metrics in its units")
         )
+    if starter.has_missing:
+        lines += _missing_section(starter)
     train, val, test = split_for(starter)
     split = f"  split: {{train: {train:g}, val: {val:g}, test: {test:g}}}"
     how = "stratified by class; " if target.task != "regression" else ""
@@ -164,6 +169,16 @@ def _data_section(starter: Starter, data_path: Path) -> list[str]:
         _comment(f"  task: {target.task}", "regression | binary | multiclass"),
     ]
     return lines
+
+
+def _missing_section(starter: Starter) -> list[str]:
+    """data.missing for a table with missing cells (each feature's comment counts its own)."""
+    return [
+        _comment("  missing:", "empty, NA, null... cells; filled from the train rows"),
+        _comment("    strategy: median", "numbers; categories take the most frequent"),
+        _comment("    indicator: false", "true: add an is-missing input per filled column"),
+        _comment("    target: drop", f"rows without a target: {_counted(starter.dropped, 'row')}"),
+    ]
 
 
 def _model_section(starter: Starter) -> list[str]:
