@@ -71,7 +71,7 @@ def _value_problems(
     if strategy != "constant" or not isinstance(value, str):
         return []
     columns = [column] if column is not None else _section_columns(data)
-    numeric = [name for name in columns if name not in data.categorical]
+    numeric = [name for name in columns if name not in data.categorical and name not in data.dates]
     if not numeric:
         return []
     problem = f"'{clip(value)}' is text but fills the numeric column '{clip(numeric[0])}'"

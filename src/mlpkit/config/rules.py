@@ -13,6 +13,7 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from mlpkit.config import registries
+from mlpkit.config.date_rules import date_problems
 from mlpkit.config.fold_rules import fold_problems
 from mlpkit.config.locate import ALIKE
 from mlpkit.config.missing_rules import missing_problems
@@ -41,6 +42,7 @@ def cross_field_problems(loaded: LoadedConfig) -> list[Problem]:
         *fold_problems(loaded),
         *_feature_problems(loaded),
         *missing_problems(loaded),
+        *date_problems(loaded),
         *_source_problems(loaded),
         *_task_problems(loaded),
         *input_problems(loaded),

@@ -12,7 +12,7 @@ section in the order of a config file; split up, a key's default would be harder
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -137,6 +137,24 @@ class MissingConfig(_Strict):
         return own.indicator if own is not None and own.indicator is not None else self.indicator
 
 
+# The numeric parts a date column becomes (data/dates.py computes them); a column listed alone
+# takes DEFAULT_DATE_PARTS.
+DatePart = Literal[
+    "year", "month", "day", "day_of_week", "day_of_year", "hour", "minute", "ordinal"
+]
+DATE_PARTS: tuple[str, ...] = get_args(DatePart)
+DEFAULT_DATE_PARTS: tuple[DatePart, ...] = ("year", "month", "day_of_week", "ordinal")
+
+
+def _dates_spelled_out(value: Any) -> Any:
+    """`dates: [sold]` -> {sold: DEFAULT_DATE_PARTS}; `{sold: null}` alike."""
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return {column: list(DEFAULT_DATE_PARTS) for column in value}
+    if isinstance(value, dict):
+        return {k: list(DEFAULT_DATE_PARTS) if v is None else v for k, v in value.items()}
+    return value
+
+
 class DataConfig(_Strict):
     # a CSV or Parquet file, relative to this config; or a synthetic `source` instead
     path: str | None = Field(None, examples=["../data/mpg.csv"], min_length=1)
@@ -161,8 +179,16 @@ class DataConfig(_Strict):
     # missing cells: a strategy for all features (`missing: median`) or a section; unset, a
     # missing cell is an error that shows the lines to add
     missing: MissingConfig | None = None
+    # ISO date or date-time features -> the numeric parts the model takes, e.g.
+    # {sold: [year, month, day_of_week]}; a list of columns takes DEFAULT_DATE_PARTS
+    dates: dict[str, Annotated[list[DatePart], Field(min_length=1)]] = Field(default_factory=dict)
     # auto: from the loss (bce -> binary, cross_entropy -> multiclass, else regression)
     task: Literal["auto", "regression", "binary", "multiclass"] = "auto"
+
+    @field_validator("dates", mode="before")
+    @classmethod
+    def _dates_shorthand(cls, value: Any) -> Any:
+        return _dates_spelled_out(value)
 
 
 # --- model ----------------------------------------------------------------------------------

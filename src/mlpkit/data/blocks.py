@@ -34,7 +34,7 @@ from mlpkit.data.columns import (
     drop_missing_target,
     locate_columns,
     no_rows_left,
-    numeric_and_categorical,
+    numeric_and_text,
 )
 from mlpkit.data.csvtext import parse_header, parse_text
 from mlpkit.data.table import (
@@ -126,7 +126,7 @@ class CsvBlocks:
         )
         self.header_raw = read_first_line(path, origin, data.encoding)
         self.header = parse_header(path, self.header_raw, data.encoding, origin)
-        numeric, categorical = numeric_and_categorical(data, with_target)
+        numeric, categorical = numeric_and_text(data, with_target)
         _, problems = locate_columns(path, self.header, numeric + categorical)
         if problems:
             raise DataError(problems)
@@ -258,7 +258,7 @@ class ParquetBlocks:
             )
             hint = "write the file again with smaller row groups"
             raise DataError(Problem(problem, file=str(path), hint=hint))
-        numeric, categorical = numeric_and_categorical(data, with_target)
+        numeric, categorical = numeric_and_text(data, with_target)
         _, problems = locate_columns(path, file.schema_arrow.names, numeric + categorical)
         if problems:
             raise DataError(problems)

@@ -1,9 +1,10 @@
 """Check and convert the configured columns of a table, whoever parsed it.
 
 `locate_columns` finds each column in a header by name; `convert_columns` turns the cells of
-each into float64 (numeric) or stripped text (categorical) and reports every unusable cell, one
+each into float64 (numeric), seconds since 1970 (dates: data/dates.py) or stripped text
+(categorical) and reports every unusable cell, one
 problem per column and kind (first line, count), instead of letting it surface as a NaN loss.
-A missing cell is NaN (numeric) or "" (categorical) where data.missing fills that column or
+A missing cell is NaN (numeric, dates) or "" (categorical) where data.missing fills that column or
 drops the row (the target: `drop_missing_target`), and otherwise one problem for all the columns
 that have them, with the lines to add to the config.
 The same checks serve a whole CSV (csvtext.py), a streamed block and a Parquet file
@@ -20,7 +21,18 @@ import pandas as pd
 
 from mlpkit.config.missing_rules import column_strategy
 from mlpkit.config.schema import MISSING_MARKERS, DataConfig
-from mlpkit.errors import LISTED, SHOWN, DataError, Problem, clip, closest, did_you_mean
+from mlpkit.data.dates import EXPECTED as DATE_EXPECTED
+from mlpkit.data.dates import parse_dates
+from mlpkit.errors import (
+    LISTED,
+    SHOWN,
+    DataError,
+    Problem,
+    clip,
+    closest,
+    did_you_mean,
+    escaped,
+)
 
 # Cells that mean "no value" in a numeric column. Until data.missing is set, a categorical
 # column only treats an empty cell as missing: "NA" may well be a category (North America).
@@ -28,17 +40,16 @@ MISSING_NUMBERS = set(MISSING_MARKERS)
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-def numeric_and_categorical(
-    data: DataConfig, with_target: bool = True
-) -> tuple[list[str], list[str]]:
-    """Columns to read as numbers (features, then the target) and as categories."""
-    numeric = [c for c in data.features if c not in data.categorical]
-    categorical = [c for c in data.features if c in data.categorical]
+def numeric_and_text(data: DataConfig, with_target: bool = True) -> tuple[list[str], list[str]]:
+    """Columns to read as numbers (features, then the target) and as text: categorical
+    features, date features (parsed from their text), class labels."""
+    numeric = [c for c in data.features if c not in data.categorical and c not in data.dates]
+    text = [c for c in data.features if c in data.categorical or c in data.dates]
     if not with_target:
-        return numeric, categorical
+        return numeric, text
     if data.task in ("binary", "multiclass"):
-        return numeric, [*categorical, data.target]  # class labels are read as text
-    return [*numeric, data.target], categorical
+        return numeric, [*text, data.target]  # class labels are read as text
+    return [*numeric, data.target], text
 
 
 def locate_columns(
@@ -109,16 +120,20 @@ def convert_columns(
         DataError: one problem per column and kind of bad cell (first row and count), and one
             for the missing cells data.missing does not fill.
     """
-    numeric, categorical = numeric_and_categorical(data, with_target)
+    numeric, text = numeric_and_text(data, with_target)
     markers = _markers(data)
     frame = pd.DataFrame(index=pd.RangeIndex(len(lines)))
     problems: list[Problem] = []
     unfilled: list[tuple[_Where, np.ndarray]] = []
-    for column in numeric + categorical:
+    for column in numeric + text:
         where = _Where(path, column, lines, unit)
         if column in numeric:
             frame[column], missing, found = _convert_numbers(
                 where, cells[column], _hint(data, column), markers or MISSING_NUMBERS
+            )
+        elif column in data.dates:
+            frame[column], missing, found = _convert_dates(
+                where, cells[column], markers or MISSING_NUMBERS
             )
         else:
             frame[column], missing, found = _check_categories(where, cells[column], markers)
@@ -257,6 +272,24 @@ def _check_categories(
     if missing.any():
         cells = cells.where(~missing, "")
     return cells, missing, []
+
+
+def _convert_dates(
+    where: _Where, cells: pd.Series, markers: set[str]
+) -> tuple[pd.Series, np.ndarray, list[Problem]]:
+    """A date column as float64 seconds since 1970-01-01 UTC (NaN where missing), which cells
+    are missing, and a problem for the cells that are not ISO dates."""
+    if pd.api.types.is_datetime64_any_dtype(cells.dtype):  # Parquet's own timestamps
+        seconds, bad = parse_dates(cells)
+        return pd.Series(seconds), np.isnan(seconds), []
+    text = _as_text(cells)
+    missing = text.str.lower().isin(markers).to_numpy()
+    seconds, bad = parse_dates(text.where(~missing, ""))
+    problems = []
+    if bad.any():
+        first = escaped(clip(str(text.iloc[int(bad.nonzero()[0][0])]), 40))
+        problems.append(where.problem(bad, f"'{first}' is not a date", DATE_EXPECTED))
+    return pd.Series(seconds), missing, problems
 
 
 def _convert_numbers(

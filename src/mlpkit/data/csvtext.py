@@ -20,7 +20,7 @@ import pandas as pd
 
 from mlpkit.config.load import LoadedConfig
 from mlpkit.config.schema import DataConfig
-from mlpkit.data.columns import convert_columns, locate_columns, numeric_and_categorical
+from mlpkit.data.columns import convert_columns, locate_columns, numeric_and_text
 from mlpkit.errors import DataError, Problem
 from mlpkit.reading import sniff
 
@@ -55,7 +55,7 @@ def parse_text(
         refuse_binary(path, raw, data.encoding)
     text = _decode(path, raw, data.encoding, origin, line_offset)
     parsed = _parse(path, text, line_offset)
-    numeric, categorical = numeric_and_categorical(data, with_target)
+    numeric, categorical = numeric_and_text(data, with_target)
     positions, problems = locate_columns(path, parsed.header, numeric + categorical)
     if problems:
         raise DataError(problems)
