@@ -19,8 +19,9 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from mlpkit.config.missing_rules import column_strategy
-from mlpkit.config.schema import DataConfig
-from mlpkit.errors import DataError, Problem
+from mlpkit.config.schema import DataConfig, DatePart
+from mlpkit.data.dates import date_parts, parse_dates
+from mlpkit.errors import DataError, Problem, clip
 
 
 class _Frozen(BaseModel):
@@ -71,7 +72,33 @@ class CategoricalFeature(_Frozen):
         return [*blocks, missing[:, None]] if self.indicator else blocks
 
 
-Feature = Annotated[NumericFeature | CategoricalFeature, Field(discriminator="kind")]
+class DateFeature(_Frozen):
+    """A date column (seconds since 1970-01-01 UTC once read) as its standardized parts."""
+
+    name: str
+    kind: Literal["date"] = "date"
+    parts: list[DatePart] = Field(min_length=1)
+    means: list[float]  # per part, of the training rows (after filling)
+    stds: list[Annotated[float, Field(gt=0)]]
+    fill: float | None = None  # seconds a missing cell (NaN) becomes; None: none is expected
+    indicator: bool = False
+
+    @property
+    def width(self) -> int:
+        return len(self.parts) + self.indicator
+
+    def encode(self, values: np.ndarray) -> list[np.ndarray]:
+        """Seconds (NaN: missing) -> the parts' columns [rows, parts] (then is-missing)."""
+        missing = np.isnan(values)
+        if self.fill is not None:
+            values = np.where(missing, self.fill, values)
+        found = date_parts(values)
+        columns = np.stack([found[part] for part in self.parts], axis=1)
+        blocks = [(columns - np.asarray(self.means)) / np.asarray(self.stds)]
+        return [*blocks, missing[:, None]] if self.indicator else blocks
+
+
+Feature = Annotated[NumericFeature | CategoricalFeature | DateFeature, Field(discriminator="kind")]
 
 
 class TargetScale(_Frozen):
@@ -137,12 +164,14 @@ class Preprocessor(_Frozen):
 
     @property
     def input_names(self) -> list[str]:
-        """Model input columns in order: one-hot columns named `column=category`, an
-        is-missing input `column:missing`."""
+        """Model input columns in order: one-hot columns named `column=category`, date parts
+        `column:year`, an is-missing input `column:missing`."""
         names: list[str] = []
         for feature in self.features:
             if isinstance(feature, CategoricalFeature):
                 names += [f"{feature.name}={c}" for c in feature.categories]
+            elif isinstance(feature, DateFeature):
+                names += [f"{feature.name}:{part}" for part in feature.parts]
             else:
                 names.append(feature.name)
             if feature.indicator:
@@ -278,6 +307,10 @@ class TrainingRows:
                 self.counts[name] = Counter()
             if strategy == "median":
                 self.samples[name] = _Reservoir()
+        # date features: moments of each part over the present values
+        self.part_moments = {
+            name: {part: _Moments() for part in parts} for name, parts in data.dates.items()
+        }
         self.label_counts: Counter[str] = Counter()  # classification: canonical label -> rows
         self.target_range = (math.inf, -math.inf)  # regression: the target's min and max
 
@@ -300,6 +333,10 @@ class TrainingRows:
                 self.counts[name].update(dict(zip(found.tolist(), times.tolist(), strict=True)))
             if name in self.samples:
                 self.samples[name].add(present)
+            if name in self.part_moments:
+                parts = date_parts(present)
+                for part, moments in self.part_moments[name].items():
+                    moments.add(parts[part])
         target = train[self.data.target]
         if self.classification:
             for label, count in target.value_counts(sort=False).items():
@@ -320,7 +357,11 @@ class TrainingRows:
         """
         data = self.data
         features: list[Feature] = [
-            self._categorical(name) if name in data.categorical else self._numeric(name)
+            self._categorical(name)
+            if name in data.categorical
+            else self._date(name)
+            if name in data.dates
+            else self._numeric(name)
             for name in data.features
         ]
         target: TargetScale | ClassLabels = TargetScale(name=data.target)
@@ -345,12 +386,36 @@ class TrainingRows:
         mean, std = moments.mean_std()
         return NumericFeature(name=name, mean=mean, std=std, fill=fill, indicator=self._flag(name))
 
+    def _date(self, name: str) -> DateFeature:
+        """Each part's scaling as it will see the column: missing cells at the fill date."""
+        fill = self._numeric_fill(name)
+        parts = self.data.dates[name]
+        means, stds = [0.0] * len(parts), [1.0] * len(parts)
+        if self.data.standardize:
+            filled = date_parts(np.asarray([fill if fill is not None else 0.0]))
+            for i, part in enumerate(parts):
+                moments = self.part_moments[name][part]
+                if fill is not None and self.missing[name]:
+                    at_fill = _Moments(self.missing[name], float(filled[part][0]), 0.0)
+                    moments = moments.merged(at_fill)
+                means[i], stds[i] = moments.mean_std()
+        return DateFeature(
+            name=name,
+            parts=parts,
+            means=means,
+            stds=stds,
+            fill=fill,
+            indicator=self._flag(name),
+        )
+
     def _numeric_fill(self, name: str) -> float | None:
         strategy = column_strategy(self.data, name)
         if strategy == "error":
             return None
         if strategy == "constant":
             value = self._constant(name)
+            if name in self.data.dates:
+                return self._constant_date(name, str(value))
             return float(value)
         if self.moments[name].n == 0:
             raise self._no_values(name, strategy)
@@ -391,6 +456,18 @@ class TrainingRows:
         value = self.data.missing.value_for(name)
         assert value is not None  # missing_rules refuses a constant without a value
         return value
+
+    def _constant_date(self, name: str, value: str) -> float:
+        seconds, bad = parse_dates(pd.Series([value.strip()]))
+        if bad[0] or np.isnan(seconds[0]):
+            raise DataError(
+                Problem(
+                    f"the constant '{clip(value, 40)}' for the date column '{name}' is not a date",
+                    where="data.missing",
+                    hint="expected an ISO date (2024-03-05) or date-time (2024-03-05T14:30:00)",
+                )
+            )
+        return float(seconds[0])
 
     def _flag(self, name: str) -> bool:
         missing = self.data.missing

@@ -103,7 +103,15 @@ def load_run_config(run: runs.Run) -> LoadedConfig:
     loaded = load_config(run.config_path)
     data, state = loaded.config.data, run.preprocessor
     expected = [
-        (name, "categorical" if name in data.categorical else "numeric") for name in data.features
+        (
+            name,
+            "categorical"
+            if name in data.categorical
+            else "date"
+            if name in data.dates
+            else "numeric",
+        )
+        for name in data.features
     ]
     found = [(feature.name, feature.kind) for feature in state.features]
     if found != expected or state.target.name != data.target:

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 import mlpkit
-from mlpkit.data.preprocessing import CategoricalFeature, Preprocessor
+from mlpkit.data.dates import date_parts
+from mlpkit.data.preprocessing import CategoricalFeature, DateFeature, Preprocessor
 from mlpkit.errors import MlpkitError, Problem
 from mlpkit.train.model import MultiInput
 from mlpkit.train.tasks import Binary, Multiclass, Regression, Task
@@ -100,6 +101,47 @@ class _Graph:
             name += "_"
         self.taken.add(name)
         return name
+
+
+class _Values:
+    """A float64 value of the graph that +, -, *, / and // with numbers turn into nodes, so
+    data/dates.py's date_parts writes its arithmetic into the graph as it computes numpy's."""
+
+    def __init__(self, g: _Graph, name: str) -> None:
+        self.g, self.name = g, name
+
+    def _other(self, other: _Values | float) -> str:
+        if isinstance(other, _Values):
+            return other.name
+        return self.g.const(np.asarray(other, dtype=np.float64))
+
+    def _op(self, kind: str, a: str, b: str) -> _Values:
+        return _Values(self.g, self.g.op(kind, a, b))
+
+    def __add__(self, other: _Values | float) -> _Values:
+        return self._op("Add", self.name, self._other(other))
+
+    def __radd__(self, other: float) -> _Values:
+        return self._op("Add", self._other(other), self.name)
+
+    def __sub__(self, other: _Values | float) -> _Values:
+        return self._op("Sub", self.name, self._other(other))
+
+    def __rsub__(self, other: float) -> _Values:
+        return self._op("Sub", self._other(other), self.name)
+
+    def __mul__(self, other: _Values | float) -> _Values:
+        return self._op("Mul", self.name, self._other(other))
+
+    def __rmul__(self, other: float) -> _Values:
+        return self._op("Mul", self._other(other), self.name)
+
+    def __truediv__(self, other: _Values | float) -> _Values:
+        return self._op("Div", self.name, self._other(other))
+
+    def __floordiv__(self, other: _Values | float) -> _Values:
+        quotient = self.g.op("Div", self.name, self._other(other))
+        return _Values(self.g, self.g.op("Floor", quotient))
 
 
 def onnx_model(preprocessor: Preprocessor, model: nn.Module, task: Task) -> onnx.ModelProto:
@@ -179,8 +221,15 @@ def _preprocessing(g: _Graph, preprocessor: Preprocessor) -> str:
             if feature.fill is not None:
                 fill = g.const(np.asarray(feature.fill, dtype=np.float64))
                 column = g.op("Where", missing, fill, column)
-            centred = g.op("Sub", column, g.const(np.asarray(feature.mean, dtype=np.float64)))
-            scaled = g.op("Div", centred, g.const(np.asarray(feature.std, dtype=np.float64)))
+            if isinstance(feature, DateFeature):
+                parts = date_parts(_Values(g, column))  # [batch, 1] each
+                values = [parts[part].name for part in feature.parts]
+                column = g.op("Concat", *values, axis=1) if len(values) > 1 else values[0]
+                mean, std = np.asarray([feature.means]), np.asarray([feature.stds])
+            else:
+                mean, std = np.asarray(feature.mean), np.asarray(feature.std)
+            centred = g.op("Sub", column, g.const(mean.astype(np.float64)))
+            scaled = g.op("Div", centred, g.const(std.astype(np.float64)))
             blocks.append(g.op("Cast", scaled, to=TensorProto.FLOAT))
         if feature.indicator:
             blocks.append(g.op("Cast", missing, to=TensorProto.FLOAT))  # [batch, 1]

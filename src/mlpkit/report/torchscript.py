@@ -22,7 +22,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from mlpkit.data.preprocessing import CategoricalFeature, NumericFeature, Preprocessor
+from mlpkit.data.dates import date_parts
+from mlpkit.data.preprocessing import (
+    CategoricalFeature,
+    DateFeature,
+    NumericFeature,
+    Preprocessor,
+)
 from mlpkit.report.onnx_graph import output_name, raw_columns
 from mlpkit.train.tasks import Regression, Task
 
@@ -38,8 +44,11 @@ class Pipeline(nn.Module):
     categorical: list[str]
     output: str
     classes: list[str]
-    means: list[float]  # per column; categorical columns 0
-    stds: list[float]  # per column; categorical columns 1
+    means: list[float]  # per column; categorical and date columns 0
+    stds: list[float]  # per column; categorical and date columns 1
+    parts: list[list[str]]  # date columns: the parts, in order; other columns []
+    part_means: list[list[float]]  # date columns: per part
+    part_stds: list[list[float]]
     codes: list[dict[str, int]]  # per column: category -> its one-hot position; numeric {}
     fills: list[bool]  # per column: whether a missing cell is filled (data.missing)
     number_fills: list[float]  # numeric columns: a missing cell (NaN) becomes this
@@ -54,15 +63,19 @@ class Pipeline(nn.Module):
         features = preprocessor.features
         self.columns = [feature.name for feature in features]
         self.categorical = [f.name for f in features if isinstance(f, CategoricalFeature)]
-        self.means = [0.0 if isinstance(f, CategoricalFeature) else f.mean for f in features]
-        self.stds = [1.0 if isinstance(f, CategoricalFeature) else f.std for f in features]
+        self.means = [f.mean if isinstance(f, NumericFeature) else 0.0 for f in features]
+        self.stds = [f.std if isinstance(f, NumericFeature) else 1.0 for f in features]
+        dates = [f if isinstance(f, DateFeature) else None for f in features]
+        self.parts = [list(f.parts) if f is not None else [] for f in dates]
+        self.part_means = [list(f.means) if f is not None else [] for f in dates]
+        self.part_stds = [list(f.stds) if f is not None else [] for f in dates]
         self.codes = [
             {c: i for i, c in enumerate(f.categories)} if isinstance(f, CategoricalFeature) else {}
             for f in features
         ]
         self.fills = [f.fill is not None for f in features]
         self.number_fills = [
-            f.fill if isinstance(f, NumericFeature) and f.fill is not None else 0.0
+            f.fill if not isinstance(f, CategoricalFeature) and f.fill is not None else 0.0
             for f in features
         ]
         self.text_fills = [
@@ -107,8 +120,14 @@ class Pipeline(nn.Module):
                 missing = torch.isnan(column)
                 if self.fills[i]:
                     column = torch.where(missing, self.number_fills[i], column)
-                scaled = (column - self.means[i]) / self.stds[i]
-                blocks.append(scaled.to(torch.float32).unsqueeze(1))
+                if len(self.parts[i]) > 0:  # a date: seconds since 1970 -> its parts
+                    found = date_parts(column)
+                    for k, part in enumerate(self.parts[i]):
+                        scaled = (found[part] - self.part_means[i][k]) / self.part_stds[i][k]
+                        blocks.append(scaled.to(torch.float32).unsqueeze(1))
+                else:
+                    scaled = (column - self.means[i]) / self.stds[i]
+                    blocks.append(scaled.to(torch.float32).unsqueeze(1))
             if self.indicators[i]:
                 blocks.append(missing.to(torch.float32).unsqueeze(1))  # [batch, 1]
         logits: torch.Tensor = self.network(torch.cat(blocks, dim=1))  # [batch, outputs]

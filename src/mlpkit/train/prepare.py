@@ -29,6 +29,7 @@ from mlpkit.data import filestream, synthetic
 from mlpkit.data.blocks import load_table
 from mlpkit.data.filestream import FileScan
 from mlpkit.data.preprocessing import (
+    CategoricalFeature,
     NumericFeature,
     Preprocessor,
     TargetScale,
@@ -175,7 +176,7 @@ def _missing_cells(table: Table, preprocessor: Preprocessor) -> dict[str, int]:
     counts = {}
     for feature in preprocessor.features:
         column = table.frame[feature.name]
-        missing = column.isna() if isinstance(feature, NumericFeature) else column == ""
+        missing = column == "" if isinstance(feature, CategoricalFeature) else column.isna()
         if missing.any():
             counts[feature.name] = int(missing.sum())
     return counts
