@@ -198,3 +198,16 @@ def test_predict_eval_onnx_and_torchscript_agree_on_dates(
     loaded = torch.jit.load(done["torchscript"])  # type: ignore[no-untyped-call]
     script_got = loaded({k: torch.from_numpy(v) for k, v in numbers.items()}).numpy()
     assert np.abs(script_got - want).max() <= 1e-5
+
+
+def test_init_recognises_a_date_column_and_its_config_trains(cli: Cli, tmp_path: Path) -> None:
+    table = tmp_path / "dated.csv"
+    table.write_text(dated_csv())
+    out = tmp_path / "dated.yaml"
+    assert cli("init", table, "--target", "y", "--out", out).code == 0
+    text = out.read_text()
+    assert "  dates: [when]" in text and "ISO date-times, 1969-07-20T20:17:40+01:00 to" in text
+    result = cli("train", out, "--runs-dir", tmp_path / "runs", "-q", "--set", "training.epochs=2")
+    assert result.code == 0, result.err
+    features = json.loads((Path(result.last_line) / "preprocessing.json").read_text())["features"]
+    assert features[0]["kind"] == "date"

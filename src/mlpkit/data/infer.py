@@ -13,6 +13,8 @@ that into the config's text. The rules, also written into the config's comments:
   free text, and is left out (named in a comment), since a one-hot code of it only memorizes
   rows.
 - A feature with one value in every row is left out (named in a comment): nothing to learn.
+- A column whose every cell is an ISO date or date-time is a date (data.dates: year, month,
+  day of week and days since 1970 as numeric inputs).
 - Missing cells (empty, NA, null, ...: data.missing's markers) are counted per column and
   do not decide its kind; the config then fills them (median, or most frequent for
   categories) and drops rows without a target, saying how many of each.
@@ -33,9 +35,10 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from mlpkit.config.schema import DataConfig, MissingConfig, TaskKind
+from mlpkit.config.schema import DEFAULT_DATE_PARTS, DataConfig, MissingConfig, TaskKind
 from mlpkit.data.blocks import check_parquet_footer, is_parquet, load_table
 from mlpkit.data.csvtext import parse_header
+from mlpkit.data.dates import is_date_text
 from mlpkit.data.preprocessing import canonical_label
 from mlpkit.data.table import check_data_file, read_first_line
 from mlpkit.errors import DataError, Problem, clip, did_you_mean, escaped
@@ -44,7 +47,7 @@ FEW_VALUES = 10  # integer features: named as possible codes; integer targets: c
 MAX_CATEGORIES = 50  # more distinct texts than this: an identifier, not a category
 STRAY_SHARE = 0.05  # a column of numbers with at most this share of other cells: a data error
 
-Kind = Literal["numeric", "categorical", "left out"]
+Kind = Literal["numeric", "categorical", "date", "left out"]
 
 # What the written config says when the table has missing cells: numbers take the median,
 # categories the most frequent (missing_rules.column_strategy), rows without a target go.
@@ -194,6 +197,10 @@ def _column(path: Path, cells: pd.Series, lines: np.ndarray, unit: str) -> Colum
             note = f"integers, {distinct} values"
             return Column(name, "numeric", note, code_like=distinct > 2, missing=missing)
         return Column(name, "numeric", "numbers", missing=missing)
+    if is_date_text(present):
+        kind = "dates" if present.str.len().max() <= len("2024-03-05") else "date-times"
+        note = f"ISO {kind}, {present.min()} to {present.max()}"
+        return Column(name, "date", note, missing=missing)
     strays = values.isna()
     if strays.mean() <= STRAY_SHARE:  # numbers but for a few cells, such as auto-mpg's '?'
         first = int(strays.to_numpy().nonzero()[0][0])
@@ -272,6 +279,7 @@ def _check_cells(path: Path, starter: Starter) -> None:
         target=starter.target.name,
         features=[c.name for c in features],
         categorical=categorical,
+        dates={c.name: list(DEFAULT_DATE_PARTS) for c in features if c.kind == "date"},
         task=starter.target.task,
         missing=FILLED if starter.has_missing else None,
     )

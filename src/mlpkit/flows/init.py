@@ -151,6 +151,11 @@ def _data_section(starter: Starter, data_path: Path) -> list[str]:
             ),
         ]
     names = ", ".join(_yaml_text(name) for name in categorical)
+    dates = [c.name for c in features if c.kind == "date"]
+    if dates:
+        listed = ", ".join(_yaml_text(name) for name in dates)
+        why = "year, month, day_of_week, ordinal (days since 1970)"
+        lines.append(_comment(f"  dates: [{listed}]", why))
     lines += [
         _comment(f"  categorical: [{names}]", "one-hot encoded (categories of the train rows)"),
         _comment("  standardize: true", "numeric features: mean/std of the train rows"),
