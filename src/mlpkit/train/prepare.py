@@ -69,7 +69,9 @@ class Prepared:
             notes.append(f"{self.table.dropped:,} dropped for a missing target")
         filled = sum(self.filled.values())
         if filled:
-            notes.append(f"{filled:,} missing cells filled in {len(self.filled)} columns")
+            cells = "1 missing cell" if filled == 1 else f"{filled:,} missing cells"
+            columns = "1 column" if len(self.filled) == 1 else f"{len(self.filled)} columns"
+            notes.append(f"{cells} filled in {columns}")
         notes += [f"{part}: {t.n_rows} rows of {t.path.name}" for part, t in self.files.items()]
         return f" ({'; '.join(notes)})" if notes else ""
 
