@@ -1,4 +1,5 @@
-"""Produce data/mpg.csv and data/mpg-missing.csv once from the "cars" table bundled in the PyPI package vega_datasets.
+"""Produce data/mpg.csv and data/mpg-missing.csv once from the "cars" table bundled in the
+PyPI package vega_datasets.
 
 Run from the repository root (not part of mlpkit's runtime; vega_datasets is not a dependency):
 

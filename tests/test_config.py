@@ -39,7 +39,7 @@ def test_every_shipped_config_validates_and_documents_itself(path: Path) -> None
 def test_misspelt_key_gets_line_and_did_you_mean(project: Project) -> None:
     project.edit_config("  features:", "  featurs:")
     assert errors_of(project.config) == [
-        f"Error: {project.config}:6: data.featurs: unknown key; did you mean 'features'? expected one of: categorical, chunk_rows, encoding, eval_rows, features, missing, path, scale_target, source, split, standardize, stream, target, task, test_path, val_path, workers"
+        f"Error: {project.config}:6: data.featurs: unknown key; did you mean 'features'? expected one of: categorical, chunk_rows, dates, encoding, eval_rows, features, missing, path, scale_target, source, split, standardize, stream, target, task, test_path, val_path, workers"
     ]
 
 
