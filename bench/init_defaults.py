@@ -62,7 +62,7 @@ def measure(table: Path, target: str, seeds: int, overrides: list[str], folder: 
     metric = "r2" if "r2" in summary["test"] else "accuracy"
     baseline = "linear_regression" if metric == "r2" else "logistic_regression"
     mine = np.asarray(summary["test"][metric]["values"])
-    theirs = np.asarray(summary["baselines"][f"{baseline} {metric}"]["values"])
+    theirs = np.asarray(summary["baselines"][baseline][metric]["values"])
     won, tied = int((mine > theirs + 1e-9).sum()), int((abs(mine - theirs) <= 1e-9).sum())
     return (
         f"{table.stem:14} {metric:8} {mine.mean():.3f} ± {mine.std(ddof=1):.3f}   "
