@@ -177,13 +177,27 @@ def _data_section(starter: Starter, data_path: Path) -> list[str]:
 
 
 def _missing_section(starter: Starter) -> list[str]:
-    """data.missing for a table with missing cells (each feature's comment counts its own)."""
-    return [
+    """data.missing for a table with missing cells: the strategy, then each column that has
+    any with the strategy that fills it (median for numbers and dates, most frequent for
+    categories, as missing_rules.column_strategy chooses from the section's median)."""
+    lines = [
         _comment("  missing:", "empty, NA, null... cells; filled from the train rows"),
-        _comment("    strategy: median", "numbers; categories take the most frequent"),
+        _comment("    strategy: median", "mean | median | most_frequent | constant"),
         _comment("    indicator: false", "true: add an is-missing input per filled column"),
         _comment("    target: drop", f"rows without a target: {_counted(starter.dropped, 'row')}"),
     ]
+    gaps = [c for c in starter.features if c.missing]
+    if gaps:
+        lines.append(_comment("    columns:", "those with missing cells, and what fills them"))
+        lines += [
+            _comment(
+                f"      {_yaml_text(c.name)}: "
+                + ("most_frequent" if c.kind == "categorical" else "median"),
+                _counted(c.missing, "missing cell"),
+            )
+            for c in gaps
+        ]
+    return lines
 
 
 def _model_section(starter: Starter) -> list[str]:
