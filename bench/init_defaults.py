@@ -1,10 +1,10 @@
 """How `mlpkit init`'s starter config does on tables it was not built on, beside the linear
 baselines every run reports (issue 15). On demand:
 
-    .venv/bin/python bench/init_defaults.py [--seeds 5] [--set KEY=VALUE ...]
+    .venv/bin/python bench/init_defaults.py [--seeds 5] [--set KEY=VALUE ...] [--tables ...]
 
 For each table (scikit-learn's bundled diabetes, iris, wine, breast cancer, digits and
-linnerud; the shipped penguins and auto-mpg with missing cells): `mlpkit init` then `mlpkit
+linnerud; the shipped penguins, auto-mpg with its missing cells and without them): `mlpkit init` then `mlpkit
 train --seeds N`, and a line with the mean test metric (R2 or accuracy) and its sample std, the
 baseline's mean, and on how many seeds the network beat, tied or lost to the baseline. `--set`
 passes overrides to every train, to try another default side by side.
@@ -74,6 +74,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--set", action="append", default=[], dest="overrides")
+    parser.add_argument("--tables", nargs="*", help="only these (file stems), e.g. diabetes")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)
@@ -81,10 +82,13 @@ def main() -> None:
             *sklearn_tables(folder),
             (REPO / "data" / "penguins.csv", "species"),
             (REPO / "data" / "mpg-missing.csv", "mpg"),
+            (REPO / "data" / "mpg.csv", "mpg"),
         ]
         print(f"init defaults, test metric over seeds 0-{args.seeds - 1}; overrides: "
               f"{args.overrides or 'none'}")  # fmt: skip
         for table, target in tables:
+            if args.tables and table.stem not in args.tables:
+                continue
             print(measure(table, target, args.seeds, args.overrides, folder), flush=True)
 
 
