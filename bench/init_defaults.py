@@ -4,10 +4,10 @@ baselines every run reports (issue 15). On demand:
     .venv/bin/python bench/init_defaults.py [--seeds 5] [--set KEY=VALUE ...] [--tables ...]
 
 For each table (scikit-learn's bundled diabetes, iris, wine, breast cancer, digits and
-linnerud; the shipped penguins, auto-mpg with its missing cells and without them): `mlpkit init` then `mlpkit
-train --seeds N`, and a line with the mean test metric (R2 or accuracy) and its sample std, the
-baseline's mean, and on how many seeds the network beat, tied or lost to the baseline. `--set`
-passes overrides to every train, to try another default side by side.
+linnerud; the shipped penguins, auto-mpg with its missing cells and without them): `mlpkit
+init` then `mlpkit train --seeds N`, and a line with the mean test metric (R2 or accuracy)
+and its sample std, the baseline's mean, and on how many seeds the network beat, tied or lost
+to the baseline. `--set` passes overrides to every train, to try another default side by side.
 """
 
 from __future__ import annotations
