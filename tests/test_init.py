@@ -233,7 +233,7 @@ def test_mpg_starter_reaches_r2_085(cli: Cli, tmp_path: Path) -> None:
     result = cli("train", out, "--runs-dir", tmp_path / "runs", "-q")
     assert result.code == 0, result.err
     metrics = json.loads((Path(result.last_line) / "metrics.json").read_text())
-    assert metrics["test"]["r2"] >= 0.85  # 0.869 at seed 0; seeds 0-4: 0.860-0.932
+    assert metrics["test"]["r2"] >= 0.85  # seeds 0-4: 0.857 ± 0.027 (docs/RESULTS.md)
     assert metrics["test"]["r2"] > metrics["baselines"]["linear_regression"]["r2"]
 
 
