@@ -90,12 +90,17 @@ def test_torchscript_compiles_the_same_function_to_the_same_parts() -> None:
 def test_iso_forms_parse_to_utc_and_others_are_bad() -> None:
     cells = pd.Series(
         ["1970-01-01", "1970-01-02T00:00:01", "1970-01-01 01:00", "1970-01-01T02:00:00+02:00",
-         "1970-01-01T00:00:00Z", "", "2024-13-01", "01/02/2024", "yesterday"]
+         "1970-01-01T00:00:00Z", "", "2024-13-01", "01/02/2024", "yesterday", "2024-02-30",
+         "2024-01-01T10:00:00+99:99", "0001-01-01", "9999-12-31T23:59:59"]
     )  # fmt: skip
     seconds, bad = parse_dates(cells)
     assert list(seconds[:5]) == [0.0, 86401.0, 3600.0, 0.0, 0.0]
     assert np.isnan(seconds[5]) and not bad[5]  # empty: missing, not bad
-    assert list(bad[6:]) == [True, True, True]
+    assert bad[6:11].all() and np.isnan(seconds[6:11]).all()
+    # years beyond pandas' nanoseconds (1677-2262) are dates too, with the calendar's parts
+    assert not bad[11:].any()
+    parts = date_parts(seconds[11:])
+    assert list(parts["year"]) == [1, 9999] and list(parts["day_of_year"]) == [1, 365]
 
 
 def test_parts_are_standardized_over_the_training_rows_after_filling() -> None:
@@ -146,7 +151,7 @@ def test_a_cell_that_is_not_a_date_names_its_line(cli: Cli, dated: Project) -> N
     assert result.code == 2
     assert result.err.startswith(
         f"Error: {dated.data}: column 'when', line 4: '03/01/2021' is not a date; expected an "
-        "ISO date (2024-03-05) or date-time (2024-03-05T14:30:00)"
+        "ISO date (2024-03-05) or date-time (2024-03-05T14:30:00), a real day"
     )
 
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # date_parts takes numpy arrays, torch tensors and ONNX nodes
 ISO_DATE = re.compile(
     r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?)?(?:Z|[+-]\d{2}:?\d{2})?"
 )
-EXPECTED = "expected an ISO date (2024-03-05) or date-time (2024-03-05T14:30:00)"
+EXPECTED = "expected an ISO date (2024-03-05) or date-time (2024-03-05T14:30:00), a real day"
 
 
 def parse_dates(cells: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -44,9 +44,10 @@ def parse_dates(cells: pd.Series) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _seconds(stamps: pd.Series) -> np.ndarray:
-    """UTC timestamps (NaT: NaN) as float64 seconds since 1970-01-01."""
-    nanoseconds = stamps.astype("datetime64[ns, UTC]").to_numpy(dtype="datetime64[ns]")
-    seconds = nanoseconds.astype(np.int64).astype(np.float64) / 1e9
+    """UTC timestamps (NaT: NaN) as float64 seconds since 1970-01-01, in microseconds first
+    (pandas may hold them in seconds, micro- or nanoseconds, by the years they reach)."""
+    naive = stamps.dt.tz_convert(None).to_numpy(dtype="datetime64[us]")
+    seconds = naive.astype(np.int64).astype(np.float64) / 1e6
     return np.where(pd.isna(stamps).to_numpy(), np.nan, seconds)
 
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mlpkit.config.missing_rules import column_strategy
 from mlpkit.config.schema import DataConfig, DatePart
+from mlpkit.data.dates import EXPECTED as DATE_EXPECTED
 from mlpkit.data.dates import date_parts, parse_dates
 from mlpkit.errors import DataError, Problem, clip
 
@@ -464,7 +465,7 @@ class TrainingRows:
                 Problem(
                     f"the constant '{clip(value, 40)}' for the date column '{name}' is not a date",
                     where="data.missing",
-                    hint="expected an ISO date (2024-03-05) or date-time (2024-03-05T14:30:00)",
+                    hint=DATE_EXPECTED,
                 )
             )
         return float(seconds[0])
