@@ -112,3 +112,19 @@ def test_the_probe_sees_torch_when_a_command_needs_it(config: Path) -> None:
     assert (code, err) == (0, "")
     assert out.startswith(f"ok: {config}: 50 rows")
     assert "torch" in imported
+
+
+@pytest.mark.slow
+def test_a_regression_run_never_imports_sklearn_a_classification_run_does(config: Path) -> None:
+    # The regression baselines are least squares in numpy; scikit-learn (about a second to
+    # import) is loaded for logistic regression and the classification metrics only.
+    code, imported, _, err = probe("train", config, "-q", "--runs-dir", "runs", cwd=config.parent)
+    assert (code, err) == (0, "")
+    assert "torch" in imported and "sklearn" not in imported
+    classify = ["--set", "data.target=color", "--set", "data.features=[a, b]",
+                "--set", "data.categorical=[]", "--set", "training.loss=cross_entropy",
+                "--set", "model.layers.1.units=3"]  # fmt: skip
+    code, imported, _, err = probe("train", config, "-q", "--runs-dir", "runs", *classify,
+                                   cwd=config.parent)  # fmt: skip
+    assert (code, err) == (0, ""), err
+    assert "sklearn" in imported

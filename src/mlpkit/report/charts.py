@@ -16,7 +16,6 @@ from matplotlib.backends.backend_agg import RendererAgg
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 from matplotlib.ticker import FuncFormatter, MaxNLocator
-from sklearn import metrics as sk
 
 if TYPE_CHECKING:
     from mlpkit.report.plots import RunData  # plots.py imports this module to draw
@@ -243,6 +242,8 @@ Drawn = tuple[str, np.ndarray, np.ndarray, float]  # legend entry, x, y, the cla
 
 
 def roc_curve(data: RunData, curves: list[Curve]) -> Figure:
+    from sklearn import metrics as sk  # classification only: a regression run never loads it
+
     drawn: list[Drawn] = []
     for label, positive, probability in curves:
         name = _curve_name(data, label, len(curves))
@@ -262,6 +263,8 @@ def roc_curve(data: RunData, curves: list[Curve]) -> Figure:
 
 
 def pr_curve(data: RunData, curves: list[Curve]) -> Figure:
+    from sklearn import metrics as sk
+
     drawn: list[Drawn] = []
     for label, positive, probability in curves:
         name = _curve_name(data, label, len(curves))
@@ -315,6 +318,7 @@ def _curve_name(data: RunData, label: str, curves: int) -> str:
 def _curve_style(index: int, curves: int) -> dict[str, Any]:
     """Colours from the cycle (dashed after ten). A few curves are drawn wider the earlier
     they come, so curves that coincide (a perfect classifier's) still show every colour."""
+
     width = 1.5
     if curves <= MANY_CURVES:
         width += 1.5 * (curves - 1 - index) / max(curves - 1, 1)

@@ -14,8 +14,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn import metrics as sk
-from sklearn.linear_model import LogisticRegression
 from torch import nn
 
 from mlpkit.config import registries
@@ -118,6 +116,8 @@ class Binary:
 
     def confusion(self, y: torch.Tensor, outputs: torch.Tensor) -> list[list[int]]:
         predicted = self.probabilities(outputs) >= self.threshold
+        from sklearn import metrics as sk  # classification only: see _logistic
+
         matrix = sk.confusion_matrix(y[:, 0].long().cpu().numpy(), predicted, labels=[0, 1])
         return matrix.tolist()  # type: ignore[no-any-return]
 
@@ -176,6 +176,8 @@ class Multiclass:
     def confusion(self, y: torch.Tensor, outputs: torch.Tensor) -> list[list[int]]:
         predicted = self.probabilities(outputs).argmax(axis=1)
         labels = list(range(len(self.labels.classes)))
+        from sklearn import metrics as sk
+
         return sk.confusion_matrix(y.cpu().numpy(), predicted, labels=labels).tolist()  # type: ignore[no-any-return]
 
 
@@ -219,6 +221,8 @@ def binary_scores(
     truth: np.ndarray, positive: np.ndarray, threshold: float, names: list[str] | None
 ) -> Scores:
     """Binary metrics from 0/1 truth and P(positive); ROC AUC only when both classes occur."""
+    from sklearn import metrics as sk
+
     predicted = (positive >= threshold).astype(int)
     metrics: dict[str, Callable[[], float]] = {
         "accuracy": lambda: sk.accuracy_score(truth, predicted),
@@ -239,6 +243,8 @@ def multiclass_scores(
 
     F1 averages over the classes present in truth or prediction, as sklearn does by default.
     """
+    from sklearn import metrics as sk
+
     labels = list(range(probabilities.shape[1]))
     predicted = probabilities.argmax(axis=1)
     top = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]  # [rows, k]
@@ -258,5 +264,9 @@ def _computed(metrics: dict[str, Callable[[], float]], names: list[str] | None) 
     return {name: float(compute()) for name, compute in chosen.items()}
 
 
-def _logistic(x: np.ndarray, y: np.ndarray) -> LogisticRegression:
+def _logistic(x: np.ndarray, y: np.ndarray) -> Any:
+    """scikit-learn's logistic regression, fitted. sklearn (a second to import) is imported
+    here and in the classification metrics only, so a regression run never loads it."""
+    from sklearn.linear_model import LogisticRegression
+
     return LogisticRegression(max_iter=5000).fit(x.astype(np.float64), y)
