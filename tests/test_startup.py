@@ -23,7 +23,8 @@ PROBE = """\
 import json, sys
 from mlpkit.cli import run_cli
 code = run_cli(sys.argv[1:])
-heavy = ["torch", "pandas", "numpy", "sklearn", "pyarrow", "matplotlib", "mlpkit.flows.train"]
+heavy = ["torch", "pandas", "numpy", "sklearn", "pyarrow", "matplotlib", "mlpkit.flows.train",
+         "torch._dynamo"]
 print(json.dumps({"code": code, "imported": [m for m in heavy if m in sys.modules]}))
 """
 
@@ -115,12 +116,15 @@ def test_the_probe_sees_torch_when_a_command_needs_it(config: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_regression_run_never_imports_sklearn_a_classification_run_does(config: Path) -> None:
+def test_a_regression_run_imports_neither_sklearn_nor_dynamo_a_classification_run_does(
+    config: Path,
+) -> None:
     # The regression baselines are least squares in numpy; scikit-learn (about a second to
     # import) is loaded for logistic regression and the classification metrics only.
     code, imported, _, err = probe("train", config, "-q", "--runs-dir", "runs", cwd=config.parent)
     assert (code, err) == (0, "")
     assert "torch" in imported and "sklearn" not in imported
+    assert "torch._dynamo" not in imported  # the direct engine's run: train/eager.py
     classify = ["--set", "data.target=color", "--set", "data.features=[a, b]",
                 "--set", "data.categorical=[]", "--set", "training.loss=cross_entropy",
                 "--set", "model.layers.1.units=3"]  # fmt: skip

@@ -16,7 +16,7 @@ from mlpkit.config import registries
 from mlpkit.config.schema import Config
 from mlpkit.data.preprocessing import Preprocessor
 from mlpkit.errors import ConfigError, EnvironmentFault, Problem
-from mlpkit.train import budget, direct, threads
+from mlpkit.train import budget, direct, eager, threads
 from mlpkit.train.loop import EarlyStopping
 from mlpkit.train.model import InputSpec, build_model
 from mlpkit.train.prepare import Prepared
@@ -80,6 +80,7 @@ def make_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
     if settings.name in FUSED:
         options["fused"] = True
     optimizer_class = registries.OPTIMIZERS[settings.name]
+    eager.skip_dynamo_import()
     return optimizer_class(model.parameters(), **options)
 
 
