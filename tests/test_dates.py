@@ -143,6 +143,14 @@ def test_config_mistakes_are_one_line_at_the_key(
     assert expected in result.err
 
 
+def test_a_date_column_not_listed_in_dates_gets_the_line_to_add(cli: Cli, dated: Project) -> None:
+    dated.edit_config("  dates: [when]\n", "")
+    result = cli("check", dated.config)
+    assert result.code == 2
+    assert "column 'when', line 2: non-numeric value '" in result.err
+    assert result.err.strip().endswith("a date: list 'when' in data.dates for its year, month, ...")
+
+
 def test_a_cell_that_is_not_a_date_names_its_line(cli: Cli, dated: Project) -> None:
     lines = dated.data.read_text().splitlines()
     lines[3] = "03/01/2021" + lines[3][lines[3].index(",") :]

@@ -22,7 +22,7 @@ import pandas as pd
 from mlpkit.config.missing_rules import column_strategy
 from mlpkit.config.schema import MISSING_MARKERS, DataConfig
 from mlpkit.data.dates import EXPECTED as DATE_EXPECTED
-from mlpkit.data.dates import parse_dates
+from mlpkit.data.dates import ISO_DATE, parse_dates
 from mlpkit.errors import (
     LISTED,
     SHOWN,
@@ -310,6 +310,8 @@ def _convert_numbers(
     problems = []
     if bad.any():
         first = str(cells.iloc[int(bad.nonzero()[0][0])])
+        if ISO_DATE.fullmatch(first):  # a date column not yet listed as one
+            hint = f"a date: list '{where.column}' in data.dates for its year, month, ..."
         problems.append(where.problem(bad, f"non-numeric value '{first}'", hint))
     infinite = np.isinf(values)
     if infinite.any():
