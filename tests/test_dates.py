@@ -17,7 +17,8 @@ from torch import nn
 
 from mlpkit.config.schema import DATE_PARTS, DataConfig, MissingConfig
 from mlpkit.data.dates import date_parts, parse_dates
-from mlpkit.data.preprocessing import DateFeature, fit_preprocessor
+from mlpkit.data.fitting import fit_preprocessor
+from mlpkit.data.preprocessing import DateFeature
 from mlpkit.flows import export
 
 

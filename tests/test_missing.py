@@ -17,8 +17,9 @@ import torch
 from conftest import Cli, Project
 
 from mlpkit.config.schema import DataConfig, MissingConfig
-from mlpkit.data import preprocessing
-from mlpkit.data.preprocessing import CategoricalFeature, NumericFeature, fit_preprocessor
+from mlpkit.data import fitting
+from mlpkit.data.fitting import fit_preprocessor
+from mlpkit.data.preprocessing import CategoricalFeature, NumericFeature
 from mlpkit.errors import DataError
 from mlpkit.flows import export
 
@@ -168,8 +169,8 @@ def test_a_column_with_no_value_in_training_cannot_take_a_median() -> None:
 def test_the_streamed_median_holds_a_bounded_uniform_sample(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(preprocessing._Reservoir, "CAPACITY", 1000)
-    sample = preprocessing._Reservoir()
+    monkeypatch.setattr(fitting._Reservoir, "CAPACITY", 1000)
+    sample = fitting._Reservoir()
     values = np.arange(100_000, dtype=np.float64)
     for chunk in np.array_split(values, 37):
         sample.add(chunk)

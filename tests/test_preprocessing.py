@@ -3,7 +3,8 @@ import pandas as pd
 import pytest
 
 from mlpkit.config.schema import DataConfig
-from mlpkit.data.preprocessing import Preprocessor, TargetScale, fit_preprocessor
+from mlpkit.data.fitting import fit_preprocessor
+from mlpkit.data.preprocessing import Preprocessor, TargetScale
 
 DATA = DataConfig(
     path="x.csv",

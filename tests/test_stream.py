@@ -16,7 +16,8 @@ from mlpkit.config.load import load_config
 from mlpkit.config.schema import DataConfig, SplitConfig
 from mlpkit.data.blocks import load_table
 from mlpkit.data.filestream import assign_parts, scan
-from mlpkit.data.preprocessing import NumericFeature, TargetScale, TrainingRows, fit_preprocessor
+from mlpkit.data.fitting import TrainingRows, fit_preprocessor
+from mlpkit.data.preprocessing import NumericFeature, TargetScale
 from mlpkit.data.table import read_table
 from mlpkit.errors import DataError
 from mlpkit.flows.evaluate import evaluate_run

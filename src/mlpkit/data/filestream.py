@@ -30,7 +30,8 @@ from mlpkit.config.load import LoadedConfig
 from mlpkit.config.schema import SplitConfig
 from mlpkit.data.blocks import Block, BlockRef, CsvBlocks, ParquetBlocks, open_blocks
 from mlpkit.data.columns import no_rows_left
-from mlpkit.data.preprocessing import Preprocessor, TrainingRows, canonical_label, sorted_labels
+from mlpkit.data.fitting import TrainingRows
+from mlpkit.data.preprocessing import Preprocessor, canonical_label, sorted_labels
 from mlpkit.data.table import Split, Table
 from mlpkit.errors import DataError, Problem
 

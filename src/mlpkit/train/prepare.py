@@ -28,12 +28,12 @@ from mlpkit.config.split_rules import ignored_fractions
 from mlpkit.data import filestream, synthetic
 from mlpkit.data.blocks import load_table
 from mlpkit.data.filestream import FileScan
+from mlpkit.data.fitting import TrainingRows
 from mlpkit.data.preprocessing import (
     CategoricalFeature,
     NumericFeature,
     Preprocessor,
     TargetScale,
-    TrainingRows,
     canonical_label,
     sorted_labels,
 )
