@@ -216,7 +216,7 @@ def _model_section(starter: Starter) -> list[str]:
     for n, tip in zip(HIDDEN_UNITS, tips, strict=True):
         hidden.append(_comment(f"    - {{type: dense, units: {n}, activation: relu}}", tip))
         if starter.rows < SMALL_TABLE:
-            why = "a small table: less overfitting (0 or remove: none)"
+            why = "small tables overfit without it; remove it for none"
             hidden.append(_comment(f"    - {{type: dropout, rate: {DROPOUT}}}", why))
     head = f"{{type: dense, units: {units}" + (
         f", activation: {activation}}}" if activation else "}"
