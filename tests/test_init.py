@@ -225,6 +225,8 @@ def test_missing_cells_are_counted_and_the_config_fills_them(cli: Cli, tmp_path:
 def test_mpg_starter_reaches_r2_085(cli: Cli, tmp_path: Path) -> None:
     out = tmp_path / "mpg.yaml"
     assert cli("init", REPO / "data" / "mpg.csv", "--target", "mpg", "--out", out).code == 0
+    # the head keeps its own comment after the dropout lines' (392 rows: a small table)
+    assert "    - {type: dense, units: 1}      # linear output: a number\n" in out.read_text()
     config = load_config(out).config
     assert config.data.features == [
         "cylinders", "displacement", "horsepower", "weight", "acceleration", "model_year", "origin"

@@ -216,8 +216,8 @@ def _model_section(starter: Starter) -> list[str]:
     for n, tip in zip(HIDDEN_UNITS, tips, strict=True):
         hidden.append(_comment(f"    - {{type: dense, units: {n}, activation: relu}}", tip))
         if starter.rows < SMALL_TABLE:
-            why = "small tables overfit without it; remove it for none"
-            hidden.append(_comment(f"    - {{type: dropout, rate: {DROPOUT}}}", why))
+            dropout = f"    - {{type: dropout, rate: {DROPOUT}}}"
+            hidden.append(_comment(dropout, "small tables overfit without it; remove it for none"))
     head = f"{{type: dense, units: {units}" + (
         f", activation: {activation}}}" if activation else "}"
     )
