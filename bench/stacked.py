@@ -20,7 +20,7 @@ from torch import nn
 from mlpkit.config.schema import DenseLayer, Layer
 from mlpkit.train.direct import DirectStep
 from mlpkit.train.model import build_model
-from mlpkit.train.stacked import StackedAdam, StackedDense
+from mlpkit.train.stacked import AdamSettings, StackedAdam, StackedNetwork
 
 LAYERS: list[Layer] = [
     DenseLayer(type="dense", units=32, activation="relu"),
@@ -31,13 +31,16 @@ WARMUP = 200
 
 
 def stacked_us(k: int, steps: int) -> float:
-    trainer = StackedAdam(StackedDense([build_model(LAYERS, 7, seed=i) for i in range(k)]), 1e-3)
+    network = StackedNetwork([build_model(LAYERS, 7, seed=i) for i in range(k)], nn.MSELoss())
+    optimizer = StackedAdam(network, [AdamSettings(lr=1e-3)] * k)
     x, y = torch.randn(steps + WARMUP, k, 1, 7), torch.randn(steps + WARMUP, k, 1, 1)
     for i in range(WARMUP):
-        trainer.step(x[i], y[i])
+        network.loss_and_gradients(x[i], y[i])
+        optimizer.step()
     start = time.perf_counter()
     for i in range(WARMUP, WARMUP + steps):
-        trainer.step(x[i], y[i])
+        network.loss_and_gradients(x[i], y[i])
+        optimizer.step()
     return (time.perf_counter() - start) / steps * 1e6
 
 

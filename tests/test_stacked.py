@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from torch import nn
 
 from mlpkit.config.schema import DenseLayer, Layer
 from mlpkit.train.model import build_model
-from mlpkit.train.stacked import StackedAdam, StackedDense, Unstackable
+from mlpkit.train.stacked import AdamSettings, StackedAdam, StackedNetwork, Unstackable
 
 MPG_LAYERS: list[Layer] = [
     DenseLayer(type="dense", units=32, activation="relu"),
@@ -31,10 +33,11 @@ def test_a_stacked_member_after_100_steps_matches_it_trained_alone(activation: s
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(steps, k, batch, 7, generator=generator)  # each member its own batches
     y = x[..., :1] * 2 - x[..., 1:2] + 0.1 * torch.randn(steps, k, batch, 1, generator=generator)
-    stack = StackedDense(members(k, layers))
-    stacked = StackedAdam(stack, lr=1e-2)
+    stack = StackedNetwork(members(k, layers), nn.MSELoss())
+    stacked = StackedAdam(stack, [AdamSettings(lr=1e-2)] * k)
     for step in range(steps):
-        stacked.step(x[step], y[step])
+        stack.loss_and_gradients(x[step], y[step])
+        stacked.step()
     for member in range(k):
         alone = members(k, layers)[member]
         optimizer = torch.optim.Adam(alone.parameters(), lr=1e-2, fused=True)
@@ -42,14 +45,14 @@ def test_a_stacked_member_after_100_steps_matches_it_trained_alone(activation: s
             optimizer.zero_grad()
             nn.functional.mse_loss(alone(x[step, member]), y[step, member]).backward()  # type: ignore[no-untyped-call]
             optimizer.step()
-        got = stack.member(member, members(1, layers)[0])
-        for a, b in zip(alone.parameters(), got.parameters(), strict=True):
-            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+        got = stack.member_state(member)
+        for name, parameter in alone.named_parameters():
+            torch.testing.assert_close(got[name], parameter.detach(), rtol=1e-5, atol=1e-6)
 
 
 def test_the_forward_pass_is_each_members_own() -> None:
     nets = members(3)
-    stack = StackedDense(nets)
+    stack = StackedNetwork(nets, nn.MSELoss())
     x = torch.randn(3, 5, 7)
     out = stack.forward(x)
     for k, net in enumerate(nets):
@@ -58,20 +61,88 @@ def test_the_forward_pass_is_each_members_own() -> None:
 
 def test_written_out_gradients_equal_autograd() -> None:
     nets = members(2)
-    stack = StackedDense(nets)
+    stack = StackedNetwork(nets, nn.MSELoss())
     x, y = torch.randn(2, 6, 7), torch.randn(2, 6, 1)
-    loss, grads = stack.mse_gradients(x, y)
+    loss = stack.loss_and_gradients(x, y)
     for k, net in enumerate(nets):
         member_loss = nn.functional.mse_loss(net(x[k]), y[k])
         member_loss.backward()  # type: ignore[no-untyped-call]
         torch.testing.assert_close(loss[k], member_loss.detach())
-        for grad, parameter in zip(grads, net.parameters(), strict=True):
+        grads = stack.row(stack.grad, k)
+        for name, parameter in net.named_parameters():
             assert parameter.grad is not None
-            torch.testing.assert_close(grad[k], parameter.grad)
+            torch.testing.assert_close(grads[name], parameter.grad)
 
 
 def test_what_it_cannot_stack_it_names() -> None:
     with pytest.raises(Unstackable, match="a Dropout layer"):
-        StackedDense([nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Dropout(0.1))])
+        StackedNetwork([nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Dropout(0.1))], nn.MSELoss())
     with pytest.raises(Unstackable, match="members of different shapes"):
-        StackedDense([nn.Sequential(nn.Linear(3, 4)), nn.Sequential(nn.Linear(3, 5))])
+        StackedNetwork(
+            [nn.Sequential(nn.Linear(3, 4)), nn.Sequential(nn.Linear(3, 5))], nn.MSELoss()
+        )
+    with pytest.raises(Unstackable, match="the loss L1Loss"):
+        StackedNetwork([nn.Sequential(nn.Linear(3, 4))], nn.L1Loss())
+
+
+@pytest.mark.parametrize(
+    ("loss_fn", "target"),
+    [
+        (nn.BCEWithLogitsLoss(), lambda g: (torch.rand(2, 6, 1, generator=g) > 0.5).float()),
+        (nn.CrossEntropyLoss(), lambda g: torch.randint(0, 3, (2, 6), generator=g)),
+    ],
+)
+def test_classification_losses_and_gradients_equal_autograd(
+    loss_fn: nn.Module, target: Any
+) -> None:
+    outputs = 1 if isinstance(loss_fn, nn.BCEWithLogitsLoss) else 3
+    layers: list[Layer] = [
+        DenseLayer(type="dense", units=5, activation="tanh"),
+        DenseLayer(type="dense", units=outputs),
+    ]
+    nets = [build_model(layers, 4, seed=seed) for seed in range(2)]
+    stack = StackedNetwork(nets, loss_fn)
+    generator = torch.Generator().manual_seed(1)
+    x, y = torch.randn(2, 6, 4, generator=generator), target(generator)
+    loss = stack.loss_and_gradients(x, y)
+    for k, net in enumerate(nets):
+        member_loss = loss_fn(net(x[k]), y[k])
+        member_loss.backward()
+        torch.testing.assert_close(loss[k], member_loss.detach())
+        grads = stack.row(stack.grad, k)
+        for name, parameter in net.named_parameters():
+            assert parameter.grad is not None
+            torch.testing.assert_close(grads[name], parameter.grad)
+
+
+def test_members_with_their_own_rate_and_steps_move_as_alone() -> None:
+    """Per-member settings and sitting steps out: member 1 has its own rate and decay and sits
+    out every third step; each still ends where its own torch Adam takes it."""
+    k, steps = 3, 30
+    settings = [AdamSettings(lr=1e-2), AdamSettings(lr=3e-3, weight_decay=0.1), AdamSettings(1e-2)]
+    generator = torch.Generator().manual_seed(2)
+    x = torch.randn(steps, k, 4, 7, generator=generator)
+    y = torch.randn(steps, k, 4, 1, generator=generator)
+    stack = StackedNetwork(members(k), nn.MSELoss())
+    optimizer = StackedAdam(stack, settings)
+    for step in range(steps):
+        stack.loss_and_gradients(x[step], y[step])
+        optimizer.step(None if step % 3 else [0, 2])
+    for member in range(k):
+        alone = members(k)[member]
+        setting = settings[member]
+        adam = torch.optim.Adam(
+            alone.parameters(), lr=setting.lr, weight_decay=setting.weight_decay
+        )
+        for step in range(steps):
+            if member == 1 and step % 3 == 0:
+                continue
+            adam.zero_grad()
+            nn.functional.mse_loss(alone(x[step, member]), y[step, member]).backward()  # type: ignore[no-untyped-call]
+            adam.step()
+        got = stack.member_state(member)
+        for name, parameter in alone.named_parameters():
+            torch.testing.assert_close(got[name], parameter.detach(), rtol=1e-5, atol=1e-6)
+        state = optimizer.member_state(member, dict(alone.named_parameters()))
+        for parameter in alone.parameters():
+            assert float(state[parameter]["step"]) == float(adam.state[parameter]["step"])

@@ -1,15 +1,23 @@
-"""K networks of one dense shape trained as one computation (issue 16's stacked engine, core).
+"""K networks of one dense shape trained as one computation: the stacked engine's step.
 
-Members are ordinary Sequential networks (build_model, each with its own seed); their weights
-are stacked into [K, out, in] and [K, out] tensors. A step takes each member's own batch as
-one [K, batch, in] tensor: the forward pass is one baddbmm per layer, the backward pass is
-written out with bmm (as the direct engine writes it for one network), and one fused Adam call
-updates the stacked parameters. Adam is elementwise, so each member's slice moves exactly as
-that member alone would (same lr, betas, eps, step count): members do not interact.
+Members are ordinary Sequential networks (train.model.build_model, each with its own seed).
+Their parameters are copied into one flat [K, P] buffer, and each layer's weight and bias are
+views of it ([K, out, in], [K, out]). A step takes each member's own batch as one
+[K, batch, in] tensor: the forward pass is one baddbmm per layer, the backward pass is written
+out with bmm into a [K, P] gradient buffer laid out the same way, and one fused Adam kernel
+updates the buffer. Adam is elementwise, so each member's row moves exactly as that member's
+own Adam would (same lr, betas, eps, step count): members never interact.
 
-What it covers so far: dense layers with linear, relu, tanh or sigmoid activations, the MSE
-loss (mean over a member's batch and outputs), Adam/AdamW. Not yet wired into `train --seeds`
-or `--folds`; per-member divergence, early stopping and learning rates are still to come.
+For a small network a step's cost is the number of torch calls, not arithmetic, so K members
+cost little more than one (bench/stacked.py). Per-member settings keep that: a member may sit
+a step out (its fold has fewer rows, it stopped early or diverged): the kernel then takes the
+active members' rows as a list, each with its own step count; members with their own learning
+rate or weight decay go through one kernel call per setting.
+
+What it covers: dense layers with a bias and linear, relu, tanh or sigmoid activations; the
+losses MSE, BCE with logits (no pos_weight) and cross-entropy (no class weights), each the mean
+over a member's batch; Adam and AdamW (fused). `unstackable` names anything else, and the
+caller then trains the members one after another.
 """
 
 from __future__ import annotations
@@ -20,146 +28,281 @@ import torch
 from torch import Tensor, nn
 
 ACTIVATIONS = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid"}
+LOSSES = {nn.MSELoss: "mse", nn.BCEWithLogitsLoss: "bce", nn.CrossEntropyLoss: "cross_entropy"}
 
 
 class Unstackable(ValueError):
-    """The members cannot be stacked; the message says why (for run.json's fallback note)."""
+    """The members cannot be stacked; the message says why (run.json's fallback note)."""
 
 
 @dataclass(frozen=True)
 class _Layer:
+    weight: str  # the member's state_dict key of the weight ("0.weight")
+    bias: str
+    out_features: int
+    in_features: int
     activation: str  # linear | relu | tanh | sigmoid
 
 
-def _layers(model: nn.Module) -> tuple[list[nn.Linear], list[_Layer]]:
+def _layers(model: nn.Module) -> list[_Layer]:
     """A Sequential of Linear layers, each optionally followed by a covered activation."""
     if not isinstance(model, nn.Sequential):
-        raise Unstackable("only a plain stack of dense layers (no named inputs)")
-    linears: list[nn.Linear] = []
+        raise Unstackable("a model with named inputs")
     layers: list[_Layer] = []
-    for module in model:
+    for name, module in model.named_children():
         if isinstance(module, nn.Linear):
             if module.bias is None:
-                raise Unstackable("dense layers without a bias")
-            linears.append(module)
-            layers.append(_Layer("linear"))
+                raise Unstackable("a dense layer without a bias")
+            out_features, in_features = module.weight.shape
+            layers.append(
+                _Layer(f"{name}.weight", f"{name}.bias", out_features, in_features, "linear")
+            )
         elif type(module) in ACTIVATIONS and layers and layers[-1].activation == "linear":
-            layers[-1] = _Layer(ACTIVATIONS[type(module)])
+            last = layers[-1]
+            layers[-1] = _Layer(
+                last.weight,
+                last.bias,
+                last.out_features,
+                last.in_features,
+                ACTIVATIONS[type(module)],
+            )
         else:
             raise Unstackable(f"a {type(module).__name__} layer")
-    return linears, layers
+    if not layers:
+        raise Unstackable("a model without dense layers")
+    return layers
 
 
-class StackedDense:
-    """The members' stacked weights, forward pass and written-out MSE gradients."""
+def loss_kind(loss_fn: nn.Module) -> str:
+    """The stacked name of a loss the engine covers.
 
-    def __init__(self, members: list[nn.Module]) -> None:
+    Raises:
+        Unstackable: any other loss, or one with weights.
+    """
+    kind = LOSSES.get(type(loss_fn))
+    if kind is None or getattr(loss_fn, "reduction", "mean") != "mean":
+        raise Unstackable(f"the loss {type(loss_fn).__name__}")
+    if isinstance(loss_fn, nn.BCEWithLogitsLoss) and loss_fn.pos_weight is not None:
+        raise Unstackable("a weighted loss (data.class_weights)")
+    if isinstance(loss_fn, nn.CrossEntropyLoss) and (
+        loss_fn.weight is not None or loss_fn.label_smoothing != 0
+    ):
+        raise Unstackable("a weighted loss (data.class_weights)")
+    return kind
+
+
+class StackedNetwork:
+    """The members' parameters in one [K, P] buffer, the forward pass and written-out loss
+    gradients (into a [K, P] gradient buffer of the same layout)."""
+
+    def __init__(self, members: list[nn.Module], loss_fn: nn.Module) -> None:
         if not members:
             raise Unstackable("no members")
-        shapes = []
-        stacks = []
-        for member in members:
-            linears, layers = _layers(member)
-            shapes.append(([tuple(linear.weight.shape) for linear in linears], layers))
-            stacks.append(linears)
-        if any(shape != shapes[0] for shape in shapes):
+        self.layers = _layers(members[0])
+        if any(_layers(member) != self.layers for member in members[1:]):
             raise Unstackable("members of different shapes")
-        self.layers = shapes[0][1]
+        self.loss = loss_kind(loss_fn)
+        first = next(members[0].parameters())
+        self.device = first.device
+        k = len(members)
+        size = sum(layer.out_features * (layer.in_features + 1) for layer in self.layers)
+        self.flat = torch.empty(k, size, dtype=first.dtype, device=self.device)
+        self.grad = torch.zeros_like(self.flat)
+        self.weights, self.biases = self._views(self.flat)
+        self.weight_grads, self.bias_grads = self._views(self.grad)
+        # the views the forward pass takes, made once (a view costs a call like any op)
+        self._transposed = [weight.transpose(1, 2) for weight in self.weights]
+        self._bias_rows = [bias.unsqueeze(1) for bias in self.biases]
         with torch.no_grad():
-            self.weights = [
-                torch.stack([linears[i].weight for linears in stacks]).clone()
-                for i in range(len(self.layers))
-            ]  # [K, out, in] each
-            self.biases = [
-                torch.stack([linears[i].bias for linears in stacks]).clone()
-                for i in range(len(self.layers))
-            ]  # [K, out] each
-
-    @property
-    def parameters(self) -> list[Tensor]:
-        return [p for pair in zip(self.weights, self.biases, strict=True) for p in pair]
+            for i, member in enumerate(members):
+                self.load_member(i, member)
 
     @property
     def members(self) -> int:
-        return int(self.weights[0].shape[0])
+        return int(self.flat.shape[0])
+
+    def _views(self, buffer: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """Each layer's [K, out, in] weight and [K, out] bias as views of `buffer`."""
+        k, weights, biases, at = buffer.shape[0], [], [], 0
+        for layer in self.layers:
+            count = layer.out_features * layer.in_features
+            weights.append(buffer[:, at : at + count].view(k, layer.out_features, -1))
+            at += count
+            biases.append(buffer[:, at : at + layer.out_features])
+            at += layer.out_features
+        return weights, biases
+
+    def row(self, buffer: Tensor, k: int) -> dict[str, Tensor]:
+        """Member k's slice of a [K, P] buffer as its state_dict keys and shapes (views)."""
+        weights, biases = self._views(buffer)
+        found: dict[str, Tensor] = {}
+        for layer, weight, bias in zip(self.layers, weights, biases, strict=True):
+            found[layer.weight], found[layer.bias] = weight[k], bias[k]
+        return found
+
+    def load_member(self, k: int, member: nn.Module) -> None:
+        """Member k's row from a network's weights."""
+        state = member.state_dict()
+        for name, view in self.row(self.flat, k).items():
+            view.copy_(state[name])
+
+    def member_state(self, k: int) -> dict[str, Tensor]:
+        """Member k's weights as its own network's state_dict (copies)."""
+        return {name: view.clone() for name, view in self.row(self.flat, k).items()}
 
     def forward(self, x: Tensor) -> Tensor:
         """[K, batch, in] -> [K, batch, out]."""
-        for weight, bias, layer in zip(self.weights, self.biases, self.layers, strict=True):
-            x = _activate(torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2)), layer)
+        for weight, bias, layer in zip(self._transposed, self._bias_rows, self.layers, strict=True):
+            x = _activate(torch.baddbmm(bias, x, weight), layer.activation)
         return x
 
-    def mse_gradients(self, x: Tensor, y: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """Each member's MSE loss [K] on its batch and the gradients of the parameters (in the
-        order of `parameters`), written out: what autograd gives for each member alone."""
+    def loss_and_gradients(self, x: Tensor, y: Tensor) -> Tensor:
+        """Each member's mean loss [K] on its batch; its gradients written into `grad`: what
+        autograd gives for each member alone."""
         inputs, outputs = [], []
         h = x
-        for weight, bias, layer in zip(self.weights, self.biases, self.layers, strict=True):
+        for weight, bias, layer in zip(self._transposed, self._bias_rows, self.layers, strict=True):
             inputs.append(h)
-            h = _activate(torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2)), layer)
+            h = _activate(torch.baddbmm(bias, h, weight), layer.activation)
             outputs.append(h)
-        error = h - y  # [K, batch, out]
-        loss = (error * error).mean(dim=(1, 2))
-        delta = error * (2.0 / (error.shape[1] * error.shape[2]))
-        grads: list[Tensor] = []
+        loss, delta = _loss_and_delta(self.loss, h, y)
         for i in reversed(range(len(self.layers))):
-            delta = delta * _derivative(outputs[i], self.layers[i])
-            grads.append(delta.sum(dim=1))  # bias [K, out]
-            grads.append(torch.bmm(delta.transpose(1, 2), inputs[i]))  # weight [K, out, in]
+            derivative = _derivative(outputs[i], self.layers[i].activation)
+            if derivative is not None:
+                delta = delta * derivative
+            torch.sum(delta, dim=1, out=self.bias_grads[i])
+            self.weight_grads[i].copy_(torch.bmm(delta.transpose(1, 2), inputs[i]))
             if i:
                 delta = torch.bmm(delta, self.weights[i])
-        grads.reverse()  # weight, bias per layer, in order
-        return loss, grads
-
-    def member(self, k: int, model: nn.Module) -> nn.Module:
-        """Copy member k's weights into `model` (a network of the members' shape)."""
-        linears, _ = _layers(model)
-        with torch.no_grad():
-            for linear, weight, bias in zip(linears, self.weights, self.biases, strict=True):
-                linear.weight.copy_(weight[k])
-                linear.bias.copy_(bias[k])
-        return model
+        return loss
 
 
-def _activate(x: Tensor, layer: _Layer) -> Tensor:
-    if layer.activation == "relu":
+def _loss_and_delta(kind: str, out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-member mean loss [K] and its gradient at the output [K, batch, out]."""
+    if kind == "mse":
+        error = out - y
+        n = error.shape[1] * error.shape[2]
+        return error.square().mean(dim=(1, 2)), error * (2.0 / n)
+    if kind == "bce":
+        n = out.shape[1] * out.shape[2]
+        loss = nn.functional.binary_cross_entropy_with_logits(out, y, reduction="none")
+        return loss.mean(dim=(1, 2)), (out.sigmoid() - y) / n
+    # cross-entropy: y holds class indices [K, batch]
+    log_p = torch.log_softmax(out, dim=2)
+    picked = log_p.gather(2, y.unsqueeze(2))  # [K, batch, 1]
+    delta = log_p.exp().scatter_add_(2, y.unsqueeze(2), -torch.ones_like(picked))
+    return -picked.mean(dim=(1, 2)), delta / out.shape[1]
+
+
+def _activate(x: Tensor, activation: str) -> Tensor:
+    if activation == "relu":
         return torch.relu(x)
-    if layer.activation == "tanh":
+    if activation == "tanh":
         return torch.tanh(x)
-    if layer.activation == "sigmoid":
+    if activation == "sigmoid":
         return torch.sigmoid(x)
     return x
 
 
-def _derivative(output: Tensor, layer: _Layer) -> Tensor | float:
-    """d activation / d input, from the activation's output."""
-    if layer.activation == "relu":
+def _derivative(output: Tensor, activation: str) -> Tensor | None:
+    """d activation / d input, from the activation's output (None: the identity)."""
+    if activation == "relu":
         return (output > 0).to(output.dtype)
-    if layer.activation == "tanh":
+    if activation == "tanh":
         return 1.0 - output * output
-    if layer.activation == "sigmoid":
+    if activation == "sigmoid":
         return output * (1.0 - output)
-    return 1.0
+    return None
+
+
+@dataclass(frozen=True)
+class AdamSettings:
+    """One member's Adam: learning rate, betas, eps, weight decay, decoupled (AdamW)."""
+
+    lr: float
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    decoupled: bool = False
 
 
 class StackedAdam:
-    """One fused Adam (or AdamW) over the stacked parameters: each member's slice moves as that
-    member's own Adam would."""
+    """Adam (or AdamW) over a StackedNetwork's buffer, each member with its own settings and
+    step count; members sit steps out when told. State rows keep the buffer's layout."""
 
-    def __init__(
-        self, stack: StackedDense, lr: float, weight_decay: float = 0.0, decoupled: bool = False
-    ) -> None:
-        self.stack = stack
-        for parameter in stack.parameters:
-            parameter.requires_grad_(True)
-        optimizer = torch.optim.AdamW if decoupled else torch.optim.Adam
-        self.optimizer = optimizer(stack.parameters, lr=lr, weight_decay=weight_decay, fused=True)
+    def __init__(self, network: StackedNetwork, settings: list[AdamSettings]) -> None:
+        if len(settings) != network.members:
+            raise ValueError("one AdamSettings per member")
+        self.network = network
+        self.settings = settings
+        self.exp_avg = torch.zeros_like(network.flat)
+        self.exp_avg_sq = torch.zeros_like(network.flat)
+        self.steps = [0] * network.members  # each member's count, as its own Adam's `step`
+        self._count = torch.zeros((), dtype=torch.float32, device=network.device)
+        self._one = torch.ones((), dtype=torch.float32, device=network.device)
+        self._uniform = len(set(settings)) == 1
 
-    def step(self, x: Tensor, y: Tensor) -> Tensor:
-        """One step of every member on its own batch; returns the members' losses [K]."""
-        with torch.no_grad():
-            loss, grads = self.stack.mse_gradients(x, y)
-        for parameter, grad in zip(self.stack.parameters, grads, strict=True):
-            parameter.grad = grad
-        self.optimizer.step()
-        return loss
+    def step(self, active: list[int] | None = None) -> None:
+        """Apply the gradient buffer to the members listed (None: every member)."""
+        settings = self.settings
+        if active is None and self._uniform and len(set(self.steps)) == 1:
+            # the common case: one kernel call over the whole buffer, one shared count
+            self._count.fill_(self.steps[0]).add_(self._one)
+            _kernel(
+                settings[0],
+                [self.network.flat],
+                [self.network.grad],
+                [self.exp_avg],
+                [self.exp_avg_sq],
+                [self._count],
+            )
+            self.steps = [count + 1 for count in self.steps]
+            return
+        members = range(self.network.members) if active is None else active
+        groups: dict[AdamSettings, list[int]] = {}
+        for k in members:
+            groups.setdefault(settings[k], []).append(k)
+            self.steps[k] += 1
+        for setting, ks in groups.items():
+            counts = [torch.tensor(float(self.steps[k]), device=self.network.device) for k in ks]
+            _kernel(
+                setting,
+                [self.network.flat[k] for k in ks],
+                [self.network.grad[k] for k in ks],
+                [self.exp_avg[k] for k in ks],
+                [self.exp_avg_sq[k] for k in ks],
+                counts,
+            )
+
+    def member_state(self, k: int, params: dict[str, Tensor]) -> dict[Tensor, dict[str, Tensor]]:
+        """Member k's Adam state as torch.optim keeps it, keyed by the member network's
+        parameters (`params`: its named parameters): what a checkpoint of it holds."""
+        averages = self.network.row(self.exp_avg, k)
+        squares = self.network.row(self.exp_avg_sq, k)
+        step = float(self.steps[k])
+        return {
+            parameter: {
+                "step": torch.tensor(step, dtype=torch.float32, device=self.network.device),
+                "exp_avg": averages[name].clone(),
+                "exp_avg_sq": squares[name].clone(),
+            }
+            for name, parameter in params.items()
+        }
+
+
+def _kernel(
+    settings: AdamSettings,
+    params: list[Tensor],
+    grads: list[Tensor],
+    averages: list[Tensor],
+    squares: list[Tensor],
+    counts: list[Tensor],
+) -> None:
+    kernel = torch._fused_adamw_ if settings.decoupled else torch._fused_adam_
+    kernel(
+        params, grads, averages, squares, [], counts,
+        lr=settings.lr, beta1=settings.beta1, beta2=settings.beta2,
+        weight_decay=settings.weight_decay, eps=settings.eps, amsgrad=False, maximize=False,
+        grad_scale=None, found_inf=None,
+    )  # fmt: skip
