@@ -174,18 +174,18 @@ def fit(
         try:
             _train_epoch(step, remaining, position, hooks)
         except NonFiniteLoss as bad:  # seen at its own step: the batch after those done
-            what = _what(bad.value, bad.gradients)
-            raise _diverged(what, position.epoch, position.batches_done + 1) from None
+            what = what_diverged(bad.value, bad.gradients)
+            raise diverged(what, position.epoch, position.batches_done + 1) from None
         finally:  # whatever stops the epoch, the optimizer's state is left up to date
             step.settle()
         _settle(position, step)
         record: EpochRecord = {"epoch": position.epoch, "train_loss": position.epoch_loss()}
         if val is not None:
             record |= evaluate(model, loss_fn, val, score, prefix="val_")
-        _check_epoch(record, position.epoch, model, optimizer)
+        check_epoch(record, position.epoch, model, optimizer)
         record["lr"] = float(optimizer.param_groups[0]["lr"])  # the rate of the whole epoch
         record["seconds"] = time.perf_counter() - started
-        _end_epoch(position, record, model, early_stopping)
+        end_epoch(position, record, model, early_stopping)
         if schedule is not None:  # before the save: the checkpoint holds the next epoch's rate
             schedule.step(record)
         position.order_state = generator.get_state()  # where the next epoch's shuffle begins
@@ -200,7 +200,7 @@ def fit(
     return position
 
 
-def _end_epoch(
+def end_epoch(
     position: Position, record: EpochRecord, model: nn.Module, stopping: EarlyStopping | None
 ) -> None:
     """Record the epoch, move to the next, and update early stopping's state."""
@@ -282,10 +282,10 @@ def _settle(position: Position, step: Step) -> None:
     batch = position.batches_done - step.skipped()  # 0-based, in this epoch
     value = position.losses[batch].item()
     gradients = bool(torch.isfinite(position.losses[batch]))
-    raise _diverged(_what(value, gradients), position.epoch, batch + 1)
+    raise diverged(what_diverged(value, gradients), position.epoch, batch + 1)
 
 
-def _what(value: float, gradients: bool) -> str:
+def what_diverged(value: float, gradients: bool) -> str:
     if gradients:
         return f"a gradient became non-finite (the loss was {value:.4g})"
     return f"the training loss became {value}"
@@ -294,7 +294,7 @@ def _what(value: float, gradients: bool) -> str:
 HINT = "lower training.optimizer.lr or scale the target (data.scale_target: true)"
 
 
-def _diverged(what: str, epoch: int, batch: int) -> DivergedError:
+def diverged(what: str, epoch: int, batch: int) -> DivergedError:
     return DivergedError(
         Problem(
             f"{what} in epoch {epoch}, batch {batch}; that batch was not applied",
@@ -304,7 +304,7 @@ def _diverged(what: str, epoch: int, batch: int) -> DivergedError:
     )
 
 
-def _check_epoch(
+def check_epoch(
     record: EpochRecord, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer
 ) -> None:
     """Raise DivergedError if the epoch's losses or the state it leaves are not finite, before
