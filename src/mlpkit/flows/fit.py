@@ -108,11 +108,11 @@ def fit_run(job: Job, listener: Listener | None) -> TrainResult:
             result = _fit_and_write(job, on_epoch, stop)
     except BaseException as exc:
         if not isinstance(exc, StopRequested | KeyboardInterrupt):
-            _mark(job, "diverged" if isinstance(exc, DivergedError) else "failed", exc)
+            mark(job, "diverged" if isinstance(exc, DivergedError) else "failed", exc)
             raise
         saved = isinstance(exc, StopRequested)
-        stopped = _interrupted(job.run_dir, stop.received or signal.SIGINT, saved)
-        _mark(job, "interrupted", stopped)
+        stopped = interrupted(job.run_dir, stop.received or signal.SIGINT, saved)
+        mark(job, "interrupted", stopped)
         raise stopped from None
     update = {"status": "complete", "finished": runs.now(), "training": result.training}
     runs.write_info(job.run_dir, job.info.model_copy(update=update))
@@ -159,10 +159,10 @@ def _fit_and_write(job: Job, on_epoch: OnEpoch | None, stop: interrupts.StopSign
             step=job.step,
             schedule=trainer.schedule,
         )
-    return _write_results(job, data, position)
+    return write_results(job, data, position)
 
 
-def _write_results(job: Job, data: dict[str, Tensors], position: Position) -> TrainResult:
+def write_results(job: Job, data: dict[str, Tensors], position: Position) -> TrainResult:
     model, prepared, run_dir = job.trainer.model, job.prepared, job.run_dir
     metrics = final_metrics(model, prepared, data, position, job.trainer.stopping)
     runs.write_csv(run_dir / runs.HISTORY, position.history)
@@ -268,7 +268,7 @@ def _truth(prepared: Prepared, test: Tensors) -> np.ndarray:
     return prepared.task.truth(test.y)
 
 
-def _interrupted(run_dir: Path, number: int, saved: bool) -> Interrupted:
+def interrupted(run_dir: Path, number: int, saved: bool) -> Interrupted:
     how = "a checkpoint was saved" if saved else "at once; the last checkpoint was kept"
     return Interrupted(
         Problem(
@@ -281,7 +281,7 @@ def _interrupted(run_dir: Path, number: int, saved: bool) -> Interrupted:
     )
 
 
-def _mark(job: Job, status: runs.Status, exc: BaseException) -> None:
+def mark(job: Job, status: runs.Status, exc: BaseException) -> None:
     """Record how the run ended; on a full disk even that may fail, and the first error is
     the one to report (the run then shows as interrupted: no process holds its lock)."""
     update = {"status": status, "finished": runs.now(), "error": one_line(exc)}
