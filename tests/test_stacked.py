@@ -146,3 +146,34 @@ def test_members_with_their_own_rate_and_steps_move_as_alone() -> None:
         state = optimizer.member_state(member, dict(alone.named_parameters()))
         for parameter in alone.parameters():
             assert float(state[parameter]["step"]) == float(adam.state[parameter]["step"])
+
+
+@pytest.mark.parametrize("loss_fn", [nn.MSELoss(), nn.BCEWithLogitsLoss(), nn.CrossEntropyLoss()])
+def test_batches_of_different_sizes_are_each_members_own(loss_fn: nn.Module) -> None:
+    """Folds of different sizes: member 0 has 5 rows of the 6-row batch, member 1 all 6, and
+    member 2 none (its loss and gradients are zero: it sits the step out)."""
+    outputs = 3 if isinstance(loss_fn, nn.CrossEntropyLoss) else 1
+    layers: list[Layer] = [
+        DenseLayer(type="dense", units=5, activation="relu"),
+        DenseLayer(type="dense", units=outputs),
+    ]
+    nets = [build_model(layers, 4, seed=seed) for seed in range(3)]
+    stack = StackedNetwork(nets, loss_fn)
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 6, 4, generator=generator)
+    if isinstance(loss_fn, nn.CrossEntropyLoss):
+        y: torch.Tensor = torch.randint(0, 3, (3, 6), generator=generator)
+    else:
+        y = (torch.rand(3, 6, 1, generator=generator) > 0.5).float()
+    rows = torch.tensor([5, 6, 0])
+    loss = stack.loss_and_gradients(x, y, rows)
+    for k, net in enumerate(nets[:2]):
+        n = int(rows[k])
+        member_loss = loss_fn(net(x[k, :n]), y[k, :n])
+        member_loss.backward()
+        torch.testing.assert_close(loss[k], member_loss.detach())
+        grads = stack.row(stack.grad, k)
+        for name, parameter in net.named_parameters():
+            assert parameter.grad is not None
+            torch.testing.assert_close(grads[name], parameter.grad)
+    assert float(loss[2]) == 0.0 and not stack.grad[2].any()

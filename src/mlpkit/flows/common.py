@@ -81,14 +81,30 @@ def summarize_network(config: Config, preprocessor: Preprocessor) -> Summary:
     return summarize(config.model.layers, len(preprocessor.input_names), inputs)
 
 
-def training_info(engine: Engine, position: Position | None = None) -> runs.TrainingInfo:
-    """run.json's `training`: the engine, and once trained, the steps and seconds it took."""
-    done = {}
+def training_info(
+    engine: Engine,
+    position: Position | None = None,
+    *,
+    members: int | None = None,
+    why_not_stacked: str | None = None,
+) -> runs.TrainingInfo:
+    """run.json's `training`: the engine (stacked with `members`), and once trained, the
+    steps and seconds it took."""
+    done: dict[str, Any] = {}
     if position is not None:
         seconds = sum(record["seconds"] for record in position.history)
         done = {"steps": position.steps, "seconds": seconds}
+    if members is not None:
+        return runs.TrainingInfo.model_validate(
+            {"engine": "stacked", "threads": engine.threads, "members": members} | done
+        )
     return runs.TrainingInfo.model_validate(
-        {"engine": engine.name, "threads": engine.threads, "why_not_direct": engine.why_not_direct}
+        {
+            "engine": engine.name,
+            "threads": engine.threads,
+            "why_not_direct": engine.why_not_direct,
+            "why_not_stacked": why_not_stacked,
+        }
         | done
     )
 

@@ -101,15 +101,31 @@ def repeat(
         MlpkitError: as flows.train.train, for whichever seed fails.
     """
     from mlpkit.config.load import load_config
+    from mlpkit.flows import group
+    from mlpkit.flows.common import resolve_device
     from mlpkit.flows.train import train
 
+    seeds = seeds_for(config_path, overrides, count)
+    loadeds = [load_config(config_path, [*overrides, f"seed={seed}"]) for seed in seeds]
+    device = resolve_device(loadeds[0], device_name)
+    built = group.build_members(loadeds, device)  # every seed's checks, before any run
+    why_not = group.stacking_refusal(built) if count > 1 else None
     results = []
-    for place, seed in enumerate(seeds_for(config_path, overrides, count), start=1):
-        loaded = load_config(config_path, [*overrides, f"seed={seed}"])
-        result = train(loaded, runs_dir, device_name, listener)
-        results.append((seed, result))
-        if on_run is not None:
-            on_run(seed, place, result)
+    if count > 1 and why_not is None:
+        outcome = group.train_group(built, runs_dir, device, listener)
+        for place, (seed, found) in enumerate(zip(seeds, outcome.results, strict=True), start=1):
+            if found is not None:
+                results.append((seed, found))
+                if on_run is not None:
+                    on_run(seed, place, found)
+        if outcome.failure is not None:
+            raise outcome.failure
+    else:
+        for place, (seed, loaded) in enumerate(zip(seeds, loadeds, strict=True), start=1):
+            result = train(loaded, runs_dir, device_name, listener, why_not_stacked=why_not)
+            results.append((seed, result))
+            if on_run is not None:
+                on_run(seed, place, result)
     summary = summarize(
         config_path,
         overrides,

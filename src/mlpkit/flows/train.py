@@ -41,11 +41,13 @@ def train(
     device_name: str | None = None,
     listener: Listener | None = None,
     place: Path | None = None,
+    why_not_stacked: str | None = None,
 ) -> TrainResult:
     """Train the config into a new run directory under `runs_dir` and write every file of it.
 
     `place`, when given, is the run directory to make instead (a cross-validation's fold-i);
-    it must not exist yet. `runs_dir` still holds the default MLflow store.
+    it must not exist yet. `runs_dir` still holds the default MLflow store. `why_not_stacked`:
+    a member of --seeds or --folds trained alone, and why (run.json says it).
 
     Raises:
         MlpkitError: any problem with the config, data or device (before the run exists), or
@@ -72,7 +74,7 @@ def train(
             runs.write_bytes(run_dir / runs.SUMMARY, render_text(summary).encode())
             preprocessing = prepared.preprocessor.model_dump(mode="json")
             runs.write_json(run_dir / runs.PREPROCESSING, preprocessing)
-            info = run_info(prepared, device, trainer.engine)
+            info = run_info(prepared, device, trainer.engine, why_not_stacked)
             job = Job(run_dir, prepared, trainer, step, device, config, info, trackers)
             fitting = True
             return fit_run(job, listener)
@@ -89,8 +91,15 @@ def split_file_info(file: Table | None) -> runs.SplitFileInfo | None:
     return runs.SplitFileInfo(path=str(file.path), sha256=file.sha256, rows=file.n_rows)
 
 
-def run_info(prepared: Prepared, device: torch.device, engine: Engine) -> runs.RunInfo:
-    """run.json as a new run begins: status running, the data file, the versions, the engine."""
+def run_info(
+    prepared: Prepared,
+    device: torch.device,
+    engine: Engine,
+    why_not_stacked: str | None = None,
+    members: int | None = None,
+) -> runs.RunInfo:
+    """run.json as a new run begins: status running, the data file, the versions, the engine
+    (stacked, with `members`, for a member of a stacked group)."""
     return runs.RunInfo(
         name=prepared.config.name,
         status="running",
@@ -111,5 +120,5 @@ def run_info(prepared: Prepared, device: torch.device, engine: Engine) -> runs.R
             "python": platform.python_version(),
         },
         started=runs.now(),
-        training=training_info(engine),
+        training=training_info(engine, members=members, why_not_stacked=why_not_stacked),
     )

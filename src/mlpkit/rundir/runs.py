@@ -128,9 +128,11 @@ class TrainingInfo(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    engine: Literal["direct", "autograd"]
+    engine: Literal["direct", "autograd", "stacked"]  # stacked: train/stacked.py, a group
     threads: int
     why_not_direct: str | None = None  # with engine auto: what the direct step does not cover
+    members: int | None = None  # stacked: how many runs trained together as one computation
+    why_not_stacked: str | None = None  # a --seeds/--folds member trained alone: why
     steps: int | None = None  # once complete
     seconds: float | None = None  # the epochs' time: training, validation and checkpoints
 

@@ -22,6 +22,7 @@ caller then trains the members one after another.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -156,16 +157,18 @@ class StackedNetwork:
             x = _activate(torch.baddbmm(bias, x, weight), layer.activation)
         return x
 
-    def loss_and_gradients(self, x: Tensor, y: Tensor) -> Tensor:
+    def loss_and_gradients(self, x: Tensor, y: Tensor, rows: Tensor | None = None) -> Tensor:
         """Each member's mean loss [K] on its batch; its gradients written into `grad`: what
-        autograd gives for each member alone."""
+        autograd gives for each member alone. `rows` [K], when members' batches differ in
+        size (folds of different sizes): member k's batch is its first rows[k] rows, the rest
+        padding that neither its loss nor its gradients see."""
         inputs, outputs = [], []
         h = x
         for weight, bias, layer in zip(self._transposed, self._bias_rows, self.layers, strict=True):
             inputs.append(h)
             h = _activate(torch.baddbmm(bias, h, weight), layer.activation)
             outputs.append(h)
-        loss, delta = _loss_and_delta(self.loss, h, y)
+        loss, delta = _loss_and_delta(self.loss, h, y, rows)
         for i in reversed(range(len(self.layers))):
             derivative = _derivative(outputs[i], self.layers[i].activation)
             if derivative is not None:
@@ -177,8 +180,12 @@ class StackedNetwork:
         return loss
 
 
-def _loss_and_delta(kind: str, out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+def _loss_and_delta(
+    kind: str, out: Tensor, y: Tensor, rows: Tensor | None
+) -> tuple[Tensor, Tensor]:
     """Per-member mean loss [K] and its gradient at the output [K, batch, out]."""
+    if rows is not None:
+        return _masked_loss_and_delta(kind, out, y, rows)
     if kind == "mse":
         error = out - y
         n = error.shape[1] * error.shape[2]
@@ -192,6 +199,28 @@ def _loss_and_delta(kind: str, out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     picked = log_p.gather(2, y.unsqueeze(2))  # [K, batch, 1]
     delta = log_p.exp().scatter_add_(2, y.unsqueeze(2), -torch.ones_like(picked))
     return -picked.mean(dim=(1, 2)), delta / out.shape[1]
+
+
+def _masked_loss_and_delta(
+    kind: str, out: Tensor, y: Tensor, rows: Tensor
+) -> tuple[Tensor, Tensor]:
+    """As _loss_and_delta, each member's mean over its first rows[k] rows only (a member
+    with none gets a zero loss and gradient: it sits the step out)."""
+    keep = (torch.arange(out.shape[1], device=out.device) < rows.unsqueeze(1)).to(out.dtype)
+    keep = keep.unsqueeze(2)  # [K, batch, 1]
+    count = rows.clamp(min=1).to(out.dtype).view(-1, 1, 1)
+    if kind == "mse":
+        error = (out - y) * keep
+        n = count * out.shape[2]
+        return (error.square() / n).sum(dim=(1, 2)), error * (2.0 / n)
+    if kind == "bce":
+        n = count * out.shape[2]
+        loss = nn.functional.binary_cross_entropy_with_logits(out, y, reduction="none")
+        return (loss * keep / n).sum(dim=(1, 2)), (out.sigmoid() - y) * keep / n
+    log_p = torch.log_softmax(out, dim=2)
+    picked = log_p.gather(2, y.unsqueeze(2)) * keep
+    delta = log_p.exp().scatter_add_(2, y.unsqueeze(2), -torch.ones_like(picked))
+    return -(picked / count).sum(dim=(1, 2)), delta * keep / count
 
 
 def _activate(x: Tensor, activation: str) -> Tensor:
@@ -275,7 +304,7 @@ class StackedAdam:
                 counts,
             )
 
-    def member_state(self, k: int, params: dict[str, Tensor]) -> dict[Tensor, dict[str, Tensor]]:
+    def member_state(self, k: int, params: Mapping[str, Tensor]) -> dict[Tensor, dict[str, Tensor]]:
         """Member k's Adam state as torch.optim keeps it, keyed by the member network's
         parameters (`params`: its named parameters): what a checkpoint of it holds."""
         averages = self.network.row(self.exp_avg, k)
