@@ -170,7 +170,7 @@ def write_results(job: Job, data: dict[str, Tensors], position: Position) -> Tra
     runs.write_csv(run_dir / runs.PREDICTIONS, _predictions(model, prepared, data["test"]))
     runs.write_weights(run_dir / runs.WEIGHTS, model)
     _draw_plots(run_dir)
-    why_not_stacked = job.info.training.why_not_stacked
+    why_not_stacked = job.info.training.why_not_stacked if job.info.training else None
     training = training_info(job.trainer.engine, position, why_not_stacked=why_not_stacked)
     return TrainResult(run_dir, position.history, metrics, training)
 
