@@ -203,9 +203,16 @@ def test_folds_from_the_config_and_folds_overriding_it(cli: Cli, project: Projec
 # --- resume ---------------------------------------------------------------------------------
 
 
+def one_at_a_time(project: Project) -> None:
+    """Folds trained one after another (the autograd engine never stacks): resume of a fold
+    stopped alone, bit for bit. Stacked folds: tests/test_group.py."""
+    project.edit_config("  loss: mse", "  loss: mse\n  engine: autograd")
+
+
 def test_an_interrupted_cross_validation_resumes_where_it_stopped(
     cli: Cli, project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    one_at_a_time(project)
     reference, _ = cross_validate(cli, project.config, project.root / "ref", "--folds", "4", "-q")
     # 30 training rows in batches of 8: 4 steps and an epoch end, 15 polls a fold of 3 epochs
     stop_at_poll(monkeypatch, 22)
@@ -246,6 +253,7 @@ def test_an_interrupted_cross_validation_resumes_where_it_stopped(
 def test_a_fold_stopped_before_its_first_checkpoint_trains_again(
     cli: Cli, project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    one_at_a_time(project)
     reference, _ = cross_validate(cli, project.config, project.root / "ref", "--folds", "2", "-q")
     stop_at_poll(monkeypatch, 17)
     assert cli("train", project.config, "--runs-dir", project.runs, "--folds", "2").code == 130

@@ -78,10 +78,10 @@ def test_what_cannot_stack_trains_alone_and_run_json_says_why(cli: Cli, project:
 def test_a_stop_leaves_every_member_interrupted_and_each_resumes(
     cli: Cli, project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    stop_at_poll(monkeypatch, poll=5)
+    stop_at_poll(monkeypatch, poll=7)  # a step in the second epoch
     result = cli("train", project.config, "--runs-dir", project.runs, "--seeds", "2")
     assert result.code == 130, result.out
-    stopped = project.run_dirs()
+    stopped = sorted(project.run_dirs(), key=lambda run: info(run)["seed"])
     assert len(stopped) == 2
     for run in stopped:
         assert info(run)["status"] == "interrupted"
@@ -149,3 +149,26 @@ def test_each_member_stops_early_on_its_own_as_it_would_alone() -> None:
             members[seed].model.state_dict().items(), alone.model.state_dict().values(), strict=True
         ):
             torch.testing.assert_close(weight, theirs, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_folds_train_stacked_and_an_interrupted_group_resumes(
+    cli: Cli, project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    whole = cli("train", project.config, "--runs-dir", project.root / "ref", "--folds", "4", "-q")
+    assert whole.code == 0, whole.err
+    reference = Path(whole.last_line)
+    for fold in range(1, 5):
+        training = info(reference / f"fold-{fold}")["training"]
+        assert training["engine"] == "stacked" and training["members"] == 4
+    stop_at_poll(monkeypatch, 6)  # in the second epoch of every fold at once
+    stopped = cli("train", project.config, "--runs-dir", project.runs, "--folds", "4", "-q")
+    assert stopped.code == 130
+    (cv,) = (project.runs / "tiny").iterdir()
+    assert "training stopped by SIGINT in fold 1, 2, 3, 4 of 4" in stopped.err
+    monkeypatch.undo()
+    resumed = cli("train", "--resume", cv)
+    assert resumed.code == 0, resumed.err
+    got = json.loads((cv / "crossval.json").read_text())
+    want = json.loads((reference / "crossval.json").read_text())
+    for name, spread in want["test"].items():
+        assert got["test"][name]["values"] == pytest.approx(spread["values"], rel=1e-5, abs=1e-6)

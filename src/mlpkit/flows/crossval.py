@@ -38,7 +38,7 @@ from mlpkit.errors import (
     RunDirError,
     one_line,
 )
-from mlpkit.flows import seeds
+from mlpkit.flows import group, seeds
 from mlpkit.flows.common import resolve_device, resolved_config
 from mlpkit.flows.fit import Listener
 from mlpkit.flows.oof import out_of_fold
@@ -230,8 +230,11 @@ def _run(
     """Every fold, in turn, then the results; crossval.json says how it ended."""
     done: list[FoldResult] = []
     try:
+        stacked, why_not = _stacked_folds(cv_dir, info, load_fold, runs_dir, device_name, listener)
         for fold in range(1, info.folds + 1):
-            found = _fold(cv_dir, fold, load_fold, runs_dir, device_name, listener)
+            found = stacked.get(fold) or _fold(
+                cv_dir, fold, load_fold, runs_dir, device_name, listener, why_not
+            )
             done.append(found)
             if on_fold is not None:
                 on_fold(found)
@@ -241,7 +244,8 @@ def _run(
         stopped = Interrupted(
             Problem(
                 f"training stopped by {signal.Signals(number).name} in fold "
-                f"{len(done) + 1} of {info.folds}; the finished folds and a checkpoint are kept",
+                f"{_stopped_folds(cv_dir, info.folds)} of {info.folds}; the finished folds and "
+                "a checkpoint are kept",
                 file=str(cv_dir),
                 hint=f"resume with: mlpkit train --resume {cv_dir}",
             ),
@@ -254,6 +258,46 @@ def _run(
         raise
 
 
+def _stacked_folds(
+    cv_dir: Path,
+    info: CrossvalInfo,
+    load_fold: Callable[[int], LoadedConfig],
+    runs_dir: Path,
+    device_name: str | None,
+    listener: Listener | None,
+) -> tuple[dict[int, FoldResult], str | None]:
+    """The folds still to train from the start, trained as one stack (flows/group.py) where
+    they can be: their results, and why not if they cannot (each fold's run.json says it).
+
+    Raises:
+        DivergedError: a fold diverged (the others are complete).
+    """
+    fresh = []
+    for fold in range(1, info.folds + 1):
+        path = crossval.fold_dir(cv_dir, fold)
+        if path.exists() and _unstarted(path):  # stopped before its first checkpoint
+            shutil.rmtree(path)
+        if not path.exists():
+            fresh.append(fold)
+    if len(fresh) < 2:
+        return {}, None
+    loadeds = [load_fold(fold) for fold in fresh]
+    device = resolve_device(loadeds[0], device_name)
+    built = group.build_members(loadeds, device)
+    why_not = group.stacking_refusal(built)
+    if why_not is not None:
+        return {}, why_not
+    places = [crossval.fold_dir(cv_dir, fold) for fold in fresh]
+    outcome = group.train_group(built, runs_dir, device, listener, places)
+    if outcome.failure is not None:
+        raise outcome.failure
+    return {
+        fold: FoldResult(fold, loaded.config.seed, path, result.metrics)
+        for fold, loaded, path, result in zip(fresh, loadeds, places, outcome.results, strict=True)
+        if result is not None
+    }, None
+
+
 def _fold(
     cv_dir: Path,
     fold: int,
@@ -261,6 +305,7 @@ def _fold(
     runs_dir: Path,
     device_name: str | None,
     listener: Listener | None,
+    why_not_stacked: str | None = None,
 ) -> FoldResult:
     """Fold `fold` complete: found so, resumed from its checkpoint, or trained (again)."""
     path = crossval.fold_dir(cv_dir, fold)
@@ -268,7 +313,9 @@ def _fold(
         shutil.rmtree(path)
     if not path.exists():
         loaded = load_fold(fold)
-        result = train(loaded, runs_dir, device_name, listener, place=path)
+        result = train(
+            loaded, runs_dir, device_name, listener, place=path, why_not_stacked=why_not_stacked
+        )
         return FoldResult(fold, loaded.config.seed, path, result.metrics)
     run = runs.open_run(path, require_complete=False)
     if run.info.status != "complete":
@@ -277,6 +324,17 @@ def _fold(
     assert run.metrics is not None
     metrics = run.metrics.model_dump(mode="json", exclude_none=True)
     return FoldResult(fold, run.info.seed, path, metrics)
+
+
+def _stopped_folds(cv_dir: Path, folds: int) -> str:
+    """The folds an interruption stopped: one, or several trained together ("2, 3")."""
+    stopped = [
+        str(fold)
+        for fold in range(1, folds + 1)
+        if crossval.fold_dir(cv_dir, fold).exists()
+        and catalog.read_row(crossval.fold_dir(cv_dir, fold)).status == "interrupted"
+    ]
+    return ", ".join(stopped) or "?"
 
 
 def _unstarted(path: Path) -> bool:

@@ -167,9 +167,13 @@ def fit_group(
         if on_epoch is not None:
             on_epoch(epoch, records)
         finishing = epoch == epochs or not any(member.running for member in members)
-        if save is not None and (finishing or time.perf_counter() - last_save >= save_every):
+        stopping = stop_requested is not None and stop_requested()  # as loop.fit, an epoch end
+        due = finishing or time.perf_counter() - last_save >= save_every
+        if save is not None and (due or stopping):
             save([member for member, _ in records])
             last_save = time.perf_counter()
+        if stopping:
+            raise StopRequested()
     for member in members:
         best = member.position.best_weights
         if member.failure is None and member.stopping is not None and best is not None:
