@@ -177,3 +177,23 @@ def test_batches_of_different_sizes_are_each_members_own(loss_fn: nn.Module) -> 
             assert parameter.grad is not None
             torch.testing.assert_close(grads[name], parameter.grad)
     assert float(loss[2]) == 0.0 and not stack.grad[2].any()
+
+
+@pytest.mark.parametrize("activation", ["silu", "gelu", "elu", "leaky_relu"])
+def test_the_direct_engines_other_activations_stack(activation: str) -> None:
+    layers: list[Layer] = [
+        DenseLayer(type="dense", units=6, activation=activation),
+        DenseLayer(type="dense", units=1),
+    ]
+    nets = [build_model(layers, 7, seed=seed) for seed in range(2)]
+    stack = StackedNetwork(nets, nn.MSELoss())
+    x, y = torch.randn(2, 5, 7), torch.randn(2, 5, 1)
+    loss = stack.loss_and_gradients(x, y)
+    for k, net in enumerate(nets):
+        member_loss = nn.functional.mse_loss(net(x[k]), y[k])
+        member_loss.backward()  # type: ignore[no-untyped-call]
+        torch.testing.assert_close(loss[k], member_loss.detach())
+        grads = stack.row(stack.grad, k)
+        for name, parameter in net.named_parameters():
+            assert parameter.grad is not None
+            torch.testing.assert_close(grads[name], parameter.grad)

@@ -14,7 +14,8 @@ a step out (its fold has fewer rows, it stopped early or diverged): the kernel t
 active members' rows as a list, each with its own step count; members with their own learning
 rate or weight decay go through one kernel call per setting.
 
-What it covers: dense layers with a bias and linear, relu, tanh or sigmoid activations; the
+What it covers: dense layers with a bias, each with no activation or one the direct engine
+covers (relu, tanh, sigmoid, silu, exact gelu, elu, leaky relu: its kernels); the
 losses MSE, BCE with logits (no pos_weight) and cross-entropy (no class weights), each the mean
 over a member's batch; Adam and AdamW (fused). `unstackable` names anything else, and the
 caller then trains the members one after another.
@@ -28,7 +29,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-ACTIVATIONS = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid"}
+from mlpkit.train import direct
+
+Activation = tuple[direct.Forward, direct.Backward]
+
 LOSSES = {nn.MSELoss: "mse", nn.BCEWithLogitsLoss: "bce", nn.CrossEntropyLoss: "cross_entropy"}
 
 
@@ -42,36 +46,37 @@ class _Layer:
     bias: str
     out_features: int
     in_features: int
-    activation: str  # linear | relu | tanh | sigmoid
+    activation: str  # the activation module's repr ("ReLU()"), "" for none: equal if alike
 
 
-def _layers(model: nn.Module) -> list[_Layer]:
-    """A Sequential of Linear layers, each optionally followed by a covered activation."""
+def _layers(model: nn.Module) -> tuple[list[_Layer], list[Activation | None]]:
+    """A Sequential of Linear layers, each optionally followed by an activation the direct
+    engine covers (its forward and autograd's own derivative kernel, direct.ACTIVATIONS)."""
     if not isinstance(model, nn.Sequential):
         raise Unstackable("a model with named inputs")
     layers: list[_Layer] = []
+    functions: list[Activation | None] = []
     for name, module in model.named_children():
         if isinstance(module, nn.Linear):
             if module.bias is None:
                 raise Unstackable("a dense layer without a bias")
             out_features, in_features = module.weight.shape
-            layers.append(
-                _Layer(f"{name}.weight", f"{name}.bias", out_features, in_features, "linear")
-            )
-        elif type(module) in ACTIVATIONS and layers and layers[-1].activation == "linear":
+            layers.append(_Layer(f"{name}.weight", f"{name}.bias", out_features, in_features, ""))
+            functions.append(None)
+        elif type(module) in direct.ACTIVATIONS and layers and not layers[-1].activation:
+            try:
+                functions[-1] = direct.ACTIVATIONS[type(module)](module)
+            except direct.Unsupported as why:
+                raise Unstackable(str(why)) from None
             last = layers[-1]
             layers[-1] = _Layer(
-                last.weight,
-                last.bias,
-                last.out_features,
-                last.in_features,
-                ACTIVATIONS[type(module)],
+                last.weight, last.bias, last.out_features, last.in_features, repr(module)
             )
         else:
             raise Unstackable(f"a {type(module).__name__} layer")
     if not layers:
         raise Unstackable("a model without dense layers")
-    return layers
+    return layers, functions
 
 
 def loss_kind(loss_fn: nn.Module) -> str:
@@ -99,8 +104,8 @@ class StackedNetwork:
     def __init__(self, members: list[nn.Module], loss_fn: nn.Module) -> None:
         if not members:
             raise Unstackable("no members")
-        self.layers = _layers(members[0])
-        if any(_layers(member) != self.layers for member in members[1:]):
+        self.layers, self._activations = _layers(members[0])
+        if any(_layers(member)[0] != self.layers for member in members[1:]):
             raise Unstackable("members of different shapes")
         self.loss = loss_kind(loss_fn)
         first = next(members[0].parameters())
@@ -153,8 +158,11 @@ class StackedNetwork:
 
     def forward(self, x: Tensor) -> Tensor:
         """[K, batch, in] -> [K, batch, out]."""
-        for weight, bias, layer in zip(self._transposed, self._bias_rows, self.layers, strict=True):
-            x = _activate(torch.baddbmm(bias, x, weight), layer.activation)
+        layers = zip(self._transposed, self._bias_rows, self._activations, strict=True)
+        for weight, bias, activation in layers:
+            x = torch.baddbmm(bias, x, weight)
+            if activation is not None:
+                x = activation[0](x)
         return x
 
     def loss_and_gradients(self, x: Tensor, y: Tensor, rows: Tensor | None = None) -> Tensor:
@@ -162,17 +170,20 @@ class StackedNetwork:
         autograd gives for each member alone. `rows` [K], when members' batches differ in
         size (folds of different sizes): member k's batch is its first rows[k] rows, the rest
         padding that neither its loss nor its gradients see."""
-        inputs, outputs = [], []
+        inputs, before, after = [], [], []  # each layer's input, pre-activation, output
         h = x
-        for weight, bias, layer in zip(self._transposed, self._bias_rows, self.layers, strict=True):
+        layers = zip(self._transposed, self._bias_rows, self._activations, strict=True)
+        for weight, bias, activation in layers:
             inputs.append(h)
-            h = _activate(torch.baddbmm(bias, h, weight), layer.activation)
-            outputs.append(h)
+            z = torch.baddbmm(bias, h, weight)
+            h = z if activation is None else activation[0](z)
+            before.append(z)
+            after.append(h)
         loss, delta = _loss_and_delta(self.loss, h, y, rows)
         for i in reversed(range(len(self.layers))):
-            derivative = _derivative(outputs[i], self.layers[i].activation)
-            if derivative is not None:
-                delta = delta * derivative
+            activation = self._activations[i]
+            if activation is not None:  # autograd's own derivative kernel (direct.py)
+                delta = activation[1](delta, before[i], after[i])
             torch.sum(delta, dim=1, out=self.bias_grads[i])
             self.weight_grads[i].copy_(torch.bmm(delta.transpose(1, 2), inputs[i]))
             if i:
@@ -221,27 +232,6 @@ def _masked_loss_and_delta(
     picked = log_p.gather(2, y.unsqueeze(2)) * keep
     delta = log_p.exp().scatter_add_(2, y.unsqueeze(2), -torch.ones_like(picked))
     return -(picked / count).sum(dim=(1, 2)), delta * keep / count
-
-
-def _activate(x: Tensor, activation: str) -> Tensor:
-    if activation == "relu":
-        return torch.relu(x)
-    if activation == "tanh":
-        return torch.tanh(x)
-    if activation == "sigmoid":
-        return torch.sigmoid(x)
-    return x
-
-
-def _derivative(output: Tensor, activation: str) -> Tensor | None:
-    """d activation / d input, from the activation's output (None: the identity)."""
-    if activation == "relu":
-        return (output > 0).to(output.dtype)
-    if activation == "tanh":
-        return 1.0 - output * output
-    if activation == "sigmoid":
-        return output * (1.0 - output)
-    return None
 
 
 @dataclass(frozen=True)
