@@ -140,7 +140,7 @@ def test_member_0_is_the_network_a_run_without_the_ensemble_trains(
         assert not torch.equal(members[f"members.1.{name}"], tensor)
     # history.csv is member 0's, which is the single run's (time aside)
     history = [pd.read_csv(r / "history.csv").drop(columns="seconds") for r in (single, ensemble)]
-    pd.testing.assert_frame_equal(*history)
+    pd.testing.assert_frame_equal(history[0], history[1])
     single_metrics = json.loads((single / "metrics.json").read_text())
     first = json.loads((ensemble / "metrics.json").read_text())["members"][0]
     assert first["test"] == single_metrics["test"] and first["seed"] == 0
