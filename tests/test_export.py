@@ -47,6 +47,10 @@ RUNS = {
     ),
     "wine": ("wine.yaml", ["training.epochs=3"]),  # multiclass
     "breast_cancer": ("breast-cancer.yaml", ["training.epochs=2"]),  # binary
+    # model.ensemble: the members combined in the graph (mean; log-sum-exp of log-probabilities)
+    "mpg_ensemble": ("mpg.yaml", ["training.epochs=2", "model.ensemble=3"]),
+    "wine_ensemble": ("wine.yaml", ["training.epochs=3", "model.ensemble=3"]),
+    "breast_cancer_ensemble": ("breast-cancer.yaml", ["training.epochs=2", "model.ensemble=3"]),
     "xor": (
         "xor.yaml",
         ["training.epochs=1", "training.iterations_per_epoch=20", "data.eval_rows=200"],

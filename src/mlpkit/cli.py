@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from mlpkit.flows.fit import Listener, Start, TrainResult
     from mlpkit.report.crossval import FoldsPrinter
     from mlpkit.report.display import EpochPrinter, SeedsPrinter
+    from mlpkit.report.summary import Summary
     from mlpkit.train.loop import EpochRecord
 
 # Heavy modules (torch, pandas, sklearn, rich's renderers, the flows) are imported inside
@@ -150,6 +151,15 @@ def train(
             show_default=False,
         ),
     ] = None,
+    ensemble: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Train K networks from K seeds as one run whose predictions average theirs "
+            "(sets model.ensemble).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Train CONFIG into a new run directory and print its path as the last line.
 
@@ -171,6 +181,7 @@ def train(
     if not runs_dir:  # Path("") would silently mean the working directory
         raise MlpkitError(Problem("is empty", where="--runs-dir", hint="give a folder, e.g. runs"))
     overrides = [*(set_ or []), *([f"data.split.folds={folds}"] if folds is not None else [])]
+    overrides += [f"model.ensemble={ensemble}"] if ensemble is not None else []
     if folds is not None and resume is not None:
         hint = "resume alone: mlpkit train --resume FOLDER carries on a cross-validation"
         raise MlpkitError(Problem("cannot be combined with --resume", where="--folds", hint=hint))
@@ -493,7 +504,17 @@ def _headline(start: Start) -> str:
         f"{prepared.config.name}: {prepared.data_rows} rows of {prepared.table.path.name}"
         f"{prepared.data_note} -> {prepared.describe_split()}; "
         f"{len(prepared.preprocessor.input_names)} inputs; "
-        f"{start.summary.total_parameters:,} parameters; device {start.device}"
+        f"{_parameters(start.summary)}; device {start.device}"
+    )
+
+
+def _parameters(summary: Summary) -> str:
+    """The headline's parameter count; an ensemble's says how many members share it."""
+    if summary.members == 1:
+        return f"{summary.total_parameters:,} parameters"
+    return (
+        f"{summary.total_parameters:,} parameters in an ensemble of {summary.members} "
+        "(trained one after another)"
     )
 
 
@@ -511,7 +532,10 @@ class _EpochLines:
         has_val = len(start.prepared.split.val) > 0
         training = start.prepared.config.training
         scheduled = training.scheduler is not None
-        self.printer.start(headline, training.epochs, has_val, epochs_done=done, show_lr=scheduled)
+        members = start.prepared.config.model.ensemble
+        self.printer.start(
+            headline, training.epochs, has_val, done, show_lr=scheduled, members=members
+        )
 
     def epoch(self, record: EpochRecord) -> None:
         self.printer(record)
@@ -525,7 +549,8 @@ class _SeedLines:
 
     def started(self, start: Start) -> None:
         config = start.prepared.config
-        self.printer.start(_headline(start), config.seed, config.training.epochs)
+        epochs = config.training.epochs * config.model.ensemble  # members train in turn
+        self.printer.start(_headline(start), config.seed, epochs)
 
     def epoch(self, record: EpochRecord) -> None:
         self.printer(record)
@@ -596,7 +621,8 @@ class _FoldLines:
         label = f"seed {config.seed} " if self.seeds else ""
         label += f"fold {split.fold}/{split.folds}"
         done = start.position.epoch - 1 if start.position is not None else 0
-        self.printer.start(_folds_headline(start), label, config.training.epochs, done)
+        epochs = config.training.epochs * config.model.ensemble  # members train in turn
+        self.printer.start(_folds_headline(start), label, epochs, done)
 
     def epoch(self, record: EpochRecord) -> None:
         self.printer(record)

@@ -229,11 +229,20 @@ class InputConfig(_Strict):
     layers: list[Layer] = Field(default_factory=list)
 
 
+# An ensemble's members each keep their weights, and train (later: at once, stacked) with
+# their own optimizer state; train/budget.py charges all of them. 64 bounds the file and the
+# summary, and is past where averaging more members stops paying (docs/RESULTS.md).
+MAX_ENSEMBLE = 64
+
+
 class ModelConfig(_Strict):
     # Named inputs, concatenated in this order before `layers`; without it, one input of all
     # data.features. With it, data.features may be left out: it is the inputs' columns in order.
     inputs: dict[str, InputConfig] | None = None
     layers: list[Layer] = Field(min_length=1, examples=[[{"type": "dense", "units": 1}]])
+    # K networks of this architecture, each from its own seed, trained on the same split;
+    # predictions average theirs (probabilities for classification). 1: one network.
+    ensemble: int = Field(1, ge=1, le=MAX_ENSEMBLE)
 
 
 # --- training -------------------------------------------------------------------------------

@@ -78,7 +78,8 @@ def summarize_network(config: Config, preprocessor: Preprocessor) -> Summary:
     input width comes from the fitted preprocessing (one-hot columns depend on the data)."""
     specs = input_specs(config, preprocessor)
     inputs = None if specs is None else [(s.name, len(s.columns), s.layers) for s in specs]
-    return summarize(config.model.layers, len(preprocessor.input_names), inputs)
+    width = len(preprocessor.input_names)
+    return summarize(config.model.layers, width, inputs, config.model.ensemble)
 
 
 def training_info(

@@ -27,18 +27,20 @@ from mlpkit.report import tracking
 from mlpkit.report.summary import Summary
 from mlpkit.rundir import checkpoints, runs
 from mlpkit.train import interrupts, threads
-from mlpkit.train.build import Trainer
+from mlpkit.train.build import COMBINE, Trainer
+from mlpkit.train.ensemble import Member, train_members
 from mlpkit.train.loop import (
+    BatchStream,
     EarlyStopping,
     EpochRecord,
     Hooks,
-    OnEpoch,
     Position,
     StopRequested,
     Tensors,
     fit,
     predict,
 )
+from mlpkit.train.model import Ensemble
 from mlpkit.train.prepare import Prepared, training_stream
 from mlpkit.train.steps import Step
 from mlpkit.train.tasks import Regression
@@ -104,14 +106,14 @@ def fit_run(job: Job, listener: Listener | None) -> TrainResult:
         with stop:
             done = job.checkpoint.position.history if job.checkpoint is not None else []
             job.trackers.start(job.run_dir, done)
-            on_epoch = job.trackers.wrap(listener.epoch if listener is not None else None)
-            result = _fit_and_write(job, on_epoch, stop)
+            result = _fit_and_write(job, listener, stop)
     except BaseException as exc:
         if not isinstance(exc, StopRequested | KeyboardInterrupt):
             mark(job, "diverged" if isinstance(exc, DivergedError) else "failed", exc)
             raise
-        saved = isinstance(exc, StopRequested)
-        stopped = interrupted(job.run_dir, stop.received or signal.SIGINT, saved)
+        resumable = job.prepared.config.model.ensemble == 1  # ensembles keep no checkpoints yet
+        saved = isinstance(exc, StopRequested) and resumable
+        stopped = interrupted(job.run_dir, stop.received or signal.SIGINT, saved, resumable)
         mark(job, "interrupted", stopped)
         raise stopped from None
     update = {"status": "complete", "finished": runs.now(), "training": result.training}
@@ -120,12 +122,17 @@ def fit_run(job: Job, listener: Listener | None) -> TrainResult:
     return result
 
 
-def _fit_and_write(job: Job, on_epoch: OnEpoch | None, stop: interrupts.StopSignals) -> TrainResult:
+def _fit_and_write(
+    job: Job, listener: Listener | None, stop: interrupts.StopSignals
+) -> TrainResult:
     prepared, trainer, device, cfg = job.prepared, job.trainer, job.device, job.prepared.config
     data = {part: prepared.tensors(getattr(prepared.split, part), device) for part in SPLITS}
     position = job.checkpoint.position if job.checkpoint is not None else None
     first_epoch = position.epoch if position is not None else 1
     train = training_stream(prepared, device, first_epoch) if prepared.streams else data["train"]
+    if cfg.model.ensemble > 1:
+        return _fit_ensemble(job, data, train, listener, stop)
+    on_epoch = job.trackers.wrap(listener.epoch if listener is not None else None)
 
     def save(at: Position) -> None:
         schedule = trainer.schedule.state_dict() if trainer.schedule is not None else None
@@ -159,20 +166,87 @@ def _fit_and_write(job: Job, on_epoch: OnEpoch | None, stop: interrupts.StopSign
             step=job.step,
             schedule=trainer.schedule,
         )
-    return write_results(job, data, position)
+    model = trainer.model
+    metrics = final_metrics(model, prepared, data, position, trainer.stopping)
+    why_not_stacked = job.info.training.why_not_stacked if job.info.training else None
+    training = training_info(trainer.engine, position, why_not_stacked=why_not_stacked)
+    return write_results(job, data, model, position.history, metrics, training)
 
 
-def write_results(job: Job, data: dict[str, Tensors], position: Position) -> TrainResult:
-    model, prepared, run_dir = job.trainer.model, job.prepared, job.run_dir
-    metrics = final_metrics(model, prepared, data, position, job.trainer.stopping)
-    runs.write_csv(run_dir / runs.HISTORY, position.history)
+def _fit_ensemble(
+    job: Job,
+    data: dict[str, Tensors],
+    train: Tensors | BatchStream,
+    listener: Listener | None,
+    stop: interrupts.StopSignals,
+) -> TrainResult:
+    """Train model.ensemble's members (train/ensemble.py), then write the ensemble's results:
+    its metrics where a single run has them, each member's under `members`, their mean under
+    `members_mean`. history.csv, best_epoch and the trackers have member 0's epochs (the
+    network a run without the ensemble trains); the listener hears every member's, each
+    record with its `member` (1-based)."""
+    prepared = job.prepared
+
+    def on_epoch(member: int, record: EpochRecord) -> None:
+        if listener is not None:
+            listener.epoch(record | {"member": member + 1})
+        if member == 0:
+            job.trackers.epoch(record)
+
+    val = data["val"] if len(prepared.split.val) else None
+    members = train_members(prepared, job.device, train, val, on_epoch, stop.requested)
+    model = Ensemble([member.model for member in members], COMBINE[prepared.task.name])
+    first = members[0].position
+    metrics = final_metrics(model, prepared, data, first, job.trainer.stopping)
+    metrics["members"] = [_member_metrics(member, prepared, data) for member in members]
+    metrics["members_mean"] = _mean_scores(metrics["members"])
+    training = training_info(members[0].engine, first).model_copy(
+        update={
+            "steps": sum(member.position.steps for member in members),
+            "seconds": sum(r["seconds"] for m in members for r in m.position.history),
+        }
+    )
+    return write_results(job, data, model, first.history, metrics, training)
+
+
+def _member_metrics(member: Member, prepared: Prepared, data: dict[str, Tensors]) -> dict[str, Any]:
+    """A member's seed, best epoch and the task's metrics per split, as a run has them."""
+    found: dict[str, Any] = {"seed": member.seed, "best_epoch": best_epoch(member.position.history)}
+    if member.position.best_value is not None:  # early stopping's best
+        found["best_epoch"] = member.position.best_epoch
+    for part in SPLITS:
+        if data[part].x.shape[0]:
+            outputs = predict(member.model, data[part].x)
+            found[part] = prepared.task.score(data[part].y, outputs, None)
+    return found
+
+
+def _mean_scores(members: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Each split's metrics averaged over the members (a metric some lack is left out)."""
+    mean: dict[str, dict[str, float]] = {}
+    for part in SPLITS:
+        scores = [member[part] for member in members if part in member]
+        if scores:
+            names = [n for n in scores[0] if all(n in s for s in scores)]
+            mean[part] = {n: float(np.mean([s[n] for s in scores])) for n in names}
+    return mean
+
+
+def write_results(
+    job: Job,
+    data: dict[str, Tensors],
+    model: nn.Module,
+    history: list[EpochRecord],
+    metrics: dict[str, Any],
+    training: runs.TrainingInfo,
+) -> TrainResult:
+    prepared, run_dir = job.prepared, job.run_dir
+    runs.write_csv(run_dir / runs.HISTORY, history)
     runs.write_json(run_dir / runs.METRICS, metrics)
     runs.write_csv(run_dir / runs.PREDICTIONS, _predictions(model, prepared, data["test"]))
     runs.write_weights(run_dir / runs.WEIGHTS, model)
     _draw_plots(run_dir)
-    why_not_stacked = job.info.training.why_not_stacked if job.info.training else None
-    training = training_info(job.trainer.engine, position, why_not_stacked=why_not_stacked)
-    return TrainResult(run_dir, position.history, metrics, training)
+    return TrainResult(run_dir, history, metrics, training)
 
 
 def _draw_plots(run_dir: Path) -> None:
@@ -269,7 +343,17 @@ def _truth(prepared: Prepared, test: Tensors) -> np.ndarray:
     return prepared.task.truth(test.y)
 
 
-def interrupted(run_dir: Path, number: int, saved: bool) -> Interrupted:
+def interrupted(run_dir: Path, number: int, saved: bool, resumable: bool = True) -> Interrupted:
+    if not resumable:
+        return Interrupted(
+            Problem(
+                f"training stopped by {signal.Signals(number).name} and the run marked "
+                "interrupted; an ensemble run keeps no checkpoints yet, so it cannot be resumed",
+                file=str(run_dir),
+                hint="train it again",
+            ),
+            signal_number=number,
+        )
     how = "a checkpoint was saved" if saved else "at once; the last checkpoint was kept"
     return Interrupted(
         Problem(

@@ -26,7 +26,16 @@ import torch
 from mlpkit.config.load import LoadedConfig
 from mlpkit.errors import DivergedError, MlpkitError
 from mlpkit.flows.common import resolved_config, summarize_network, training_info, warn
-from mlpkit.flows.fit import SPLITS, Job, Listener, Start, TrainResult, interrupted, mark
+from mlpkit.flows.fit import (
+    SPLITS,
+    Job,
+    Listener,
+    Start,
+    TrainResult,
+    final_metrics,
+    interrupted,
+    mark,
+)
 from mlpkit.flows.fit import write_results as write_member_results
 from mlpkit.flows.train import run_info
 from mlpkit.report import tracking
@@ -85,6 +94,8 @@ def stacking_refusal(built: list[Built]) -> str | None:
         if trainer.engine.name != "direct":
             why = trainer.engine.why_not_direct or "training.engine: autograd"
             return f"the direct engine does not cover it ({why})"
+        if prepared.config.model.ensemble > 1:
+            return "members that are ensembles (model.ensemble)"
         if trainer.schedule is not None:
             return "a learning-rate schedule (training.scheduler)"
         if prepared.streams:
@@ -248,12 +259,14 @@ def _complete(job: Job, member: group.Member, count: int) -> TrainResult:
     """The member's files, as fit_run writes them, then run.json complete."""
     prepared, device = job.prepared, job.device
     data = {part: prepared.tensors(getattr(prepared.split, part), device) for part in SPLITS}
-    result = write_member_results(job, data, member.position)
-    training = training_info(job.trainer.engine, member.position, members=count)
+    position, model = member.position, member.model
+    metrics = final_metrics(model, prepared, data, position, member.stopping)
+    training = training_info(job.trainer.engine, position, members=count)
+    result = write_member_results(job, data, model, position.history, metrics, training)
     update = {"status": "complete", "finished": runs.now(), "training": training}
     runs.write_info(job.run_dir, job.info.model_copy(update=update))
-    job.trackers.finish("complete", result.metrics["test"])
-    return TrainResult(result.run_dir, result.history, result.metrics, training)
+    job.trackers.finish("complete", metrics["test"])
+    return result
 
 
 def _mean_record(epoch: int, records: list[dict[str, float]]) -> dict[str, float]:

@@ -50,6 +50,7 @@ def resume(
     with lock.hold(run_dir):
         run = runs.open_run(run_dir, require_complete=False)  # as it is now that we hold it
         _refuse_finished(run)
+        _refuse_ensemble(run)
         checkpoint, skipped = checkpoints.latest(run_dir)
         loaded = _same_config(run, checkpoint, config_path, overrides)
         device = resolve_device(loaded, device_name)
@@ -83,6 +84,21 @@ def _refuse_finished(run: runs.Run) -> None:
         raise RunDirError(Problem(f"the run is {status}", file=str(run.path), hint=hint))
 
 
+def _refuse_ensemble(run: runs.Run) -> None:
+    """An ensemble's members train one after another without checkpoints (train/ensemble.py):
+    there is nothing to resume from yet."""
+    members = load_config(run.config_path).config.model.ensemble
+    if members > 1:
+        raise RunDirError(
+            Problem(
+                f"the run is an ensemble of {members} (model.ensemble), and ensemble runs keep "
+                "no checkpoints yet, so it cannot be resumed",
+                file=str(run.path),
+                hint="train it again",
+            )
+        )
+
+
 def _same_config(
     run: runs.Run,
     checkpoint: checkpoints.Checkpoint,
@@ -108,9 +124,13 @@ _FREE_SECTIONS = {"tracking"}
 
 
 def _refuse_changes(loaded: LoadedConfig, checkpoint: checkpoints.Checkpoint, path: Path) -> None:
+    trained = checkpoint.config
+    if isinstance(trained.get("model"), dict) and "ensemble" not in trained["model"]:
+        # a checkpoint from before model.ensemble: it trained one network, the default
+        trained = {**trained, "model": {**trained["model"], "ensemble": 1}}
     changed = [
         key
-        for key in differences(resolved_config(loaded), checkpoint.config)
+        for key in differences(resolved_config(loaded), trained)
         if key not in _FREE_ON_RESUME and key.split(".")[0] not in _FREE_SECTIONS
     ]
     if changed:

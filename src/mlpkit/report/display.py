@@ -53,7 +53,9 @@ class EpochPrinter:
         self.bar: Progress | None = None
         self.task: TaskID | None = None
         self.header_shown = False
-        self.hidden = {"epoch", "seconds", "lr"}
+        self.hidden = {"epoch", "seconds", "lr", "member"}
+        self.members = 1  # model.ensemble: records carry their `member`, trained in turn
+        self.member = 0
 
     def start(
         self,
@@ -62,17 +64,20 @@ class EpochPrinter:
         has_val: bool,
         epochs_done: int = 0,
         show_lr: bool = False,
+        members: int = 1,
     ) -> None:
         """Print the headline; on a terminal show a bar of `epochs`, `epochs_done` of them
-        already trained (a resumed run). The lr column shows when a schedule changes it."""
+        already trained (a resumed run). The lr column shows when a schedule changes it. An
+        ensemble's `members` train in turn: `epochs` each, under a line naming the member."""
         self.console.print(headline)
         if show_lr:
             self.hidden.discard("lr")
-        self.epochs = epochs
+        self.epochs, self.members = epochs, members
         self.best_key = "val_loss" if has_val else "train_loss"
         if self.console.is_terminal:
             self.bar = _epoch_bar(self.console, "epoch")
-            self.task = self.bar.add_task("train", total=epochs, completed=epochs_done)
+            total = epochs * members
+            self.task = self.bar.add_task("train", total=total, completed=epochs_done)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -80,6 +85,10 @@ class EpochPrinter:
             self.bar = None
 
     def __call__(self, record: EpochRecord) -> None:
+        member = int(record.get("member", 0))
+        if member != self.member:  # the next ensemble member: its own best
+            self.member, self.best = member, float("inf")
+            self.console.print(Text(f"member {member}/{self.members}", style="bold"))
         columns = [key for key in record if key not in self.hidden]
         width = len(str(self.epochs))
         counter = max(2 * width + 1, len("epoch"))

@@ -17,6 +17,7 @@ layer equal.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +30,7 @@ import mlpkit
 from mlpkit.data.dates import date_parts
 from mlpkit.data.preprocessing import CategoricalFeature, DateFeature, Preprocessor
 from mlpkit.errors import MlpkitError, Problem
-from mlpkit.train.model import MultiInput
+from mlpkit.train.model import Ensemble, MultiInput
 from mlpkit.train.tasks import Binary, Multiclass, Regression, Task
 
 if TYPE_CHECKING:
@@ -270,6 +271,8 @@ def _layer(g: _Graph, module: nn.Module, x: str) -> str:
             positions = module.get_buffer(f"columns_{index}").numpy()  # as MultiInput.forward
             parts.append(_layer(g, branch, g.op("Gather", x, g.const(positions), axis=1)))
         return _layer(g, module.trunk, g.op("Concat", *parts, axis=1))
+    if isinstance(module, Ensemble):
+        return _ensemble(g, module, x)
     if isinstance(module, nn.Linear):  # x @ weight.T + bias
         weights = [g.const(_array(module.weight))]
         if module.bias is not None:
@@ -289,6 +292,28 @@ def _layer(g: _Graph, module: nn.Module, x: str) -> str:
         kind, attributes = _ACTIVATIONS[type(module)](module)
         return g.op(kind, x, **attributes)
     raise TypeError(f"mlpkit export does not know the module {type(module).__name__}")
+
+
+def _ensemble(g: _Graph, module: Ensemble, x: str) -> str:
+    """The members' outputs combined as Ensemble.forward combines them: their Mean, or a
+    log-sum-exp over the members (stacked on a new first axis) of their log-probabilities.
+    log sigmoid(z) is -Softplus(-z): ONNX has no LogSigmoid."""
+    outputs = [_layer(g, member, x) for member in module.members]  # each [batch, outputs]
+    if module.combine == "mean":
+        return g.op("Mean", *outputs)
+    first = g.const(np.asarray([0], dtype=np.int64))
+
+    def logsumexp(values: list[str]) -> str:  # over the members: [batch, outputs]
+        stacked = g.op("Concat", *(g.op("Unsqueeze", v, first) for v in values), axis=0)
+        return g.op("ReduceLogSumExp", stacked, first, keepdims=0)
+
+    if module.combine == "softmax":
+        summed = logsumexp([g.op("LogSoftmax", z, axis=1) for z in outputs])
+        count = np.asarray(math.log(len(outputs)), dtype=np.float32)
+        return g.op("Sub", summed, g.const(count))
+    positive = logsumexp([g.op("Neg", g.op("Softplus", g.op("Neg", z))) for z in outputs])
+    negative = logsumexp([g.op("Neg", g.op("Softplus", z)) for z in outputs])
+    return g.op("Sub", positive, negative)
 
 
 def _array(tensor: torch.Tensor) -> np.ndarray:

@@ -46,10 +46,15 @@ class Row:
 @dataclass(frozen=True)
 class Summary:
     rows: list[Row]
+    members: int = 1  # model.ensemble: the rows are one member's, and there are this many
+
+    @property
+    def member_parameters(self) -> int:
+        return sum(row.count for row in self.rows)
 
     @property
     def total_parameters(self) -> int:
-        return sum(row.count for row in self.rows)
+        return self.members * self.member_parameters
 
     @property
     def parameter_bytes(self) -> int:
@@ -116,24 +121,30 @@ def summarize(
     layers: list[Layer],
     in_features: int,
     inputs: list[tuple[str, int, list[Layer]]] | None = None,
+    members: int = 1,
 ) -> Summary:
     """One row per graph node, as Axon lists them: inputs, their branches, the concatenation,
-    then each layer and its activation. `inputs` are (name, width, branch layers)."""
+    then each layer and its activation. `inputs` are (name, width, branch layers); `members`,
+    an ensemble's count of networks of these rows."""
     graph = _Graph()
     if inputs is None:
         graph.stack(layers, graph.input("input", in_features))
-        return Summary(graph.rows)
+        return Summary(graph.rows, members)
     ends = [graph.stack(branch, graph.input(name, width)) for name, width, branch in inputs]
     joined = graph.add(
         "concatenate", ends, sum(end.output_shape[-1] or 0 for end in ends), "axis: -1"
     )
     graph.stack(layers, joined)
-    return Summary(graph.rows)
+    return Summary(graph.rows, members)
 
 
 def render_table(summary: Summary) -> Group:
-    """The layer table followed by the totals, as Axon prints them."""
-    table = Table(box=box.SQUARE)
+    """The layer table followed by the totals, as Axon prints them; an ensemble's table is a
+    member's, titled with how many there are, and its totals count every member."""
+    title = None
+    if summary.members > 1:
+        title = f"{summary.members} x this network (model.ensemble: {summary.members})"
+    table = Table(box=box.SQUARE, title=title)
     for header in ("Layer", "Input shape", "Output shape"):
         table.add_column(header, no_wrap=True)
     table.add_column("Options")
@@ -148,10 +159,10 @@ def render_table(summary: Summary) -> Group:
             row.options,
             _parameters(row),
         )
-    totals = Text(
-        f"Total parameters: {summary.total_parameters:,}\n"
-        f"Parameter memory: {summary.parameter_bytes:,} bytes"
-    )
+    total = f"{summary.total_parameters:,}"
+    if summary.members > 1:
+        total = f"{summary.members} x {summary.member_parameters:,} = {total}"
+    totals = Text(f"Total parameters: {total}\nParameter memory: {summary.parameter_bytes:,} bytes")
     return Group(table, totals)
 
 
@@ -182,6 +193,8 @@ def _shape(shape: tuple[int | None, ...]) -> str:
 def render_mermaid(summary: Summary) -> str:
     """The model as a Mermaid flowchart, as Axon's as_graph draws it: one node per row."""
     lines = ["flowchart TD"]
+    if summary.members > 1:  # a Mermaid comment: the chart is one member's
+        lines.append(f"    %% one of the {summary.members} networks of model.ensemble")
     for row in summary.rows:
         detail = f"{row.op} {_shape(row.output_shape)}"
         if row.count:

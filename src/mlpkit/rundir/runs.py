@@ -90,8 +90,24 @@ class EarlyStoppingResult(BaseModel):
     restored_best: bool  # the weights are the best epoch's, not the last epoch's
 
 
+class MemberMetrics(BaseModel):
+    """An ensemble member's metrics (model.ensemble): its seed, best epoch, each split's."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    seed: int
+    best_epoch: int
+    train: Scores
+    val: Scores | None = None
+    test: Scores
+
+
 class MetricsFile(BaseModel):
-    """metrics.json: every metric per split in target units, the baselines' test metrics."""
+    """metrics.json: every metric per split in target units, the baselines' test metrics.
+
+    An ensemble's (model.ensemble K > 1) has the ensemble's where a single network's are, its
+    members' metrics under `members` and their mean per split under `members_mean`; its
+    best_epoch and early_stopping are member 0's, as history.csv is."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -102,6 +118,8 @@ class MetricsFile(BaseModel):
     best_epoch: int
     early_stopping: EarlyStoppingResult | None = None
     confusion_matrix: dict[str, list[str] | list[list[int]]] | None = None  # classification
+    members: list[MemberMetrics] | None = None
+    members_mean: dict[str, Scores] | None = None
 
 
 class SplitFileInfo(BaseModel):

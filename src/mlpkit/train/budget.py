@@ -4,6 +4,7 @@ is allocated: memory, and the number of optimizer steps.
 Memory, in float32 bytes (4 a number):
 
     parameters x copies: weights, gradients, the optimizer's moments, early stopping's best
+      (x model.ensemble's members, and their activations too: the stacked engine holds all)
     + activations: every layer's outputs for the larger of a training batch, twice (kept for
       the backward pass, then their gradients) and an evaluation batch (the largest split, up
       to loop.EVAL_BATCH rows)
@@ -79,9 +80,10 @@ class Estimate:
     batch: str  # which batch that is, in words
     data: int = 0  # bytes of the data's tensors
     data_shape: tuple[int, int] = (0, 0)  # their rows and inputs
+    members: int = 1  # model.ensemble: each layer is there once per member
 
     def parameter_bytes(self, part: Part) -> int:
-        return FLOAT * part.parameters * len(self.copies)
+        return self.members * FLOAT * part.parameters * len(self.copies)
 
 
 def check(prepared: Prepared, device: torch.device) -> None:
@@ -103,8 +105,9 @@ def check_network(loaded: LoadedConfig, preprocessor: Preprocessor, device: torc
         ConfigError: the weights need more memory than `device` has, naming the layer.
     """
     parts = layer_parts(loaded.config, preprocessor)
-    shares = {p: FLOAT * p.parameters for p in parts}
-    estimate = Estimate(sum(shares.values()), shares, ["weights"], 0, "")
+    members = loaded.config.model.ensemble
+    shares = {p: members * FLOAT * p.parameters for p in parts}
+    estimate = Estimate(sum(shares.values()), shares, ["weights"], 0, "", members=members)
     _refuse_over(loaded, estimate, device, "the run's network")
 
 
@@ -151,14 +154,17 @@ def training_estimate(prepared: Prepared) -> Estimate:
         rows, which = 2 * batch, f"a training batch of {batch:,} rows, with their gradients"
     else:
         rows, which = evaluated, f"the {evaluated:,} rows evaluated at once"
-    shares = {p: FLOAT * (p.parameters * len(copies) + rows * p.per_row) for p in parts}
+    # An ensemble's members are charged as the stacked engine holds them: all at once.
+    members = config.model.ensemble
+    shares = {p: members * FLOAT * (p.parameters * len(copies) + rows * p.per_row) for p in parts}
     in_memory = sum(counts.values())
     if config.training.shuffle and not prepared.streams:
         in_memory += counts["train"]  # each epoch gathers the training rows in its order
     width = len(prepared.preprocessor.input_names)
     data = FLOAT * in_memory * (width + 1)
     total = sum(shares.values()) + data
-    return Estimate(total, shares, copies, rows, which, data, (sum(counts.values()), width))
+    shape = (sum(counts.values()), width)
+    return Estimate(total, shares, copies, rows, which, data, shape, members)
 
 
 def _copies(config: Config) -> list[str]:
@@ -270,9 +276,13 @@ def _memory_problem(
     hint = "use fewer units"
     if estimate.batch.startswith("a training batch") and outputs > parameters:
         hint = "lower training.batch_size or use fewer units"
+    what = part.what
+    if estimate.members > 1:
+        what += f", in each of the {estimate.members} members of model.ensemble"
+        hint += " or fewer ensemble members"
     return loaded.problem(
         (*part.where, "units") if dense else part.where,
-        f"{needs}; {_gb(share)} of it is this layer ({part.what}): {', '.join(uses)}",
+        f"{needs}; {_gb(share)} of it is this layer ({what}): {', '.join(uses)}",
         hint,
     )
 

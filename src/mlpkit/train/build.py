@@ -18,7 +18,7 @@ from mlpkit.data.preprocessing import Preprocessor
 from mlpkit.errors import ConfigError, EnvironmentFault, Problem
 from mlpkit.train import budget, direct, eager, threads
 from mlpkit.train.loop import EarlyStopping
-from mlpkit.train.model import InputSpec, build_model
+from mlpkit.train.model import Ensemble, InputSpec, build_model, member_seed
 from mlpkit.train.prepare import Prepared
 from mlpkit.train.schedules import Schedule
 from mlpkit.train.steps import AutogradStep, Step
@@ -54,11 +54,30 @@ class Trainer:
 def network(
     config: Config, preprocessor: Preprocessor, task: Task, device: torch.device
 ) -> nn.Module:
-    """The configured network; classification keeps logits as its output (see tasks.py)."""
+    """The configured network, as a trained run's weights load into it: one network, or with
+    model.ensemble K > 1 an Ensemble of K members (its weights `members.<k>.<name>`).
+    Classification keeps logits as its output (see tasks.py and model.Ensemble)."""
+    count = config.model.ensemble
+    if count == 1:
+        return member_network(config, preprocessor, task, device, 0)
+    members = [member_network(config, preprocessor, task, device, k) for k in range(count)]
+    return Ensemble(members, COMBINE[task.name])
+
+
+# How an Ensemble averages its members, by task (model.Ensemble says why these forms).
+COMBINE = {"regression": "mean", "binary": "sigmoid", "multiclass": "softmax"}
+
+
+def member_network(
+    config: Config, preprocessor: Preprocessor, task: Task, device: torch.device, member: int
+) -> nn.Module:
+    """One network of the configured architecture, from member `member`'s seed (member 0:
+    the config's seed, the network a run without an ensemble has)."""
     logits = not isinstance(task, Regression)
     width = len(preprocessor.input_names)
     inputs = input_specs(config, preprocessor)
-    return build_model(config.model.layers, width, config.seed, device, logits, inputs)
+    seed = member_seed(config.seed, member)
+    return build_model(config.model.layers, width, seed, device, logits, inputs)
 
 
 def input_specs(config: Config, preprocessor: Preprocessor) -> list[InputSpec] | None:
@@ -84,8 +103,11 @@ def make_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
     return optimizer_class(model.parameters(), **options)
 
 
-def build_trainer(prepared: Prepared, device: torch.device) -> Trainer:
+def build_trainer(prepared: Prepared, device: torch.device, member: int = 0) -> Trainer:
     """Build model, optimizer and loss, so whatever torch refuses is known before a run exists.
+
+    The model is one network: the config's, or with model.ensemble K > 1 member `member`'s
+    (train/ensemble.py trains the members in turn, each with a trainer of its own).
 
     Raises:
         ConfigError: the run would not fit in memory or take over budget.MAX_STEPS steps
@@ -95,7 +117,7 @@ def build_trainer(prepared: Prepared, device: torch.device) -> Trainer:
         EnvironmentFault: the memory ran out while building the network all the same.
     """
     budget.check(prepared, device)
-    model = _network(prepared, device)
+    model = _network(prepared, device, member)
     try:
         optimizer = make_optimizer(model, prepared.config)
     except ValueError as exc:
@@ -111,11 +133,12 @@ def build_trainer(prepared: Prepared, device: torch.device) -> Trainer:
     return Trainer(model, optimizer, loss_fn, engine, schedule, stopping)
 
 
-def _network(prepared: Prepared, device: torch.device) -> nn.Module:
+def _network(prepared: Prepared, device: torch.device, member: int) -> nn.Module:
     """The network, built after the budget passed it; should the memory still run out (other
     processes took it meanwhile), that is the machine's failure, not a bug."""
     try:
-        return network(prepared.config, prepared.preprocessor, prepared.task, device)
+        config, preprocessor, task = prepared.config, prepared.preprocessor, prepared.task
+        return member_network(config, preprocessor, task, device, member)
     except (MemoryError, RuntimeError) as exc:  # torch.OutOfMemoryError is a RuntimeError
         if not isinstance(exc, MemoryError | torch.OutOfMemoryError) and "alloc" not in str(exc):
             raise

@@ -6,6 +6,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -45,6 +46,48 @@ class MultiInput(nn.Module):
             for index, branch in enumerate(self.branches)
         ]
         return self.trunk(torch.cat(parts, dim=1))  # type: ignore[no-any-return]
+
+
+class Ensemble(nn.Module):
+    """K members of one architecture, read as one network: its output averages theirs in the
+    terms the task reads outputs in, so tasks.py, the losses and the exports need nothing new.
+
+    - `mean` (regression): the members' mean output.
+    - `softmax` (multiclass): log of the mean probabilities, log(mean_k softmax(z_k)) =
+      logsumexp_k(log_softmax(z_k)) - log K. They sum to 1, so the task's softmax of it gives
+      the mean probabilities back, and cross-entropy on it is the ensemble's log loss.
+    - `sigmoid` (binary): the logit of the mean probability, log p - log(1 - p) =
+      logsumexp_k(logsigmoid(z_k)) - logsumexp_k(logsigmoid(-z_k)) (the log K cancels); the
+      task's sigmoid of it gives p back. Both forms stay finite for any finite logits.
+    """
+
+    def __init__(self, members: list[nn.Module], combine: str) -> None:
+        super().__init__()
+        if combine not in ("mean", "softmax", "sigmoid"):
+            raise ValueError(f"unknown combination '{combine}'")
+        self.members = nn.ModuleList(members)
+        self.combine = combine
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outputs = torch.stack([member(x) for member in self.members])  # [K, rows, outputs]
+        if self.combine == "mean":
+            return outputs.mean(dim=0)
+        if self.combine == "softmax":
+            log_p = torch.log_softmax(outputs, dim=2)  # [K, rows, classes]
+            return torch.logsumexp(log_p, dim=0) - math.log(len(self.members))
+        positive = torch.logsumexp(nn.functional.logsigmoid(outputs), dim=0)  # log K + log p
+        negative = torch.logsumexp(nn.functional.logsigmoid(-outputs), dim=0)  # log K + log(1-p)
+        return positive - negative
+
+
+def member_seed(seed: int, member: int) -> int:
+    """Member `member`'s seed (its initial weights, shuffle and dropout): member 0 has the
+    config's own, so it is the network a run without an ensemble trains; the others draw
+    theirs from numpy's SeedSequence of (seed, member), so they are unrelated to the seeds
+    `train --seeds` gives the next runs (seed + 1, ...)."""
+    if member == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, member]).generate_state(1)[0])  # < 2**32
 
 
 def build_model(
