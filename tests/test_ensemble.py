@@ -133,17 +133,20 @@ def test_member_0_is_the_network_a_run_without_the_ensemble_trains(
     assert (single / "model.safetensors").read_bytes() == (
         explicit / "model.safetensors"
     ).read_bytes()
+    # the members train stacked: member 0 is the single run's network within float rounding
+    training = json.loads((ensemble / "run.json").read_text())["training"]
+    assert training["engine"] == "stacked" and training["members"] == 2
     alone = load_file(single / "model.safetensors")
     members = load_file(ensemble / "model.safetensors")
     for name, tensor in alone.items():
-        assert torch.equal(members[f"members.0.{name}"], tensor)
-        assert not torch.equal(members[f"members.1.{name}"], tensor)
+        torch.testing.assert_close(members[f"members.0.{name}"], tensor, rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(members[f"members.1.{name}"], tensor)
     # history.csv is member 0's, which is the single run's (time aside)
     history = [pd.read_csv(r / "history.csv").drop(columns="seconds") for r in (single, ensemble)]
-    pd.testing.assert_frame_equal(history[0], history[1])
+    pd.testing.assert_frame_equal(history[0], history[1], rtol=1e-5)
     single_metrics = json.loads((single / "metrics.json").read_text())
     first = json.loads((ensemble / "metrics.json").read_text())["members"][0]
-    assert first["test"] == single_metrics["test"] and first["seed"] == 0
+    assert first["test"] == pytest.approx(single_metrics["test"], rel=1e-4) and first["seed"] == 0
     assert "members" not in single_metrics
     config = (ensemble / "config.yaml").read_text()
     assert "ensemble: 2" in config and "ensemble: 1" in (single / "config.yaml").read_text()
@@ -261,3 +264,21 @@ def test_member_seeds_are_fixed_distinct_and_member_0_is_the_config_s() -> None:
     assert len(set(seeds)) == 64 and all(0 <= s < 2**32 for s in seeds)
     assert seeds == [member_seed(7, k) for k in range(64)]
     assert member_seed(8, 1) not in seeds  # not the next run's (--seeds) members
+
+
+def test_an_ensemble_trains_stacked_or_says_why_not(cli: Cli, project: Project) -> None:
+    together = cli("train", project.config, "--runs-dir", project.runs, "--ensemble", "3")
+    assert together.code == 0, together.err
+    assert "in an ensemble of 3 (stacked, trained together)" in together.out.splitlines()[0]
+    assert "member 1/3" not in together.out  # one line an epoch: the members' mean
+    project.edit_config(
+        "    - {type: dense, units: 1}",
+        "    - {type: dropout, rate: 0.1}\n    - {type: dense, units: 1}",
+    )
+    in_turn = cli("train", project.config, "--runs-dir", project.runs / "b", "--ensemble", "3")
+    assert in_turn.code == 0, in_turn.err
+    assert "(trained one after another)" in in_turn.out.splitlines()[0]
+    assert "member 3/3" in in_turn.out
+    run = Path(in_turn.last_line)
+    training = json.loads((run / "run.json").read_text())["training"]
+    assert training["engine"] == "autograd" and "Dropout" in training["why_not_stacked"]

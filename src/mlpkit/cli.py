@@ -504,18 +504,16 @@ def _headline(start: Start) -> str:
         f"{prepared.config.name}: {prepared.data_rows} rows of {prepared.table.path.name}"
         f"{prepared.data_note} -> {prepared.describe_split()}; "
         f"{len(prepared.preprocessor.input_names)} inputs; "
-        f"{_parameters(start.summary)}; device {start.device}"
+        f"{_parameters(start.summary, start.together)}; device {start.device}"
     )
 
 
-def _parameters(summary: Summary) -> str:
+def _parameters(summary: Summary, together: bool) -> str:
     """The headline's parameter count; an ensemble's says how many members share it."""
     if summary.members == 1:
         return f"{summary.total_parameters:,} parameters"
-    return (
-        f"{summary.total_parameters:,} parameters in an ensemble of {summary.members} "
-        "(trained one after another)"
-    )
+    how = "stacked, trained together" if together else "trained one after another"
+    return f"{summary.total_parameters:,} parameters in an ensemble of {summary.members} ({how})"
 
 
 class _EpochLines:
@@ -532,7 +530,7 @@ class _EpochLines:
         has_val = len(start.prepared.split.val) > 0
         training = start.prepared.config.training
         scheduled = training.scheduler is not None
-        members = start.prepared.config.model.ensemble
+        members = 1 if start.together else start.prepared.config.model.ensemble
         self.printer.start(
             headline, training.epochs, has_val, done, show_lr=scheduled, members=members
         )
@@ -549,8 +547,8 @@ class _SeedLines:
 
     def started(self, start: Start) -> None:
         config = start.prepared.config
-        epochs = config.training.epochs * config.model.ensemble  # members train in turn
-        self.printer.start(_headline(start), config.seed, epochs)
+        in_turn = 1 if start.together else config.model.ensemble  # members train in turn
+        self.printer.start(_headline(start), config.seed, config.training.epochs * in_turn)
 
     def epoch(self, record: EpochRecord) -> None:
         self.printer(record)
@@ -621,8 +619,8 @@ class _FoldLines:
         label = f"seed {config.seed} " if self.seeds else ""
         label += f"fold {split.fold}/{split.folds}"
         done = start.position.epoch - 1 if start.position is not None else 0
-        epochs = config.training.epochs * config.model.ensemble  # members train in turn
-        self.printer.start(_folds_headline(start), label, epochs, done)
+        in_turn = 1 if start.together else config.model.ensemble  # members train in turn
+        self.printer.start(_folds_headline(start), label, config.training.epochs * in_turn, done)
 
     def epoch(self, record: EpochRecord) -> None:
         self.printer(record)

@@ -56,6 +56,7 @@ class Start:
     device: torch.device
     summary: Summary
     position: Position | None  # where a resumed run carries on; None for a new run
+    together: bool = False  # an ensemble whose members train stacked: one line an epoch
 
 
 class Listener(Protocol):
@@ -193,20 +194,41 @@ def _fit_ensemble(
         if member == 0:
             job.trackers.epoch(record)
 
+    def on_together(records: list[tuple[int, EpochRecord]]) -> None:
+        for member, record in records:
+            if member == 0:
+                job.trackers.epoch(record)
+        if listener is not None:
+            listener.epoch(mean_record([record for _, record in records]))
+
     val = data["val"] if len(prepared.split.val) else None
-    members = train_members(prepared, job.device, train, val, on_epoch, stop.requested)
+    trained = train_members(prepared, job.device, train, val, on_epoch, stop.requested, on_together)
+    members = trained.members
     model = Ensemble([member.model for member in members], COMBINE[prepared.task.name])
     first = members[0].position
     metrics = final_metrics(model, prepared, data, first, job.trainer.stopping)
     metrics["members"] = [_member_metrics(member, prepared, data) for member in members]
     metrics["members_mean"] = _mean_scores(metrics["members"])
-    training = training_info(members[0].engine, first).model_copy(
+    stacked = members[0].engine.name == "stacked"  # then the members' epochs are one time
+    timed = members[:1] if stacked else members
+    training = training_info(
+        members[0].engine,
+        first,
+        members=len(members) if stacked else None,
+        why_not_stacked=trained.why_not_stacked,
+    ).model_copy(
         update={
             "steps": sum(member.position.steps for member in members),
-            "seconds": sum(r["seconds"] for m in members for r in m.position.history),
+            "seconds": sum(r["seconds"] for m in timed for r in m.position.history),
         }
     )
     return write_results(job, data, model, first.history, metrics, training)
+
+
+def mean_record(records: list[EpochRecord]) -> EpochRecord:
+    """Members trained together: the mean of each figure of their epoch, one progress line."""
+    keys = [key for key in records[0] if all(key in record for record in records)]
+    return {key: sum(record[key] for record in records) / len(records) for key in keys}
 
 
 def _member_metrics(member: Member, prepared: Prepared, data: dict[str, Tensors]) -> dict[str, Any]:

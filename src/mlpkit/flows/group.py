@@ -35,6 +35,7 @@ from mlpkit.flows.fit import (
     final_metrics,
     interrupted,
     mark,
+    mean_record,
 )
 from mlpkit.flows.fit import write_results as write_member_results
 from mlpkit.flows.train import run_info
@@ -43,9 +44,8 @@ from mlpkit.report.summary import render_text
 from mlpkit.rundir import checkpoints, crossval, lock, runs
 from mlpkit.train import group, interrupts, threads
 from mlpkit.train.build import Trainer, build_trainer
-from mlpkit.train.loop import StopRequested, Tensors
+from mlpkit.train.loop import StopRequested
 from mlpkit.train.prepare import Prepared, prepare
-from mlpkit.train.stacked import Unstackable
 from mlpkit.train.steps import AutogradStep
 
 # A member's checkpoint is written after an epoch once this many seconds have passed since
@@ -90,16 +90,9 @@ def stacking_refusal(built: list[Built]) -> str | None:
     """Why these members cannot train as one stack (None: they can)."""
     first = built[0].prepared.config.training
     for member in built:
-        trainer, prepared = member.trainer, member.prepared
-        if trainer.engine.name != "direct":
-            why = trainer.engine.why_not_direct or "training.engine: autograd"
-            return f"the direct engine does not cover it ({why})"
+        prepared = member.prepared
         if prepared.config.model.ensemble > 1:
             return "members that are ensembles (model.ensemble)"
-        if trainer.schedule is not None:
-            return "a learning-rate schedule (training.scheduler)"
-        if prepared.streams:
-            return "streamed or synthetic training data"
         training = prepared.config.training
         if (training.epochs, training.batch_size, training.shuffle) != (
             first.epochs,
@@ -107,18 +100,12 @@ def stacking_refusal(built: list[Built]) -> str | None:
             first.shuffle,
         ):
             return "members with different epochs, batch size or shuffle"
-    try:
-        group.stack([_member(member, torch.device("cpu"), probe=True) for member in built])
-    except Unstackable as why:
-        return str(why)
-    return None
+    streams = any(member.prepared.streams for member in built)
+    return group.why_not([member.trainer for member in built], streams)
 
 
-def _member(built: Built, device: torch.device, probe: bool = False) -> group.Member:
+def _member(built: Built, device: torch.device) -> group.Member:
     prepared, trainer, cfg = built.prepared, built.trainer, built.prepared.config
-    if probe:  # shapes, loss and optimizer only: no tensors of the rows
-        empty = Tensors(torch.empty(0), torch.empty(0))
-        return group.Member(trainer.model, trainer.optimizer, trainer.loss_fn, empty, None, 0)
     train = prepared.tensors(prepared.split.train, device)
     val = prepared.tensors(prepared.split.val, device) if len(prepared.split.val) else None
     return group.Member(
@@ -218,7 +205,7 @@ def _fit(
             if tell is not None:
                 tell(record)
         if listener is not None and records:
-            listener.epoch(_mean_record(epoch, [record for _, record in records]))
+            listener.epoch(mean_record([record for _, record in records]))
 
     try:
         with stop, threads.limited(built[0].trainer.engine.threads):
@@ -267,10 +254,3 @@ def _complete(job: Job, member: group.Member, count: int) -> TrainResult:
     runs.write_info(job.run_dir, job.info.model_copy(update=update))
     job.trackers.finish("complete", metrics["test"])
     return result
-
-
-def _mean_record(epoch: int, records: list[dict[str, float]]) -> dict[str, float]:
-    """The running members' mean of each figure of the epoch: the group's progress line."""
-    keys = [key for key in records[0] if key != "epoch" and all(key in r for r in records)]
-    mean = {key: sum(r[key] for r in records) / len(records) for key in keys}
-    return {"epoch": float(epoch), **mean}

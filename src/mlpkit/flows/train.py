@@ -31,6 +31,7 @@ from mlpkit.flows.fit import Job, Listener, Start, TrainResult, fit_run
 from mlpkit.report import tracking
 from mlpkit.report.summary import render_text
 from mlpkit.rundir import crossval, lock, runs
+from mlpkit.train import ensemble
 from mlpkit.train.build import Engine, build_trainer, make_step
 from mlpkit.train.prepare import Prepared, prepare
 
@@ -57,12 +58,15 @@ def train(
     device = resolve_device(loaded, device_name)
     config = resolved_config(loaded)
     prepared = prepare(loaded)
-    step, trainer = make_step(build_trainer(prepared, device))
+    built = build_trainer(prepared, device)
+    # before make_step, which gives the optimizer state (the stacked engine starts without)
+    together = prepared.config.model.ensemble > 1 and ensemble.stacks(prepared, built)
+    step, trainer = make_step(built)
     warn(prepared.warnings)
     trackers = tracking.open_tracking(loaded, config, runs_dir)
     summary = summarize_network(prepared.config, prepared.preprocessor)
     if listener is not None:
-        listener.started(Start(prepared, device, summary, None))
+        listener.started(Start(prepared, device, summary, None, together))
     if place is None:
         run_dir = runs.create_run_dir(runs_dir, prepared.config.name)
     else:

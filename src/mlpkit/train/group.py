@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from mlpkit.errors import DivergedError
+from mlpkit.train.build import Trainer
 from mlpkit.train.loop import (
     EarlyStopping,
     EpochRecord,
@@ -84,6 +85,25 @@ def adam_settings(optimizer: torch.optim.Optimizer) -> AdamSettings:
     return AdamSettings(
         float(group["lr"]), beta1, beta2, group["eps"], group["weight_decay"], decoupled
     )
+
+
+def why_not(trainers: list[Trainer], streams: bool) -> str | None:
+    """What keeps these trainers' networks from training stacked (None: nothing), short of
+    what `stack` finds in their shapes, loss and optimizer."""
+    if streams:
+        return "streamed or synthetic training data"
+    for trainer in trainers:
+        if trainer.engine.name != "direct":
+            why = trainer.engine.why_not_direct or "training.engine: autograd"
+            return f"the direct engine does not cover it ({why})"
+        if trainer.schedule is not None:
+            return "a learning-rate schedule (training.scheduler)"
+    try:
+        empty = Tensors(torch.empty(0), torch.empty(0))
+        stack([Member(t.model, t.optimizer, t.loss_fn, empty, None, 0) for t in trainers])
+    except Unstackable as why:
+        return str(why)
+    return None
 
 
 def stack(members: list[Member]) -> tuple[StackedNetwork, StackedAdam]:
