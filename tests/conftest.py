@@ -101,10 +101,11 @@ def _plots_only_where_asked(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Drawing a run's plots costs about a second of matplotlib per training, and the suite
-    trains a few hundred runs in process: only tests marked `plots` draw them (test_plots.py,
-    the complete-run file list, the disk-full case). Subprocess runs always draw them."""
-    if request.node.get_closest_marker("plots") is None:
-        monkeypatch.setattr("mlpkit.flows.fit._draw_plots", lambda run_dir: None)
+    trains a few hundred runs: only tests marked `plots` draw them, before the command returns
+    (test_plots.py, the complete-run file list); elsewhere `train` draws none. Tests of the
+    background child pass --plots background themselves."""
+    marked = request.node.get_closest_marker("plots") is not None
+    monkeypatch.setenv("MLPKIT_PLOTS", "wait" if marked else "off")
 
 
 @pytest.fixture

@@ -57,6 +57,7 @@ METRICS = "metrics.json"  # every metric per split, the baselines beside them
 PREDICTIONS = "predictions.csv"  # the test rows with their predictions
 WEIGHTS = "model.safetensors"  # the trained weights
 PLOTS = "plots"  # folder: the PNGs drawn from the files above
+PLOTS_LOG = "plots.log"  # why the plots drawn in the background are missing, if they are
 CHECKPOINTS = "checkpoints"  # folder: one subfolder per checkpoint
 LOCK = ".lock"  # held by the process training the run
 TENSORBOARD = "tensorboard"  # folder: TensorBoard event files, when tracked
@@ -71,6 +72,7 @@ EXPORTS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
 # What mlpkit itself writes in a run: never a target for `export --out`.
 OWN_NAMES = frozenset(
     {CONFIG, RUN_INFO, SUMMARY, PREPROCESSING, HISTORY, METRICS, PREDICTIONS, WEIGHTS, PLOTS}
+    | {PLOTS_LOG}
     | {CHECKPOINTS, LOCK, TENSORBOARD, MLFLOW_LINK}
 )
 _FORMAT_HINT = f"expected a run written by mlpkit train (format {RUN_FORMAT})"
