@@ -2,9 +2,10 @@
 
 A run directory holds config.yaml, run.json, summary.txt, preprocessing.json, history.csv,
 metrics.json, predictions.csv, model.safetensors and plots/*.png (report/plots.py, drawn from
-those files after the run completes; plots.log says why when they could not be), with checkpoints/ (rundir/checkpoints.py) and a .lock (rundir/lock.py) while it
-trains. run.json carries the status; `complete` is written last, so a directory whose run.json
-does not say complete is never treated as finished. The names below are the only spelling of
+those files after the run completes; plots.log says why when they could not be), with
+checkpoints/ (rundir/checkpoints.py) and a .lock (rundir/lock.py) while it trains. run.json
+carries the status; `complete` is written last, so a directory whose run.json does not say
+complete is never treated as finished. The names below are the only spelling of
 those files: other modules ask for them.
 Loading never executes code: JSON, a safe YAML loader, and safetensors for the weights.
 Reading is bounded (reading.py): only regular files, run files up to RUN_FILE_LIMIT, weights up
