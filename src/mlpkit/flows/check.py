@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 
 from mlpkit.config.load import LoadedConfig
-from mlpkit.flows.common import load_run_config, resolve_device, summarize_network, warn
+from mlpkit.flows.common import load_run_config, resolve_device, warn
 from mlpkit.report import tracking
-from mlpkit.report.summary import Summary
+from mlpkit.report.summary import Summary, summarize_network
 from mlpkit.rundir import runs
 from mlpkit.train.build import build_trainer
 from mlpkit.train.prepare import Prepared, prepare

@@ -23,13 +23,12 @@ from mlpkit.errors import MlpkitError
 from mlpkit.flows.common import (
     resolve_device,
     resolved_config,
-    summarize_network,
     training_info,
     warn,
 )
 from mlpkit.flows.fit import Job, Listener, Start, TrainResult, fit_run
 from mlpkit.report import tracking
-from mlpkit.report.summary import render_text
+from mlpkit.report.summary import render_text, summarize_network
 from mlpkit.rundir import crossval, lock, runs
 from mlpkit.train.build import Engine, build_trainer, make_step
 from mlpkit.train.prepare import Prepared, prepare
