@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -94,6 +95,13 @@ class Project:
         result = cli("train", self.config, "--runs-dir", runs or self.runs, "-q", *extra)
         assert result.code == 0, result.err
         return Path(result.last_line)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """No run trained by the suite draws its plots unless a test asks (below): module-scoped
+    fixtures train before any function-scoped fixture could say so, and a background child
+    started in process would outlive its test."""
+    os.environ["MLPKIT_PLOTS"] = "off"
 
 
 @pytest.fixture(autouse=True)
