@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from mlpkit.config.load import LoadedConfig
-from mlpkit.flows.common import load_run_config, resolve_device, warn
+from mlpkit.errors import warn
+from mlpkit.flows.common import load_run_config, resolve_device
 from mlpkit.report import tracking
 from mlpkit.report.summary import Summary, summarize_network
 from mlpkit.rundir import runs

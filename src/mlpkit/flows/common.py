@@ -3,7 +3,6 @@ the rows a run was trained on found again, and the resolved config as a run reco
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -179,12 +178,6 @@ def refuse_non_finite_outputs(
 def _shown(values: list[float]) -> str:
     shown = ", ".join(str(v) for v in values[:3])
     return shown + (", ..." if len(values) > 3 else "")
-
-
-def warn(problems: tuple[Problem, ...]) -> None:
-    """Each problem that does not stop the command as one `Warning:` line on stderr."""
-    for problem in problems:
-        sys.stderr.write(f"Warning: {problem.render().removeprefix('Error: ')}\n")
 
 
 def trained_rows(run: runs.Run, loaded: LoadedConfig, hint: str) -> tuple[Table, Split]:

@@ -19,12 +19,11 @@ import torch
 import mlpkit
 from mlpkit.config.load import LoadedConfig
 from mlpkit.data.table import Table
-from mlpkit.errors import MlpkitError
+from mlpkit.errors import MlpkitError, warn
 from mlpkit.flows.common import (
     resolve_device,
     resolved_config,
     training_info,
-    warn,
 )
 from mlpkit.flows.fit import Job, Listener, Start, TrainResult, fit_run
 from mlpkit.report import tracking
