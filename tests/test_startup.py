@@ -117,6 +117,18 @@ def test_check_reads_fits_and_budgets_without_torch_or_matplotlib(config: Path) 
     assert not {"torch", "matplotlib", "sklearn"} & set(imported)
 
 
+def test_commands_that_read_no_table_import_no_pandas(tmp_path: Path) -> None:
+    # runs, compare and plot read run files (JSON, CSV by the csv module); pandas (and the
+    # pyarrow it loads) is imported only where a table is read. plot's child draws with
+    # matplotlib alone.
+    for args, code in ((["runs", tmp_path], 0), (["compare", tmp_path / "x"], 2)):
+        found, imported, _, _ = probe(*args, cwd=tmp_path)
+        assert found == code
+        assert imported == ["numpy"]
+    found, imported, _, _ = probe("plot", tmp_path / "x", cwd=tmp_path)
+    assert (found, imported) == (2, ["numpy", "matplotlib"])
+
+
 @pytest.mark.slow
 def test_the_probe_sees_torch_when_a_command_needs_it(config: Path) -> None:
     # Whether the direct step covers the model is torch's to say: check imports it then. This
