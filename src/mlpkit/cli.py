@@ -227,27 +227,40 @@ def _train_run(
         if split.folds is not None and split.fold is None:
             _train_folds(config, overrides, runs_dir, device, quiet, done)
             return
-    from mlpkit.report import display
+    if quiet:  # the run directory alone: no rich renderers to import
+        result = _fit_one(loaded, resume, config, set_, runs_dir, device, None)
+    else:
+        from mlpkit.report import display
 
-    console = _stdout()
-    printer = display.EpochPrinter(console)
-    listener = None if quiet else _EpochLines(printer)
-    try:
-        if loaded is None:
-            assert resume is not None
-            from mlpkit.flows.resume import resume as resume_run
-
-            result = resume_run(resume, config, set_, device, listener)
-        else:
-            from mlpkit.flows.train import train as train_run
-
-            result = train_run(loaded, runs_dir, device, listener)
-    finally:
-        printer.close()
-    if not quiet:
+        console = _stdout()
+        printer = display.EpochPrinter(console)
+        try:
+            result = _fit_one(loaded, resume, config, set_, runs_dir, device, _EpochLines(printer))
+        finally:
+            printer.close()
         console.print(display.metrics_table(result.metrics))
     print(result.run_dir)
     done.append(result.run_dir)
+
+
+def _fit_one(
+    loaded: LoadedConfig | None,
+    resume: Path | None,
+    config: Path | None,
+    set_: list[str],
+    runs_dir: Path,
+    device: str | None,
+    listener: Listener | None,
+) -> TrainResult:
+    """The loaded config trained into a new run, or the --resume run carried on."""
+    if loaded is None:
+        assert resume is not None
+        from mlpkit.flows.resume import resume as resume_run
+
+        return resume_run(resume, config, set_, device, listener)
+    from mlpkit.flows.train import train as train_run
+
+    return train_run(loaded, runs_dir, device, listener)
 
 
 @contextlib.contextmanager
