@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: setup
-	$(BIN)/mlpkit train configs/mpg.yaml
+	$(BIN)/mlpkit train configs/mpg.yaml --plots wait
 
 lint: setup
 	$(BIN)/ruff check src tests data bench

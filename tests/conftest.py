@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -96,15 +97,23 @@ class Project:
         return Path(result.last_line)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """No run trained by the suite draws its plots unless a test asks (below): module-scoped
+    fixtures train before any function-scoped fixture could say so, and a background child
+    started in process would outlive its test."""
+    os.environ["MLPKIT_PLOTS"] = "off"
+
+
 @pytest.fixture(autouse=True)
 def _plots_only_where_asked(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Drawing a run's plots costs about a second of matplotlib per training, and the suite
-    trains a few hundred runs in process: only tests marked `plots` draw them (test_plots.py,
-    the complete-run file list, the disk-full case). Subprocess runs always draw them."""
-    if request.node.get_closest_marker("plots") is None:
-        monkeypatch.setattr("mlpkit.flows.fit._draw_plots", lambda run_dir: None)
+    trains a few hundred runs: only tests marked `plots` draw them, before the command returns
+    (test_plots.py, the complete-run file list); elsewhere `train` draws none. Tests of the
+    background child pass --plots background themselves."""
+    marked = request.node.get_closest_marker("plots") is not None
+    monkeypatch.setenv("MLPKIT_PLOTS", "wait" if marked else "off")
 
 
 @pytest.fixture

@@ -116,7 +116,8 @@ class Case:
 
     def train_argv(self) -> list[str]:
         sets = _sets(self.overrides + self.caps)  # the caps last, so they win
-        return ["train", CONFIG_NAME, "--runs-dir", RUNS_NAME, "-q", *sets]
+        # the plots drawn here, before train returns: their labels are fuzzed too
+        return ["train", CONFIG_NAME, "--runs-dir", RUNS_NAME, "-q", "--plots", "wait", *sets]
 
 
 def _sets(overrides: tuple[str, ...]) -> list[str]:

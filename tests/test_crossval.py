@@ -231,7 +231,7 @@ def test_an_interrupted_cross_validation_resumes_where_it_stopped(
     assert listed[1].split()[:5] == [f"tiny/{cv.name}", "tiny", "interrupted", "1/4", "folds"]
 
     monkeypatch.undo()
-    monkeypatch.setattr("mlpkit.flows.fit._draw_plots", lambda run_dir: None)
+    monkeypatch.setenv("MLPKIT_PLOTS", "off")
     resumed = cli("train", "--resume", cv)
     assert resumed.code == 0, resumed.err
     assert resumed.last_line == str(cv)
@@ -260,7 +260,7 @@ def test_a_fold_stopped_before_its_first_checkpoint_trains_again(
     (cv,) = (project.runs / "tiny").iterdir()
     shutil.rmtree(cv / "fold-2" / "checkpoints")  # as if killed before its first epoch ended
     monkeypatch.undo()
-    monkeypatch.setattr("mlpkit.flows.fit._draw_plots", lambda run_dir: None)
+    monkeypatch.setenv("MLPKIT_PLOTS", "off")
     assert cli("train", project.config, "--resume", cv, "--folds", "2").code == 2
     changed = cli("train", project.config, "--resume", cv, "--set", "training.epochs=9")
     assert changed.code == 2

@@ -1,7 +1,9 @@
-"""plots.py and `mlpkit plot`: the PNGs a run gets, what they show, and how redrawing fails.
+"""plots.py, `mlpkit plot` and flows/plotting.py: the PNGs a run gets, what they show, how
+redrawing fails, and the detached child that draws them after `mlpkit train` returns.
 
 Three tiny runs (regression, binary, multiclass) and a short synthetic stream are trained once
-for the module; tests that change a run's files work on a copy.
+for the module (flows.train.train, then their plots drawn as the CLI's --plots wait does);
+tests that change a run's files work on a copy.
 """
 
 from __future__ import annotations
@@ -10,6 +12,9 @@ import csv
 import io
 import json
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +26,7 @@ from sklearn import metrics as sk
 
 from mlpkit.config.load import load_config
 from mlpkit.errors import EnvironmentFault, Problem
+from mlpkit.flows import plotting
 from mlpkit.flows.train import train
 from mlpkit.report import charts, plots
 
@@ -73,7 +79,9 @@ def trained(root: Path, config: str, data: str, *overrides: str) -> Path:
     root.mkdir()
     (root / "config.yaml").write_text(config)
     (root / "data.csv").write_text(data)
-    return train(load_config(root / "config.yaml", list(overrides)), root / "runs").run_dir
+    run = train(load_config(root / "config.yaml", list(overrides)), root / "runs").run_dir
+    plotting.after([run], "wait")
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +107,9 @@ def stream(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """configs/xor.yaml, shortened: a synthetic source, binary, labels 0 and 1."""
     runs = tmp_path_factory.mktemp("plots") / "runs"
     overrides = ["training.epochs=3", "training.iterations_per_epoch=20", "data.eval_rows=200"]
-    return train(load_config(REPO / "configs" / "xor.yaml", overrides), runs).run_dir
+    run = train(load_config(REPO / "configs" / "xor.yaml", overrides), runs).run_dir
+    plotting.after([run], "wait")
+    return run
 
 
 def copy_run(run: Path, root: Path) -> Path:
@@ -147,7 +157,7 @@ def lines_labelled(figure: Figure) -> list[list[str]]:
         ("stream", CLASSIFICATION_PLOTS),
     ],
 )
-def test_train_draws_the_plots_of_its_task(
+def test_a_run_gets_the_plots_of_its_task(
     run: str, expected: set[str], request: pytest.FixtureRequest
 ) -> None:
     run_dir: Path = request.getfixturevalue(run)
@@ -347,7 +357,7 @@ def test_names_and_labels_are_shown_as_they_are(multiclass: Path) -> None:
     assert figure.axes[0].get_yticklabels()[0].get_text() == r"\$\q\$"
 
 
-def test_a_failure_to_write_them_fails_the_run_as_any_write(
+def test_a_failure_to_write_them_is_exit_4_and_the_run_stays_complete(
     cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def disk_full(run_dir: Path) -> list[Path]:
@@ -359,7 +369,8 @@ def test_a_failure_to_write_them_fails_the_run_as_any_write(
     result = cli("train", tmp_path / "config.yaml", "--runs-dir", tmp_path / "runs", "-q")
     assert (result.code, result.err) == (4, "Error: x.png: cannot write: No space left on device\n")
     (run,) = (tmp_path / "runs" / "tiny").iterdir()
-    assert json.loads((run / "run.json").read_text())["status"] == "failed"
+    assert result.out == f"{run}\n"  # printed as the run completed, before the plots
+    assert json.loads((run / "run.json").read_text())["status"] == "complete"
 
 
 def test_labels_the_font_cannot_draw_leave_stderr_quiet(
@@ -372,3 +383,103 @@ def test_labels_the_font_cannot_draw_leave_stderr_quiet(
     )
     assert capsys.readouterr().err == ""
     assert {p.name for p in (run / "plots").iterdir()} == CLASSIFICATION_PLOTS
+
+
+def _drawn(run: Path, expected: set[str], timeout: float = 120) -> None:
+    """Wait until every plot of `expected` is in RUN/plots and no process names the run."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        have = (
+            {p.name for p in (run / "plots").glob("*.png")} if (run / "plots").exists() else set()
+        )
+        if have == expected and not _processes_naming(run):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"plots not drawn in {timeout} s: {sorted(have)}")
+
+
+def _processes_naming(run: Path) -> list[int]:
+    """Processes whose command line holds the run directory (the background child's does)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            words = cmdline.read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile
+            continue
+        if str(run).encode() in words:
+            found.append(int(cmdline.parent.name))
+    return found
+
+
+def test_train_returns_before_its_plots_and_a_detached_child_draws_them(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text(TINY_CONFIG)
+    (tmp_path / "data.csv").write_text(tiny_csv())
+    done = subprocess.run(
+        [sys.executable, "-m", "mlpkit", "train", "config.yaml", "-q", "--plots", "background"],
+        cwd=tmp_path,
+        capture_output=True,  # returns when train exits: the child holds none of its pipes
+        text=True,
+        timeout=300,
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    run = tmp_path / done.stdout.strip()
+    assert json.loads((run / "run.json").read_text())["status"] == "complete"
+    _drawn(run, REGRESSION_PLOTS)
+    for path in (run / "plots").iterdir():  # no temporary files left either
+        assert_a_real_picture(path)
+    assert not (run / "plots.log").exists()
+
+
+def test_one_child_draws_every_run_it_is_given_and_exits(
+    regression: Path, binary: Path, tmp_path: Path
+) -> None:
+    runs = [copy_run(regression, tmp_path / "a"), copy_run(binary, tmp_path / "b")]
+    for run in runs:
+        shutil.rmtree(run / "plots")
+    child = plotting.after(runs, "background")
+    assert child is not None
+    assert child.wait(timeout=120) == 0  # finished, reaped: no zombie left behind
+    assert {p.name for p in (runs[0] / "plots").iterdir()} == REGRESSION_PLOTS
+    assert {p.name for p in (runs[1] / "plots").iterdir()} == CLASSIFICATION_PLOTS
+
+
+def test_a_child_that_cannot_draw_a_run_leaves_it_whole_and_says_why(
+    cli: Cli, regression: Path, binary: Path, tmp_path: Path
+) -> None:
+    broken, fine = copy_run(regression, tmp_path / "a"), copy_run(binary, tmp_path / "b")
+    shutil.rmtree(broken / "plots")
+    shutil.rmtree(fine / "plots")
+    history = (broken / "history.csv").read_bytes()
+    (broken / "history.csv").unlink()
+    before = {p.name: p.read_bytes() for p in broken.iterdir()}
+    child = plotting.after([broken, fine], "background")
+    assert child is not None and child.wait(timeout=120) == 0
+    assert {p.name: p.read_bytes() for p in broken.iterdir() if p.name != "plots.log"} == before
+    assert (broken / "plots.log").read_text() == (
+        f"plots not drawn ({broken / 'history.csv'}: missing from the run directory); "
+        f"try again: mlpkit plot {broken}\n"
+    )
+    assert {p.name for p in (fine / "plots").iterdir()} == CLASSIFICATION_PLOTS  # the next run
+    (broken / "history.csv").write_bytes(history)
+    assert cli("plot", broken, fine).code == 0  # both again, in the foreground
+    assert not (broken / "plots.log").exists()  # mended
+    assert {p.name for p in (broken / "plots").iterdir()} == REGRESSION_PLOTS
+
+
+def test_seeds_hand_all_their_runs_to_one_child(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handed: list[list[Path]] = []
+    monkeypatch.setattr(plotting, "detach", handed.append)
+    (tmp_path / "config.yaml").write_text(TINY_CONFIG)
+    (tmp_path / "data.csv").write_text(tiny_csv())
+    config, runs = tmp_path / "config.yaml", tmp_path / "runs"
+    result = cli("train", config, "--runs-dir", runs, "-q", "--seeds", "3", "--plots", "background")
+    assert result.code == 0, result.err
+    printed = [Path(line) for line in result.out.splitlines()[:3]]  # then the summary file
+    assert handed == [printed]  # one child, the three runs in the order they completed
+    assert sorted(printed) == sorted((runs / "tiny").glob("2*"))
+    assert not list(runs.glob("*/*/plots"))  # none drawn by train itself
+    result = cli("train", config, "--runs-dir", runs, "-q", "--plots", "off")
+    assert result.code == 0 and len(handed) == 1
+    assert not (Path(result.last_line) / "plots").exists()

@@ -1,8 +1,10 @@
 """What a command imports before it answers: help and config mistakes must not import torch.
 
 `import torch` alone takes seconds, so `mlpkit --help`, `mlpkit COMMAND --help` and a config
-with a mistake (in `check`, `train` or `summary`) answer without it. Each case runs the CLI in a
-fresh interpreter and reads sys.modules afterwards; timings belong in bench/, not here.
+with a mistake (in `check`, `train` or `summary`) answer without it; `check` of a valid config
+without it too (it reads the table and computes the budget and the layer table from shapes),
+and `train` leaves matplotlib to the background child that draws the plots. Each case runs the
+CLI in a fresh interpreter and reads sys.modules afterwards; timings belong in bench/, not here.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -105,14 +108,54 @@ def test_other_config_mistakes_exit_2_before_torch(
         assert "torch" not in imported
 
 
+def test_check_reads_fits_and_budgets_without_torch_or_matplotlib(config: Path) -> None:
+    # Every check train makes before training, from the table and the shapes (flows/check.py)
+    code, imported, out, err = probe("check", config, cwd=config.parent)
+    assert (code, err) == (0, "")
+    assert out == f"ok: {config}: 50 rows, split 30/10/10, 5 inputs, 57 parameters"
+    assert "pandas" in imported  # the table was read
+    assert not {"torch", "matplotlib", "sklearn"} & set(imported)
+
+
+def test_commands_that_read_no_table_import_no_pandas(tmp_path: Path) -> None:
+    # runs, compare and plot read run files (JSON, CSV by the csv module); pandas (and the
+    # pyarrow it loads) is imported only where a table is read. plot's child draws with
+    # matplotlib alone.
+    for args, code in ((["runs", tmp_path], 0), (["compare", tmp_path / "x"], 2)):
+        found, imported, _, _ = probe(*args, cwd=tmp_path)
+        assert found == code
+        assert imported == ["numpy"]
+    found, imported, _, _ = probe("plot", tmp_path / "x", cwd=tmp_path)
+    assert (found, imported) == (2, ["numpy", "matplotlib"])
+
+
 @pytest.mark.slow
 def test_the_probe_sees_torch_when_a_command_needs_it(config: Path) -> None:
-    # A valid config: check reads the data and builds the model, so torch is imported. This
+    # Whether the direct step covers the model is torch's to say: check imports it then. This
     # keeps the tests above honest (an empty list is not a probe that cannot see).
-    code, imported, out, err = probe("check", config, cwd=config.parent)
+    code, imported, out, err = probe(
+        "check", config, "--set", "training.engine=direct", cwd=config.parent
+    )
     assert (code, err) == (0, "")
     assert out.startswith(f"ok: {config}: 50 rows")
     assert "torch" in imported
+
+
+@pytest.mark.slow
+def test_train_leaves_matplotlib_to_the_child_that_draws_the_plots(config: Path) -> None:
+    args = ("train", config, "-q", "--runs-dir", "runs")
+    code, imported, out, err = probe(*args, "--plots", "background", cwd=config.parent)
+    assert (code, err) == (0, "")
+    assert "torch" in imported and "matplotlib" not in imported
+    plots = config.parent / out.strip() / "plots"
+    deadline = time.monotonic() + 120  # the child's, drawn after the probe exited
+    while len(list(plots.glob("*.png"))) < 3:
+        assert time.monotonic() < deadline, "the background child drew no plots"
+        time.sleep(0.1)
+    code, imported, out, err = probe(*args, "--plots", "wait", cwd=config.parent)
+    assert (code, err) == (0, "")
+    assert "matplotlib" in imported  # drawn in this process: the probe sees it
+    assert len(list((config.parent / out.strip() / "plots").glob("*.png"))) == 3
 
 
 @pytest.mark.slow

@@ -9,9 +9,12 @@ to a report file (shown with --debug or MLPKIT_DEBUG=1), exit 1.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import sys
+from collections.abc import Iterator
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -84,6 +87,26 @@ SetOpt = Annotated[
 ]
 DeviceOpt = Annotated[
     str | None, typer.Option(help="auto, cpu or cuda; overrides training.device.")
+]
+
+
+class PlotsMode(StrEnum):
+    """--plots: when a run's plots are drawn (flows/plotting.py)."""
+
+    background = "background"
+    wait = "wait"
+    off = "off"
+
+
+PlotsOpt = Annotated[
+    PlotsMode,
+    typer.Option(
+        envvar="MLPKIT_PLOTS",
+        help="background: drawn by a detached process after the run directory is printed "
+        "(the command does not wait); wait: drawn before the command exits; off: not drawn "
+        "(mlpkit plot RUN draws them later).",
+        case_sensitive=False,
+    ),
 ]
 
 
@@ -160,13 +183,15 @@ def train(
             show_default=False,
         ),
     ] = None,
+    plots: PlotsOpt = PlotsMode.background,
 ) -> None:
     """Train CONFIG into a new run directory and print its path as the last line.
 
     Ctrl-C or SIGTERM stops at the next step with a checkpoint; --resume RUN carries on.
     --seeds N trains N runs and prints the spread of their test metrics; the last line is
     then the summary file. --folds K cross-validates; the last line is then its folder, which
-    --resume carries on too.
+    --resume carries on too. The plots (RUN/plots/*.png) follow a moment after the command
+    returns, drawn by a detached process; --plots wait draws them before it returns.
 
     Example: mlpkit train configs/mpg.yaml --set training.epochs=5
     """
@@ -185,39 +210,89 @@ def train(
     if folds is not None and resume is not None:
         hint = "resume alone: mlpkit train --resume FOLDER carries on a cross-validation"
         raise MlpkitError(Problem("cannot be combined with --resume", where="--folds", hint=hint))
-    if seeds is not None:
-        _train_seeds(config, resume, overrides, Path(runs_dir), device, quiet, seeds)
-        return
-    if resume is not None and _is_crossval(resume):
-        _train_folds(config, overrides, Path(runs_dir), device, quiet, resume)
-        return
+    with _plots_after(plots) as done:
+        if seeds is not None:
+            _train_seeds(config, resume, overrides, Path(runs_dir), device, quiet, seeds, done)
+        elif resume is not None and _is_crossval(resume):
+            _train_folds(config, overrides, Path(runs_dir), device, quiet, done, resume)
+        else:
+            _train_run(config, resume, overrides, set_ or [], Path(runs_dir), device, quiet, done)
+
+
+def _train_run(
+    config: Path | None,
+    resume: Path | None,
+    overrides: list[str],
+    set_: list[str],
+    runs_dir: Path,
+    device: str | None,
+    quiet: bool,
+    done: list[Path],
+) -> None:
+    """train CONFIG or --resume RUN: the epoch lines, the metrics table, the run directory
+    last (a config with data.split.folds: a cross-validation)."""
     loaded = None
     if config is not None and resume is None:
         loaded = _load_config(config, overrides)  # config mistakes exit here, before torch
         split = loaded.config.data.split
         if split.folds is not None and split.fold is None:
-            _train_folds(config, overrides, Path(runs_dir), device, quiet)
+            _train_folds(config, overrides, runs_dir, device, quiet, done)
             return
-    from mlpkit.report import display
+    if quiet:  # the run directory alone: no rich renderers to import
+        result = _fit_one(loaded, resume, config, set_, runs_dir, device, None)
+    else:
+        from mlpkit.report import display
 
-    console = _stdout()
-    printer = display.EpochPrinter(console)
-    listener = None if quiet else _EpochLines(printer)
-    try:
-        if loaded is None:
-            assert resume is not None
-            from mlpkit.flows.resume import resume as resume_run
-
-            result = resume_run(resume, config, set_ or [], device, listener)
-        else:
-            from mlpkit.flows.train import train as train_run
-
-            result = train_run(loaded, Path(runs_dir), device, listener)
-    finally:
-        printer.close()
-    if not quiet:
+        console = _stdout()
+        printer = display.EpochPrinter(console)
+        try:
+            result = _fit_one(loaded, resume, config, set_, runs_dir, device, _EpochLines(printer))
+        finally:
+            printer.close()
         console.print(display.metrics_table(result.metrics))
     print(result.run_dir)
+    done.append(result.run_dir)
+
+
+def _fit_one(
+    loaded: LoadedConfig | None,
+    resume: Path | None,
+    config: Path | None,
+    set_: list[str],
+    runs_dir: Path,
+    device: str | None,
+    listener: Listener | None,
+) -> TrainResult:
+    """The loaded config trained into a new run, or the --resume run carried on."""
+    if loaded is None:
+        assert resume is not None
+        from mlpkit.flows.resume import resume as resume_run
+
+        return resume_run(resume, config, set_, device, listener)
+    from mlpkit.flows.train import train as train_run
+
+    return train_run(loaded, runs_dir, device, listener)
+
+
+@contextlib.contextmanager
+def _plots_after(mode: PlotsMode) -> Iterator[list[Path]]:
+    """The runs a command completes, collected as it goes; their plots are drawn when it ends,
+    as --plots says (flows/plotting.py). A command that fails or is stopped midway still gets
+    the plots of the runs it completed, in the background (unless off): drawing never holds
+    up an error or a Ctrl-C."""
+    done: list[Path] = []
+    try:
+        yield done
+    except BaseException:
+        if done and mode is not PlotsMode.off:
+            from mlpkit.flows import plotting
+
+            plotting.after(done, "background")
+        raise
+    if done and mode is not PlotsMode.off:
+        from mlpkit.flows import plotting
+
+        plotting.after(done, "wait" if mode is PlotsMode.wait else "background")
 
 
 @app.command()
@@ -410,19 +485,39 @@ def runs_command(
 
 
 @app.command("plot")
-def plot_command(run: RunArg) -> None:
-    """Draw a complete run's plots again into RUN/plots/ and print their paths.
+def plot_command(
+    runs: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="RUN",
+            help="Run directories printed by mlpkit train.",
+            show_default=False,
+            callback=_homes,
+        ),
+    ],
+    background: Annotated[
+        bool, typer.Option("--background", hidden=True)  # the child train starts
+    ] = False,
+) -> None:
+    """Draw a complete run's plots again into RUN/plots/ and print their paths (several runs:
+    each in turn).
 
     Learning curves; predicted vs actual and residuals (regression); confusion matrix, ROC and
     precision-recall curves (classification). Drawn from the run's own history.csv,
-    metrics.json and predictions.csv, as mlpkit train draws them when it finishes.
+    metrics.json and predictions.csv, as mlpkit train has them drawn when it finishes.
 
     Example: mlpkit plot runs/mpg/20261121-101500-1a2b3c
     """
+    if background:
+        from mlpkit.flows import plotting
+
+        plotting.draw_detached(runs)
+        return
     from mlpkit.report import plots
 
-    for path in plots.redraw(run):
-        print(path)
+    for run in runs:
+        for path in plots.redraw(run):
+            print(path)
 
 
 @app.command()
@@ -562,6 +657,7 @@ def _train_seeds(
     device: str | None,
     quiet: bool,
     count: int,
+    done: list[Path],
 ) -> None:
     """train --seeds N: a line per run as it ends, then the table of the spread (seeds.py) and,
     last, the summary file. With --quiet: the run directories and the summary file only."""
@@ -576,7 +672,7 @@ def _train_seeds(
     assert config is not None  # train refused neither CONFIG nor --resume already
     loaded = _load_config(config, overrides)  # config mistakes exit here, before torch
     if loaded.config.data.split.folds is not None and loaded.config.data.split.fold is None:
-        _train_folds(config, overrides, runs_dir, device, quiet, count=count)
+        _train_folds(config, overrides, runs_dir, device, quiet, done, count=count)
         return
     from mlpkit.flows import seeds
     from mlpkit.report import display
@@ -586,6 +682,7 @@ def _train_seeds(
     listener: Listener | None = None if quiet else _SeedLines(printer)
 
     def on_run(seed: int, place: int, result: TrainResult) -> None:
+        done.append(result.run_dir)
         if quiet:
             print(result.run_dir)
         else:
@@ -645,6 +742,7 @@ def _train_folds(
     runs_dir: Path,
     device: str | None,
     quiet: bool,
+    done: list[Path],
     resume: Path | None = None,
     count: int | None = None,
 ) -> None:
@@ -664,6 +762,7 @@ def _train_folds(
     listener: Listener | None = None if quiet else _FoldLines(printer, count is not None)
 
     def on_fold(found: FoldResult) -> None:
+        done.append(found.run_dir)
         if quiet:
             if count is None:
                 print(found.run_dir)

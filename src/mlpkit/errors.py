@@ -28,6 +28,7 @@ from __future__ import annotations
 import difflib
 import heapq
 import re
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import islice
@@ -214,3 +215,9 @@ def one_line(exc: BaseException) -> str:
     import traceback  # only on a failure path
 
     return traceback.format_exception_only(exc)[-1].strip() or type(exc).__name__
+
+
+def warn(problems: tuple[Problem, ...]) -> None:
+    """Each problem that does not stop the command as one `Warning:` line on stderr."""
+    for problem in problems:
+        sys.stderr.write(f"Warning: {problem.render().removeprefix('Error: ')}\n")

@@ -15,11 +15,12 @@ import re
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 if TYPE_CHECKING:  # date_parts takes numpy arrays, torch tensors and ONNX nodes alike
     from typing import Any as Tensor  # noqa: F401 (used in date_parts' type comment)
     from typing import Dict  # noqa: F401, UP035 (TorchScript reads that comment: no dict[...])
+
+    import pandas as pd  # imported where cells are parsed: date_parts needs none of it
 
 # What a date cell may look like: a date, or a date and time (T or a space between), seconds
 # and their fraction optional, and an optional UTC offset (Z or +HH:MM), taken into UTC.
@@ -32,6 +33,8 @@ EXPECTED = "expected an ISO date (2024-03-05) or date-time (2024-03-05T14:30:00)
 def parse_dates(cells: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """Seconds since 1970-01-01 UTC for stripped text cells ("" is left NaN and not bad), and
     which cells are not ISO dates; a datetime column (Parquet) is taken as it is, as UTC."""
+    import pandas as pd
+
     if pd.api.types.is_datetime64_any_dtype(cells.dtype):
         stamps = pd.to_datetime(cells, utc=True)
         return _seconds(stamps), np.zeros(len(cells), dtype=bool)
@@ -48,7 +51,7 @@ def _seconds(stamps: pd.Series) -> np.ndarray:
     (pandas may hold them in seconds, micro- or nanoseconds, by the years they reach)."""
     naive = stamps.dt.tz_convert(None).to_numpy(dtype="datetime64[us]")
     seconds = naive.astype(np.int64).astype(np.float64) / 1e6
-    return np.where(pd.isna(stamps).to_numpy(), np.nan, seconds)
+    return np.where(stamps.isna().to_numpy(), np.nan, seconds)
 
 
 def is_date_text(cells: pd.Series) -> bool:

@@ -12,14 +12,16 @@ their standardized parts; a missing cell takes its column's fill (data.missing).
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import numpy as np
-import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from mlpkit.config.schema import DatePart
 from mlpkit.data.dates import date_parts
+
+if TYPE_CHECKING:
+    import pandas as pd  # frames come from the callers that read tables
 
 
 class _Frozen(BaseModel):

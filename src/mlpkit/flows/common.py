@@ -3,7 +3,6 @@ the rows a run was trained on found again, and the resolved config as a run reco
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,18 +11,15 @@ import torch
 from torch import nn
 
 from mlpkit.config.load import DATA_FILE_KEYS, LoadedConfig, load_config
-from mlpkit.config.schema import Config
 from mlpkit.data import filestream
 from mlpkit.data.blocks import load_table
-from mlpkit.data.preprocessing import Preprocessor
 from mlpkit.data.splitfiles import read_split_file
 from mlpkit.data.table import Split, Table
 from mlpkit.errors import DataError, DeviceError, Problem, RunDirError
 from mlpkit.report import tracking
-from mlpkit.report.summary import Summary, summarize
 from mlpkit.rundir import runs
 from mlpkit.train import budget
-from mlpkit.train.build import Engine, input_specs, network
+from mlpkit.train.build import Engine, network
 from mlpkit.train.loop import Position
 from mlpkit.train.model import non_finite
 from mlpkit.train.prepare import split_table, synthetic_table
@@ -71,15 +67,6 @@ def resolved_config(loaded: LoadedConfig) -> dict[str, Any]:
     if uri is not None:  # a relative store path, like data.path, is read from the config's folder
         resolved["tracking"]["mlflow"]["uri"] = tracking.absolute_uri(uri, loaded.source.parent)
     return resolved
-
-
-def summarize_network(config: Config, preprocessor: Preprocessor) -> Summary:
-    """The layer table of the configured network, with its named inputs if it has them: the
-    input width comes from the fitted preprocessing (one-hot columns depend on the data)."""
-    specs = input_specs(config, preprocessor)
-    inputs = None if specs is None else [(s.name, len(s.columns), s.layers) for s in specs]
-    width = len(preprocessor.input_names)
-    return summarize(config.model.layers, width, inputs, config.model.ensemble)
 
 
 def training_info(
@@ -207,12 +194,6 @@ def refuse_non_finite_outputs(
 def _shown(values: list[float]) -> str:
     shown = ", ".join(str(v) for v in values[:3])
     return shown + (", ..." if len(values) > 3 else "")
-
-
-def warn(problems: tuple[Problem, ...]) -> None:
-    """Each problem that does not stop the command as one `Warning:` line on stderr."""
-    for problem in problems:
-        sys.stderr.write(f"Warning: {problem.render().removeprefix('Error: ')}\n")
 
 
 def trained_rows(run: runs.Run, loaded: LoadedConfig, hint: str) -> tuple[Table, Split]:

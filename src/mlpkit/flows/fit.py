@@ -3,16 +3,16 @@ share.
 
 `fit_run` reads top to bottom: run.json says running -> stop signals armed, trackers started
 -> the splits as tensors -> loop.fit (a checkpoint after each epoch; a stop signal stops at a
-step boundary) -> metrics beside the baselines -> history, metrics, predictions, weights,
-plots -> run.json says complete, written last. However else it ends, run.json says how
-(failed, diverged, interrupted) before the error goes up.
+step boundary) -> metrics beside the baselines -> history, metrics, predictions, weights
+-> run.json says complete, written last. However else it ends, run.json says how (failed,
+diverged, interrupted) before the error goes up. The plots are drawn afterwards from those
+files, by the command (flows/plotting.py), so they never hold a run up.
 """
 
 from __future__ import annotations
 
 import contextlib
 import signal
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -267,24 +267,7 @@ def write_results(
     runs.write_json(run_dir / runs.METRICS, metrics)
     runs.write_csv(run_dir / runs.PREDICTIONS, _predictions(model, prepared, data["test"]))
     runs.write_weights(run_dir / runs.WEIGHTS, model)
-    _draw_plots(run_dir)
     return TrainResult(run_dir, history, metrics, training)
-
-
-def _draw_plots(run_dir: Path) -> None:
-    """plots/*.png from the files just written. The plots are a view of the run, not part of
-    its result: a failure to draw them (a bug) is a warning, and `mlpkit plot` draws them
-    again; a failure to write them (disk full) is the run's, as for any of its files."""
-    from mlpkit.report import plots  # matplotlib: imported only when a run finishes
-
-    try:
-        plots.draw_run(run_dir)
-    except MlpkitError:
-        raise
-    except Exception as exc:
-        sys.stderr.write(
-            f"Warning: plots not drawn ({one_line(exc)}); try again: mlpkit plot {run_dir}\n"
-        )
 
 
 def final_metrics(

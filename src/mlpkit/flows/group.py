@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 from mlpkit.config.load import LoadedConfig
-from mlpkit.errors import DivergedError, MlpkitError
-from mlpkit.flows.common import resolved_config, summarize_network, training_info, warn
+from mlpkit.errors import DivergedError, MlpkitError, warn
+from mlpkit.flows.common import resolved_config, training_info
 from mlpkit.flows.fit import (
     SPLITS,
     Job,
@@ -40,7 +40,7 @@ from mlpkit.flows.fit import (
 from mlpkit.flows.fit import write_results as write_member_results
 from mlpkit.flows.train import run_info
 from mlpkit.report import tracking
-from mlpkit.report.summary import render_text
+from mlpkit.report.summary import render_text, summarize_network
 from mlpkit.rundir import checkpoints, crossval, lock, runs
 from mlpkit.train import group, interrupts, threads
 from mlpkit.train.build import Trainer, build_trainer

@@ -19,11 +19,11 @@ from mlpkit.flows.common import (
     resolve_device,
     resolved_config,
     same_split_file,
-    summarize_network,
     training_info,
 )
 from mlpkit.flows.fit import Job, Listener, Start, TrainResult, fit_run
 from mlpkit.report import tracking
+from mlpkit.report.summary import summarize_network
 from mlpkit.rundir import checkpoints, crossval, lock, runs
 from mlpkit.train.build import build_trainer, make_step
 from mlpkit.train.prepare import Prepared, prepare

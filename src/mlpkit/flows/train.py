@@ -19,17 +19,15 @@ import torch
 import mlpkit
 from mlpkit.config.load import LoadedConfig
 from mlpkit.data.table import Table
-from mlpkit.errors import MlpkitError
+from mlpkit.errors import MlpkitError, warn
 from mlpkit.flows.common import (
     resolve_device,
     resolved_config,
-    summarize_network,
     training_info,
-    warn,
 )
 from mlpkit.flows.fit import Job, Listener, Start, TrainResult, fit_run
 from mlpkit.report import tracking
-from mlpkit.report.summary import render_text
+from mlpkit.report.summary import render_text, summarize_network
 from mlpkit.rundir import crossval, lock, runs
 from mlpkit.train import ensemble
 from mlpkit.train.build import Engine, build_trainer, make_step

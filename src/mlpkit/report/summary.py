@@ -14,7 +14,8 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from mlpkit.config.schema import BatchNormLayer, DenseLayer, DropoutLayer, Layer
+from mlpkit.config.schema import BatchNormLayer, Config, DenseLayer, DropoutLayer, Layer
+from mlpkit.data.preprocessing import Preprocessor
 
 BYTES_PER_PARAMETER = 4  # float32
 
@@ -115,6 +116,20 @@ class _Graph:
                     "batch_norm", [row], width, options, {"weight": (width,), "bias": (width,)}
                 )
         return row
+
+
+def summarize_network(config: Config, preprocessor: Preprocessor) -> Summary:
+    """The layer table of the configured network, with its named inputs if it has them: the
+    input width comes from the fitted preprocessing (one-hot columns depend on the data)."""
+    named = config.model.inputs
+    inputs = None
+    if named is not None:
+        inputs = [
+            (name, len(preprocessor.positions(spec.columns)), spec.layers)
+            for name, spec in named.items()
+        ]
+    width = len(preprocessor.input_names)
+    return summarize(config.model.layers, width, inputs, config.model.ensemble)
 
 
 def summarize(

@@ -35,10 +35,11 @@ from urllib.parse import urlparse
 from mlpkit.config.load import LoadedConfig
 from mlpkit.errors import ConfigError
 from mlpkit.rundir import runs
-from mlpkit.train.loop import EpochRecord, OnEpoch
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
+
+    from mlpkit.train.loop import EpochRecord, OnEpoch
 
 Scores = runs.Scores
 Warn = Callable[[str], None]

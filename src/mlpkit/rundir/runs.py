@@ -2,9 +2,10 @@
 
 A run directory holds config.yaml, run.json, summary.txt, preprocessing.json, history.csv,
 metrics.json, predictions.csv, model.safetensors and plots/*.png (report/plots.py, drawn from
-those files), with checkpoints/ (rundir/checkpoints.py) and a .lock (rundir/lock.py) while it
-trains. run.json carries the status; `complete` is written last, so a directory whose run.json
-does not say complete is never treated as finished. The names below are the only spelling of
+those files after the run completes; plots.log says why when they could not be), with
+checkpoints/ (rundir/checkpoints.py) and a .lock (rundir/lock.py) while it trains. run.json
+carries the status; `complete` is written last, so a directory whose run.json does not say
+complete is never treated as finished. The names below are the only spelling of
 those files: other modules ask for them.
 Loading never executes code: JSON, a safe YAML loader, and safetensors for the weights.
 Reading is bounded (reading.py): only regular files, run files up to RUN_FILE_LIMIT, weights up
@@ -57,6 +58,7 @@ METRICS = "metrics.json"  # every metric per split, the baselines beside them
 PREDICTIONS = "predictions.csv"  # the test rows with their predictions
 WEIGHTS = "model.safetensors"  # the trained weights
 PLOTS = "plots"  # folder: the PNGs drawn from the files above
+PLOTS_LOG = "plots.log"  # why the plots drawn in the background are missing, if they are
 CHECKPOINTS = "checkpoints"  # folder: one subfolder per checkpoint
 LOCK = ".lock"  # held by the process training the run
 TENSORBOARD = "tensorboard"  # folder: TensorBoard event files, when tracked
@@ -71,6 +73,7 @@ EXPORTS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
 # What mlpkit itself writes in a run: never a target for `export --out`.
 OWN_NAMES = frozenset(
     {CONFIG, RUN_INFO, SUMMARY, PREPROCESSING, HISTORY, METRICS, PREDICTIONS, WEIGHTS, PLOTS}
+    | {PLOTS_LOG}
     | {CHECKPOINTS, LOCK, TENSORBOARD, MLFLOW_LINK}
 )
 _FORMAT_HINT = f"expected a run written by mlpkit train (format {RUN_FORMAT})"

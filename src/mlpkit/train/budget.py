@@ -7,7 +7,7 @@ Memory, in float32 bytes (4 a number):
       (x model.ensemble's members, and their activations too: the stacked engine holds all)
     + activations: every layer's outputs for the larger of a training batch, twice (kept for
       the backward pass, then their gradients) and an evaluation batch (the largest split, up
-      to loop.EVAL_BATCH rows)
+      to EVAL_BATCH rows)
     + the data as tensors: every row held in memory x (inputs + target), and the epoch's
       shuffled copy of the training rows
 
@@ -28,8 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from mlpkit.config import registries
 from mlpkit.config.load import LoadedConfig
@@ -46,14 +45,20 @@ from mlpkit.config.schema import (
 from mlpkit.data.preprocessing import Preprocessor
 from mlpkit.errors import ConfigError, Problem
 from mlpkit.reading import available_memory
-from mlpkit.train.loop import EVAL_BATCH
-from mlpkit.train.prepare import Prepared
+
+if TYPE_CHECKING:
+    import torch
+
+    from mlpkit.train.prepare import Prepared
 
 FLOAT = 4  # bytes of a float32
 GB = 1024**3
 ABSURD = 1024 * GB  # refused even where the available memory is unknown
 MAX_STEPS = 10**9
 FASTEST_STEP = 50e-6  # seconds: mpg's step on the direct engine (docs/PERFORMANCE.md)
+# Rows per forward pass when the loop predicts (train/loop.py): large enough to be one pass for
+# mpg. Here because the budget charges its outputs, and the budget imports no torch.
+EVAL_BATCH = 8192
 
 Path_ = tuple[str | int, ...]
 
@@ -86,8 +91,9 @@ class Estimate:
         return self.members * FLOAT * part.parameters * len(self.copies)
 
 
-def check(prepared: Prepared, device: torch.device) -> None:
-    """Refuse a config whose training cannot fit in memory or cannot end in a human time.
+def check(prepared: Prepared, device: torch.device | None = None) -> None:
+    """Refuse a config whose training cannot fit in memory or cannot end in a human time, on
+    `device` (None: the CPU, without importing torch).
 
     Raises:
         ConfigError: the step count is over MAX_STEPS, or the memory estimate is over what
@@ -224,18 +230,20 @@ def _stack(layers: list[Layer], width: int, where: Path_) -> tuple[list[Part], i
     return parts, width
 
 
-def available_bytes(device: torch.device) -> int:
+def available_bytes(device: torch.device | None) -> int:
     """Memory a run may use on `device` now, 0 if unknown: a GPU's free memory; on the CPU
-    reading.available_memory (the machine's, less where a container or an address-space cap
-    holds the process to less)."""
-    if device.type == "cuda":
+    (or None) reading.available_memory (the machine's, less where a container or an
+    address-space cap holds the process to less)."""
+    if device is not None and device.type == "cuda":
+        import torch
+
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
     return available_memory()
 
 
 def _refuse_over(
-    loaded: LoadedConfig, estimate: Estimate, device: torch.device, doing: str
+    loaded: LoadedConfig, estimate: Estimate, device: torch.device | None, doing: str
 ) -> None:
     available = available_bytes(device)
     if estimate.total > (available if available > 0 else ABSURD):

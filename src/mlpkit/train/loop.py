@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from mlpkit.errors import DivergedError, Problem
+from mlpkit.train.budget import EVAL_BATCH  # rows per forward pass when predicting
 from mlpkit.train.model import non_finite
 from mlpkit.train.steps import AutogradStep, NonFiniteLoss, Step
 
@@ -47,7 +48,6 @@ EpochRecord = dict[str, float]
 # The task's scores of outputs against targets (see tasks.py), in the target's own terms.
 Scorer = Callable[[torch.Tensor, torch.Tensor], dict[str, float]]
 OnEpoch = Callable[[EpochRecord], None]
-EVAL_BATCH = 8192  # rows per forward pass when predicting; large enough to be one pass for mpg
 
 
 @dataclass(frozen=True)

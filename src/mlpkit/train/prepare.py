@@ -3,8 +3,10 @@
 `prepare` reads (or, for a synthetic source, draws) the table, checks its columns and classes
 against the config, splits the rows (stratified by class for classification), fits
 preprocessing on the training rows and makes the task. Nothing here writes anything: a problem
-found here leaves runs/ untouched. (A little past ~400 lines: the synthetic source's and the
-streamed file's preparation sit beside the table's, as the three ways to one Prepared.)
+found here leaves runs/ untouched. torch is imported only where tensors are made (and for a
+synthetic source or a streamed file): `mlpkit check` prepares a table without it. (A little
+past ~400 lines: the synthetic source's and the streamed file's preparation sit beside the
+table's, as the three ways to one Prepared.)
 """
 
 from __future__ import annotations
@@ -15,19 +17,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from mlpkit.config import registries
 from mlpkit.config.load import LoadedConfig
 from mlpkit.config.model_rules import output_layer
 from mlpkit.config.schema import Config
 from mlpkit.config.split_rules import ignored_fractions
-from mlpkit.data import filestream, synthetic
 from mlpkit.data.blocks import load_table
-from mlpkit.data.filestream import FileScan
 from mlpkit.data.fitting import TrainingRows
 from mlpkit.data.preprocessing import (
     CategoricalFeature,
@@ -41,8 +40,13 @@ from mlpkit.data.splitfiles import joined, read_split_files, split_training_file
 from mlpkit.data.table import Split, Table, check_split
 from mlpkit.errors import ConfigError, DataError, Problem
 from mlpkit.reading import memory_bound, size_text
-from mlpkit.train.loop import BatchStream, Tensors
 from mlpkit.train.tasks import Task, make_task
+
+if TYPE_CHECKING:
+    import torch
+
+    from mlpkit.data.filestream import FileScan
+    from mlpkit.train.loop import BatchStream, Tensors
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,10 @@ def make_tensors(
     frame: Any, preprocessor: Preprocessor, task: Task, device: torch.device
 ) -> Tensors:
     """Model inputs and the task's targets for `frame`'s rows, on `device`."""
+    import torch
+
+    from mlpkit.train.loop import Tensors
+
     x = torch.from_numpy(preprocessor.transform(frame))  # [rows, inputs]
     y = task.targets(frame[preprocessor.target.name].to_numpy())
     return Tensors(x.to(device), y.to(device))
@@ -186,6 +194,8 @@ def _missing_cells(table: Table, preprocessor: Preprocessor) -> dict[str, int]:
 
 def _streamed(loaded: LoadedConfig) -> Prepared:
     """A streamed file: one scan fits preprocessing and keeps the evaluation samples."""
+    from mlpkit.data import filestream  # torch's DataLoader: only for a streamed file
+
     found = filestream.scan(loaded)
     if found.classes is not None:
         _check_classes(loaded, found.table, found.classes)
@@ -254,6 +264,8 @@ def synthetic_table(loaded: LoadedConfig) -> tuple[Table, Split, list[str] | Non
     Raises:
         DataError: the config names columns the source does not make, or a task it cannot serve.
     """
+    from mlpkit.data import synthetic  # torch: only for a synthetic source
+
     cfg = loaded.config
     source = cfg.data.source
     assert source is not None
@@ -328,6 +340,11 @@ def training_stream(prepared: Prepared, device: torch.device, first_epoch: int =
     """Training batches from the synthetic source or the streamed file, preprocessed on the
     fly; each epoch's batches depend on the seed and the epoch only, so a resumed run can begin
     at `first_epoch`."""
+    import torch
+
+    from mlpkit.data import filestream, synthetic
+    from mlpkit.train.loop import BatchStream
+
     cfg = prepared.config
     if prepared.scan is not None:
         dataset = filestream.TrainingBlocks(

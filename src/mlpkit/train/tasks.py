@@ -4,22 +4,25 @@ A task turns target cells into training targets, builds its loss, scores model o
 target's own terms, and turns outputs into prediction columns. For classification the network
 outputs logits: a sigmoid or softmax on the output layer is shown in the summary but applied
 here, after a loss computed from logits (BCEWithLogits, cross-entropy) for numerical stability.
+torch is imported by the methods that make tensors: `mlpkit check` makes a task without it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from mlpkit.config import registries
 from mlpkit.config.schema import Config
 from mlpkit.data.preprocessing import ClassLabels, TargetScale, canonical_label
 from mlpkit.train.baselines import regression_baselines
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 Scores = dict[str, float]
 
@@ -37,6 +40,8 @@ class Regression:
 
     def targets(self, values: np.ndarray) -> torch.Tensor:
         """Scaled float targets, [rows, 1]."""
+        import torch
+
         return torch.from_numpy(self.scale.scale(values.astype(np.float64)))[:, None]
 
     def loss(self, device: torch.device) -> nn.Module:
@@ -76,15 +81,22 @@ class Binary:
 
     def targets(self, values: np.ndarray) -> torch.Tensor:
         """0/1 floats, [rows, 1], as BCEWithLogits wants them."""
+        import torch
+
         return torch.from_numpy(self.labels.encode(values).astype(np.float32))[:, None]
 
     def loss(self, device: torch.device) -> nn.Module:
+        import torch
+        from torch import nn
+
         if self.positive_weight is None:
             return nn.BCEWithLogitsLoss()
         return nn.BCEWithLogitsLoss(pos_weight=torch.tensor([self.positive_weight], device=device))
 
     def probabilities(self, outputs: torch.Tensor) -> np.ndarray:
         """P(positive class) per row."""
+        import torch
+
         return torch.sigmoid(outputs[:, 0].double()).cpu().numpy()
 
     def score(self, y: torch.Tensor, outputs: torch.Tensor, names: list[str] | None) -> Scores:
@@ -134,14 +146,21 @@ class Multiclass:
 
     def targets(self, values: np.ndarray) -> torch.Tensor:
         """Class indices, [rows], as cross-entropy wants them."""
+        import torch
+
         return torch.from_numpy(self.labels.encode(values))
 
     def loss(self, device: torch.device) -> nn.Module:
+        import torch
+        from torch import nn
+
         if self.class_weights is None:
             return nn.CrossEntropyLoss()
         return nn.CrossEntropyLoss(weight=torch.tensor(self.class_weights, device=device))
 
     def probabilities(self, outputs: torch.Tensor) -> np.ndarray:
+        import torch
+
         return torch.softmax(outputs.double(), dim=1).cpu().numpy()
 
     def score(self, y: torch.Tensor, outputs: torch.Tensor, names: list[str] | None) -> Scores:
