@@ -23,7 +23,7 @@ from torch import nn
 from mlpkit.config.schema import DenseLayer, Layer
 from mlpkit.train.direct import DirectStep
 from mlpkit.train.model import build_model
-from mlpkit.train.stacked import AdamSettings, StackedAdam, StackedNetwork
+from mlpkit.train.stacked import OptimizerSettings, StackedOptimizer, StackedNetwork
 
 
 def dense(units: int, activation: str | None = "relu") -> DenseLayer:
@@ -45,7 +45,7 @@ def stacked_us(shape: str, k: int, steps: int) -> float:
     inputs, layers, batch, _ = SHAPES[shape]
     models = [build_model(layers, inputs, seed=i) for i in range(k)]
     network = StackedNetwork(models, nn.MSELoss())
-    optimizer = StackedAdam(network, [AdamSettings(lr=1e-3)] * k)
+    optimizer = StackedOptimizer(network, [OptimizerSettings(lr=1e-3)] * k)
     x = torch.randn(steps + WARMUP, k, batch, inputs)
     y = torch.randn(steps + WARMUP, k, batch, 1)
     start = 0.0

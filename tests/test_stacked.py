@@ -10,7 +10,7 @@ from torch import nn
 
 from mlpkit.config.schema import DenseLayer, Layer
 from mlpkit.train.model import build_model
-from mlpkit.train.stacked import AdamSettings, StackedAdam, StackedNetwork, Unstackable
+from mlpkit.train.stacked import OptimizerSettings, StackedOptimizer, StackedNetwork, Unstackable
 
 MPG_LAYERS: list[Layer] = [
     DenseLayer(type="dense", units=32, activation="relu"),
@@ -34,7 +34,7 @@ def test_a_stacked_member_after_100_steps_matches_it_trained_alone(activation: s
     x = torch.randn(steps, k, batch, 7, generator=generator)  # each member its own batches
     y = x[..., :1] * 2 - x[..., 1:2] + 0.1 * torch.randn(steps, k, batch, 1, generator=generator)
     stack = StackedNetwork(members(k, layers), nn.MSELoss())
-    stacked = StackedAdam(stack, [AdamSettings(lr=1e-2)] * k)
+    stacked = StackedOptimizer(stack, [OptimizerSettings(lr=1e-2)] * k)
     for step in range(steps):
         stack.loss_and_gradients(x[step], y[step])
         stacked.step()
@@ -119,12 +119,12 @@ def test_members_with_their_own_rate_and_steps_move_as_alone() -> None:
     """Per-member settings and sitting steps out: member 1 has its own rate and decay and sits
     out every third step; each still ends where its own torch Adam takes it."""
     k, steps = 3, 30
-    settings = [AdamSettings(lr=1e-2), AdamSettings(lr=3e-3, weight_decay=0.1), AdamSettings(1e-2)]
+    settings = [OptimizerSettings(lr=1e-2), OptimizerSettings(lr=3e-3, weight_decay=0.1), OptimizerSettings(1e-2)]
     generator = torch.Generator().manual_seed(2)
     x = torch.randn(steps, k, 4, 7, generator=generator)
     y = torch.randn(steps, k, 4, 1, generator=generator)
     stack = StackedNetwork(members(k), nn.MSELoss())
-    optimizer = StackedAdam(stack, settings)
+    optimizer = StackedOptimizer(stack, settings)
     for step in range(steps):
         stack.loss_and_gradients(x[step], y[step])
         optimizer.step(None if step % 3 else [0, 2])

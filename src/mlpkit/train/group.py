@@ -37,7 +37,7 @@ from mlpkit.train.loop import (
     evaluate,
     what_diverged,
 )
-from mlpkit.train.stacked import AdamSettings, StackedAdam, StackedNetwork, Unstackable
+from mlpkit.train.stacked import OptimizerSettings, StackedOptimizer, StackedNetwork, Unstackable
 
 
 @dataclass
@@ -66,7 +66,7 @@ SaveMembers = Callable[[list[Member]], None]
 OnGroupEpoch = Callable[[int, list[tuple[Member, EpochRecord]]], None]
 
 
-def adam_settings(optimizer: torch.optim.Optimizer) -> AdamSettings:
+def optimizer_settings(optimizer: torch.optim.Optimizer) -> OptimizerSettings:
     """The stacked Adam settings of a member's torch optimizer.
 
     Raises:
@@ -82,7 +82,7 @@ def adam_settings(optimizer: torch.optim.Optimizer) -> AdamSettings:
         raise Unstackable(f"{kind.__name__} with amsgrad, maximize or a tensor learning rate")
     beta1, beta2 = group["betas"]
     decoupled = bool(group.get("decoupled_weight_decay")) or kind is torch.optim.AdamW
-    return AdamSettings(
+    return OptimizerSettings(
         float(group["lr"]), beta1, beta2, group["eps"], group["weight_decay"], decoupled
     )
 
@@ -106,7 +106,7 @@ def why_not(trainers: list[Trainer], streams: bool) -> str | None:
     return None
 
 
-def stack(members: list[Member]) -> tuple[StackedNetwork, StackedAdam]:
+def stack(members: list[Member]) -> tuple[StackedNetwork, StackedOptimizer]:
     """The members' stacked network and optimizer.
 
     Raises:
@@ -115,8 +115,8 @@ def stack(members: list[Member]) -> tuple[StackedNetwork, StackedAdam]:
     if any(member.optimizer.state for member in members):
         raise Unstackable("optimizer state to carry on from (a resumed run)")
     network = StackedNetwork([member.model for member in members], members[0].loss_fn)
-    settings = [adam_settings(member.optimizer) for member in members]
-    return network, StackedAdam(network, settings)
+    settings = [optimizer_settings(member.optimizer) for member in members]
+    return network, StackedOptimizer(network, settings)
 
 
 def fit_group(
@@ -247,7 +247,7 @@ def _freeze_diverged(
 
 
 def _sync(
-    members: list[Member], network: StackedNetwork, optimizer: StackedAdam, which: list[int]
+    members: list[Member], network: StackedNetwork, optimizer: StackedOptimizer, which: list[int]
 ) -> None:
     """Copy the stack's weights and Adam state into the listed members' own network and
     optimizer, as their own training would have left them."""

@@ -235,7 +235,7 @@ def _masked_loss_and_delta(
 
 
 @dataclass(frozen=True)
-class AdamSettings:
+class OptimizerSettings:
     """One member's Adam: learning rate, betas, eps, weight decay, decoupled (AdamW)."""
 
     lr: float
@@ -246,13 +246,13 @@ class AdamSettings:
     decoupled: bool = False
 
 
-class StackedAdam:
+class StackedOptimizer:
     """Adam (or AdamW) over a StackedNetwork's buffer, each member with its own settings and
     step count; members sit steps out when told. State rows keep the buffer's layout."""
 
-    def __init__(self, network: StackedNetwork, settings: list[AdamSettings]) -> None:
+    def __init__(self, network: StackedNetwork, settings: list[OptimizerSettings]) -> None:
         if len(settings) != network.members:
-            raise ValueError("one AdamSettings per member")
+            raise ValueError("one OptimizerSettings per member")
         self.network = network
         self.settings = settings
         self.exp_avg = torch.zeros_like(network.flat)
@@ -279,7 +279,7 @@ class StackedAdam:
             self.steps = [count + 1 for count in self.steps]
             return
         members = range(self.network.members) if active is None else active
-        groups: dict[AdamSettings, list[int]] = {}
+        groups: dict[OptimizerSettings, list[int]] = {}
         for k in members:
             groups.setdefault(settings[k], []).append(k)
             self.steps[k] += 1
@@ -311,7 +311,7 @@ class StackedAdam:
 
 
 def _kernel(
-    settings: AdamSettings,
+    settings: OptimizerSettings,
     params: list[Tensor],
     grads: list[Tensor],
     averages: list[Tensor],
