@@ -23,7 +23,7 @@ from torch import nn
 from mlpkit.config.schema import DenseLayer, Layer
 from mlpkit.train.direct import DirectStep
 from mlpkit.train.model import build_model
-from mlpkit.train.stacked import OptimizerSettings, StackedOptimizer, StackedNetwork
+from mlpkit.train.stacked import OptimizerSettings, StackedNetwork, StackedOptimizer
 
 
 def dense(units: int, activation: str | None = "relu") -> DenseLayer:

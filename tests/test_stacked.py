@@ -10,7 +10,7 @@ from torch import nn
 
 from mlpkit.config.schema import DenseLayer, Layer
 from mlpkit.train.model import build_model
-from mlpkit.train.stacked import OptimizerSettings, StackedOptimizer, StackedNetwork, Unstackable
+from mlpkit.train.stacked import OptimizerSettings, StackedNetwork, StackedOptimizer, Unstackable
 
 MPG_LAYERS: list[Layer] = [
     DenseLayer(type="dense", units=32, activation="relu"),
@@ -119,7 +119,11 @@ def test_members_with_their_own_rate_and_steps_move_as_alone() -> None:
     """Per-member settings and sitting steps out: member 1 has its own rate and decay and sits
     out every third step; each still ends where its own torch Adam takes it."""
     k, steps = 3, 30
-    settings = [OptimizerSettings(lr=1e-2), OptimizerSettings(lr=3e-3, weight_decay=0.1), OptimizerSettings(1e-2)]
+    settings = [
+        OptimizerSettings(lr=1e-2),
+        OptimizerSettings(lr=3e-3, weight_decay=0.1),
+        OptimizerSettings(1e-2),
+    ]
     generator = torch.Generator().manual_seed(2)
     x = torch.randn(steps, k, 4, 7, generator=generator)
     y = torch.randn(steps, k, 4, 1, generator=generator)

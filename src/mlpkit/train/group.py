@@ -37,7 +37,7 @@ from mlpkit.train.loop import (
     evaluate,
     what_diverged,
 )
-from mlpkit.train.stacked import OptimizerSettings, StackedOptimizer, StackedNetwork, Unstackable
+from mlpkit.train.stacked import OptimizerSettings, StackedNetwork, StackedOptimizer, Unstackable
 
 
 @dataclass
