@@ -172,3 +172,25 @@ def test_folds_train_stacked_and_an_interrupted_group_resumes(
     want = json.loads((reference / "crossval.json").read_text())
     for name, spread in want["test"].items():
         assert got["test"][name]["values"] == pytest.approx(spread["values"], rel=1e-5, abs=1e-6)
+
+
+def test_classification_seeds_stack_with_class_weights(cli: Cli, project: Project) -> None:
+    project.edit_config("  target: y", "  target: color")
+    project.edit_config("  features: [a, b, color]", "  features: [a, b, y]")
+    project.edit_config("  categorical: [color]", "  categorical: []")
+    project.edit_config("    - {type: dense, units: 1}", "    - {type: dense, units: 3}")
+    project.edit_config("  loss: mse", "  loss: cross_entropy\n  class_weights: balanced")
+    project.edit_config("{name: adam, lr: 1e-2}", "{name: sgd, lr: 0.1, momentum: 0.9}")
+    result = cli("train", project.config, "--runs-dir", project.runs, "--seeds", "2")
+    assert result.code == 0, result.err
+    for seed, run in enumerate(summary_runs(result.out)):
+        assert info(run)["training"]["engine"] == "stacked"
+        alone = project.train(cli, "--set", f"seed={seed}", runs=project.runs / "alone")
+        stacked, single = (
+            load_file(run / "model.safetensors"),
+            load_file(alone / "model.safetensors"),
+        )
+        for name, weight in single.items():
+            torch.testing.assert_close(stacked[name], weight, rtol=1e-5, atol=1e-6)
+        metrics = json.loads((run / "metrics.json").read_text())["test"]
+        assert evaluate_run(run).scores == metrics

@@ -81,8 +81,8 @@ def test_what_it_cannot_stack_it_names() -> None:
         StackedNetwork(
             [nn.Sequential(nn.Linear(3, 4)), nn.Sequential(nn.Linear(3, 5))], nn.MSELoss()
         )
-    with pytest.raises(Unstackable, match="the loss L1Loss"):
-        StackedNetwork([nn.Sequential(nn.Linear(3, 4))], nn.L1Loss())
+    with pytest.raises(Unstackable, match="the loss SmoothL1Loss"):
+        StackedNetwork([nn.Sequential(nn.Linear(3, 4))], nn.SmoothL1Loss())
 
 
 @pytest.mark.parametrize(
@@ -201,3 +201,77 @@ def test_the_direct_engines_other_activations_stack(activation: str) -> None:
         for name, parameter in net.named_parameters():
             assert parameter.grad is not None
             torch.testing.assert_close(grads[name], parameter.grad)
+
+
+LOSS_CASES = [
+    (nn.L1Loss(), 1),
+    (nn.HuberLoss(delta=0.7), 1),
+    (nn.BCEWithLogitsLoss(pos_weight=torch.tensor([2.5])), 1),
+    (nn.CrossEntropyLoss(weight=torch.tensor([0.5, 2.0, 1.0])), 3),
+]
+
+
+@pytest.mark.parametrize(("loss_fn", "outputs"), LOSS_CASES)
+@pytest.mark.parametrize("masked", [False, True])
+def test_the_direct_engines_other_losses_stack(
+    loss_fn: nn.Module, outputs: int, masked: bool
+) -> None:
+    layers: list[Layer] = [
+        DenseLayer(type="dense", units=5, activation="relu"),
+        DenseLayer(type="dense", units=outputs),
+    ]
+    nets = [build_model(layers, 4, seed=seed) for seed in range(2)]
+    stack = StackedNetwork(nets, loss_fn)
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 6, 4, generator=generator)
+    if isinstance(loss_fn, nn.CrossEntropyLoss):
+        y: torch.Tensor = torch.randint(0, 3, (2, 6), generator=generator)
+    elif isinstance(loss_fn, nn.BCEWithLogitsLoss):
+        y = (torch.rand(2, 6, 1, generator=generator) > 0.5).float()
+    else:
+        y = torch.randn(2, 6, 1, generator=generator)
+    rows = torch.tensor([4, 6]) if masked else None
+    loss = stack.loss_and_gradients(x, y, rows)
+    for k, net in enumerate(nets):
+        n = 6 if rows is None else int(rows[k])
+        member_loss = loss_fn(net(x[k, :n]), y[k, :n])
+        member_loss.backward()
+        torch.testing.assert_close(loss[k], member_loss.detach())
+        grads = stack.row(stack.grad, k)
+        for name, parameter in net.named_parameters():
+            assert parameter.grad is not None
+            torch.testing.assert_close(grads[name], parameter.grad)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_members_move_as_alone(nesterov: bool) -> None:
+    k, steps = 2, 20
+    settings = [
+        OptimizerSettings(lr=0.05, kind="sgd", momentum=0.9, nesterov=nesterov),
+        OptimizerSettings(lr=0.02, kind="sgd", weight_decay=0.01),
+    ]
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(steps, k, 4, 7, generator=generator)
+    y = torch.randn(steps, k, 4, 1, generator=generator)
+    stack = StackedNetwork(members(k), nn.MSELoss())
+    optimizer = StackedOptimizer(stack, settings)
+    for step in range(steps):
+        stack.loss_and_gradients(x[step], y[step])
+        optimizer.step()
+    for member in range(k):
+        alone = members(k)[member]
+        setting = settings[member]
+        sgd = torch.optim.SGD(
+            alone.parameters(),
+            lr=setting.lr,
+            momentum=setting.momentum,
+            nesterov=setting.nesterov,
+            weight_decay=setting.weight_decay,
+        )
+        for step in range(steps):
+            sgd.zero_grad()
+            nn.functional.mse_loss(alone(x[step, member]), y[step, member]).backward()  # type: ignore[no-untyped-call]
+            sgd.step()
+        got = stack.member_state(member)
+        for name, parameter in alone.named_parameters():
+            torch.testing.assert_close(got[name], parameter.detach(), rtol=1e-5, atol=1e-6)

@@ -45,7 +45,7 @@ class Member:
     """One member as its own run would train it; `position` and `failure` are its outcome."""
 
     model: nn.Module
-    optimizer: torch.optim.Optimizer  # its own Adam, filled from the stack at each save
+    optimizer: torch.optim.Optimizer  # its own, its state filled from the stack at each save
     loss_fn: nn.Module
     train: Tensors
     val: Tensors | None
@@ -67,23 +67,33 @@ OnGroupEpoch = Callable[[int, list[tuple[Member, EpochRecord]]], None]
 
 
 def optimizer_settings(optimizer: torch.optim.Optimizer) -> OptimizerSettings:
-    """The stacked Adam settings of a member's torch optimizer.
+    """The stacked settings of a member's torch optimizer.
 
     Raises:
-        Unstackable: not a fused Adam or AdamW with one parameter group and plain options.
+        Unstackable: not Adam, AdamW or SGD with one parameter group and plain options.
     """
     kind = type(optimizer)
-    if kind not in (torch.optim.Adam, torch.optim.AdamW):
+    if kind not in (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD):
         raise Unstackable(f"the optimizer {kind.__name__}")
     if len(optimizer.param_groups) != 1:
         raise Unstackable("several parameter groups")
     group = optimizer.param_groups[0]
-    if group["amsgrad"] or group["maximize"] or isinstance(group["lr"], torch.Tensor):
+    if group.get("amsgrad") or group["maximize"] or isinstance(group["lr"], torch.Tensor):
         raise Unstackable(f"{kind.__name__} with amsgrad, maximize or a tensor learning rate")
+    lr, decay = float(group["lr"]), float(group["weight_decay"])
+    if kind is torch.optim.SGD:
+        return OptimizerSettings(
+            lr,
+            "sgd",
+            weight_decay=decay,
+            momentum=float(group["momentum"]),
+            dampening=float(group["dampening"]),
+            nesterov=bool(group["nesterov"]),
+        )
     beta1, beta2 = group["betas"]
     decoupled = bool(group.get("decoupled_weight_decay")) or kind is torch.optim.AdamW
     return OptimizerSettings(
-        float(group["lr"]), beta1, beta2, group["eps"], group["weight_decay"], decoupled
+        lr, "adamw" if decoupled else "adam", beta1, beta2, group["eps"], weight_decay=decay
     )
 
 

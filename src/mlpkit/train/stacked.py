@@ -14,11 +14,12 @@ a step out (its fold has fewer rows, it stopped early or diverged): the kernel t
 active members' rows as a list, each with its own step count; members with their own learning
 rate or weight decay go through one kernel call per setting.
 
-What it covers: dense layers with a bias, each with no activation or one the direct engine
-covers (relu, tanh, sigmoid, silu, exact gelu, elu, leaky relu: its kernels); the
-losses MSE, BCE with logits (no pos_weight) and cross-entropy (no class weights), each the mean
-over a member's batch; Adam and AdamW (fused). `unstackable` names anything else, and the
-caller then trains the members one after another.
+What it covers is what the direct engine covers (train/direct.py): dense layers with a bias,
+each with no activation or one of its activations (relu, tanh, sigmoid, silu, exact gelu, elu,
+leaky relu: its very kernels); the losses MSE, L1, Huber, BCE with logits (pos_weight too) and
+cross-entropy (class weights too), each the mean over a member's batch; Adam, AdamW and SGD
+(fused). Unstackable names anything else, and the caller then trains the members one after
+another.
 """
 
 from __future__ import annotations
@@ -33,7 +34,13 @@ from mlpkit.train import direct
 
 Activation = tuple[direct.Forward, direct.Backward]
 
-LOSSES = {nn.MSELoss: "mse", nn.BCEWithLogitsLoss: "bce", nn.CrossEntropyLoss: "cross_entropy"}
+LOSSES = {
+    nn.MSELoss: "mse",
+    nn.L1Loss: "l1",
+    nn.HuberLoss: "huber",
+    nn.BCEWithLogitsLoss: "bce",
+    nn.CrossEntropyLoss: "cross_entropy",
+}
 
 
 class Unstackable(ValueError):
@@ -79,22 +86,35 @@ def _layers(model: nn.Module) -> tuple[list[_Layer], list[Activation | None]]:
     return layers, functions
 
 
-def loss_kind(loss_fn: nn.Module) -> str:
-    """The stacked name of a loss the engine covers.
+@dataclass(frozen=True)
+class Loss:
+    """A loss the stacked engine computes per member: its kind and options."""
+
+    kind: str  # mse | l1 | huber | bce | cross_entropy
+    delta: float = 1.0  # huber
+    weight: Tensor | None = None  # bce: pos_weight; cross_entropy: the class weights
+
+
+def stacked_loss(loss_fn: nn.Module) -> Loss:
+    """The loss as the stacked engine computes it (each a mean over a member's batch).
 
     Raises:
-        Unstackable: any other loss, or one with weights.
+        Unstackable: a loss the engine does not cover.
     """
     kind = LOSSES.get(type(loss_fn))
     if kind is None or getattr(loss_fn, "reduction", "mean") != "mean":
         raise Unstackable(f"the loss {type(loss_fn).__name__}")
-    if isinstance(loss_fn, nn.BCEWithLogitsLoss) and loss_fn.pos_weight is not None:
-        raise Unstackable("a weighted loss (data.class_weights)")
-    if isinstance(loss_fn, nn.CrossEntropyLoss) and (
-        loss_fn.weight is not None or loss_fn.label_smoothing != 0
-    ):
-        raise Unstackable("a weighted loss (data.class_weights)")
-    return kind
+    if isinstance(loss_fn, nn.HuberLoss):
+        return Loss(kind, delta=loss_fn.delta)
+    if isinstance(loss_fn, nn.BCEWithLogitsLoss):
+        if loss_fn.weight is not None:
+            raise Unstackable("the loss BCEWithLogitsLoss with a weight per element")
+        return Loss(kind, weight=loss_fn.pos_weight)
+    if isinstance(loss_fn, nn.CrossEntropyLoss):
+        if loss_fn.label_smoothing != 0 or loss_fn.ignore_index != -100:
+            raise Unstackable("the loss CrossEntropyLoss with these options")
+        return Loss(kind, weight=loss_fn.weight)
+    return Loss(kind)
 
 
 class StackedNetwork:
@@ -107,7 +127,7 @@ class StackedNetwork:
         self.layers, self._activations = _layers(members[0])
         if any(_layers(member)[0] != self.layers for member in members[1:]):
             raise Unstackable("members of different shapes")
-        self.loss = loss_kind(loss_fn)
+        self.loss = stacked_loss(loss_fn)
         first = next(members[0].parameters())
         self.device = first.device
         k = len(members)
@@ -192,70 +212,92 @@ class StackedNetwork:
 
 
 def _loss_and_delta(
-    kind: str, out: Tensor, y: Tensor, rows: Tensor | None
+    loss: Loss, out: Tensor, y: Tensor, rows: Tensor | None
 ) -> tuple[Tensor, Tensor]:
-    """Per-member mean loss [K] and its gradient at the output [K, batch, out]."""
-    if rows is not None:
-        return _masked_loss_and_delta(kind, out, y, rows)
-    if kind == "mse":
+    """Per-member mean loss [K] and its gradient at the output [K, batch, out]; with `rows`,
+    each member's mean over its first rows[k] rows only (a member with none gets a zero loss
+    and gradient: it sits the step out)."""
+    if loss.kind == "mse" and rows is None:  # the common case, in the fewest calls
         error = out - y
-        n = error.shape[1] * error.shape[2]
-        return error.square().mean(dim=(1, 2)), error * (2.0 / n)
-    if kind == "bce":
-        n = out.shape[1] * out.shape[2]
-        loss = nn.functional.binary_cross_entropy_with_logits(out, y, reduction="none")
-        return loss.mean(dim=(1, 2)), (out.sigmoid() - y) / n
-    # cross-entropy: y holds class indices [K, batch]
-    log_p = torch.log_softmax(out, dim=2)
-    picked = log_p.gather(2, y.unsqueeze(2))  # [K, batch, 1]
-    delta = log_p.exp().scatter_add_(2, y.unsqueeze(2), -torch.ones_like(picked))
-    return -picked.mean(dim=(1, 2)), delta / out.shape[1]
+        return error.square().mean(dim=(1, 2)), error * (2.0 / (out.shape[1] * out.shape[2]))
+    keep: Tensor | None = None
+    n: Tensor | float = float(out.shape[1] * out.shape[2])
+    if rows is not None:
+        keep = (torch.arange(out.shape[1], device=out.device) < rows.unsqueeze(1)).to(out.dtype)
+        keep = keep.unsqueeze(2)  # [K, batch, 1]
+        n = rows.clamp(min=1).to(out.dtype).view(-1, 1, 1) * out.shape[2]
+    if loss.kind == "cross_entropy":
+        return _cross_entropy(out, y, loss.weight, keep)
+    elementwise, grad = _elementwise(loss, out, y)
+    if keep is not None:
+        elementwise, grad = elementwise * keep, grad * keep
+    return (elementwise / n).sum(dim=(1, 2)), grad / n
 
 
-def _masked_loss_and_delta(
-    kind: str, out: Tensor, y: Tensor, rows: Tensor
+def _elementwise(loss: Loss, out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """The loss of each output and its gradient, before the mean (autograd's formulas)."""
+    if loss.kind == "mse":
+        error = out - y
+        return error.square(), error * 2.0
+    if loss.kind == "l1":
+        error = out - y
+        return error.abs(), error.sgn()
+    if loss.kind == "huber":
+        error = out - y
+        value = nn.functional.huber_loss(out, y, reduction="none", delta=loss.delta)
+        return value, error.clamp(-loss.delta, loss.delta)
+    pos_weight = loss.weight  # bce with logits
+    value = nn.functional.binary_cross_entropy_with_logits(
+        out, y, reduction="none", pos_weight=pos_weight
+    )
+    if pos_weight is None:
+        return value, out.sigmoid() - y
+    weighted = pos_weight * y
+    return value, (weighted + 1 - y) * out.sigmoid() - weighted
+
+
+def _cross_entropy(
+    out: Tensor, y: Tensor, weight: Tensor | None, keep: Tensor | None
 ) -> tuple[Tensor, Tensor]:
-    """As _loss_and_delta, each member's mean over its first rows[k] rows only (a member
-    with none gets a zero loss and gradient: it sits the step out)."""
-    keep = (torch.arange(out.shape[1], device=out.device) < rows.unsqueeze(1)).to(out.dtype)
-    keep = keep.unsqueeze(2)  # [K, batch, 1]
-    count = rows.clamp(min=1).to(out.dtype).view(-1, 1, 1)
-    if kind == "mse":
-        error = (out - y) * keep
-        n = count * out.shape[2]
-        return (error.square() / n).sum(dim=(1, 2)), error * (2.0 / n)
-    if kind == "bce":
-        n = count * out.shape[2]
-        loss = nn.functional.binary_cross_entropy_with_logits(out, y, reduction="none")
-        return (loss * keep / n).sum(dim=(1, 2)), (out.sigmoid() - y) * keep / n
+    """Cross-entropy over class indices y [K, batch]: each row's negative log-probability of
+    its class, weighted by its class's weight, over the members' sum of those weights."""
     log_p = torch.log_softmax(out, dim=2)
-    picked = log_p.gather(2, y.unsqueeze(2)) * keep
-    delta = log_p.exp().scatter_add_(2, y.unsqueeze(2), -torch.ones_like(picked))
-    return -(picked / count).sum(dim=(1, 2)), delta * keep / count
+    index = y.unsqueeze(2)
+    picked = log_p.gather(2, index)  # [K, batch, 1]
+    rows = torch.ones_like(picked) if weight is None else weight[index]
+    if keep is not None:
+        rows = rows * keep
+    total = rows.sum(dim=(1, 2)).clamp(min=torch.finfo(out.dtype).tiny)  # [K]
+    delta = log_p.exp().scatter_add_(2, index, -torch.ones_like(picked)) * rows
+    return -(picked * rows).sum(dim=(1, 2)) / total, delta / total.view(-1, 1, 1)
 
 
 @dataclass(frozen=True)
 class OptimizerSettings:
-    """One member's Adam: learning rate, betas, eps, weight decay, decoupled (AdamW)."""
+    """One member's optimizer: Adam, AdamW or SGD, and its options."""
 
     lr: float
+    kind: str = "adam"  # adam | adamw | sgd
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
     weight_decay: float = 0.0
-    decoupled: bool = False
+    momentum: float = 0.0  # sgd
+    dampening: float = 0.0
+    nesterov: bool = False
 
 
 class StackedOptimizer:
-    """Adam (or AdamW) over a StackedNetwork's buffer, each member with its own settings and
-    step count; members sit steps out when told. State rows keep the buffer's layout."""
+    """Adam, AdamW or SGD over a StackedNetwork's buffer (torch's fused kernels), each member
+    with its own settings and step count; members sit steps out when told. The state rows
+    keep the buffer's layout."""
 
     def __init__(self, network: StackedNetwork, settings: list[OptimizerSettings]) -> None:
         if len(settings) != network.members:
             raise ValueError("one OptimizerSettings per member")
         self.network = network
         self.settings = settings
-        self.exp_avg = torch.zeros_like(network.flat)
+        self.exp_avg = torch.zeros_like(network.flat)  # sgd: the momentum buffers
         self.exp_avg_sq = torch.zeros_like(network.flat)
         self.steps = [0] * network.members  # each member's count, as its own Adam's `step`
         self._count = torch.zeros((), dtype=torch.float32, device=network.device)
@@ -264,64 +306,75 @@ class StackedOptimizer:
 
     def step(self, active: list[int] | None = None) -> None:
         """Apply the gradient buffer to the members listed (None: every member)."""
-        settings = self.settings
+        settings, network = self.settings, self.network
         if active is None and self._uniform and len(set(self.steps)) == 1:
             # the common case: one kernel call over the whole buffer, one shared count
             self._count.fill_(self.steps[0]).add_(self._one)
-            _kernel(
-                settings[0],
-                [self.network.flat],
-                [self.network.grad],
-                [self.exp_avg],
-                [self.exp_avg_sq],
-                [self._count],
-            )
+            first = self.steps[0] == 0
+            self._kernel(settings[0], [network.flat], [network.grad], [self.exp_avg],
+                         [self.exp_avg_sq], [self._count], first)  # fmt: skip
             self.steps = [count + 1 for count in self.steps]
             return
-        members = range(self.network.members) if active is None else active
-        groups: dict[OptimizerSettings, list[int]] = {}
+        members = range(network.members) if active is None else active
+        groups: dict[tuple[OptimizerSettings, bool], list[int]] = {}
         for k in members:
-            groups.setdefault(settings[k], []).append(k)
+            groups.setdefault((settings[k], self.steps[k] == 0), []).append(k)
             self.steps[k] += 1
-        for setting, ks in groups.items():
-            counts = [torch.tensor(float(self.steps[k]), device=self.network.device) for k in ks]
-            _kernel(
+        for (setting, first), ks in groups.items():
+            counts = [torch.tensor(float(self.steps[k]), device=network.device) for k in ks]
+            self._kernel(
                 setting,
-                [self.network.flat[k] for k in ks],
-                [self.network.grad[k] for k in ks],
+                [network.flat[k] for k in ks],
+                [network.grad[k] for k in ks],
                 [self.exp_avg[k] for k in ks],
                 [self.exp_avg_sq[k] for k in ks],
                 counts,
+                first,
             )
 
+    @staticmethod
+    def _kernel(
+        settings: OptimizerSettings,
+        params: list[Tensor],
+        grads: list[Tensor],
+        averages: list[Tensor],
+        squares: list[Tensor],
+        counts: list[Tensor],
+        first: bool,
+    ) -> None:
+        if settings.kind == "sgd":  # momentum buffers start as the first gradient, as torch's
+            torch._fused_sgd_(
+                params, grads, averages if settings.momentum else [],
+                weight_decay=settings.weight_decay, momentum=settings.momentum, lr=settings.lr,
+                dampening=settings.dampening, nesterov=settings.nesterov, maximize=False,
+                is_first_step=first, grad_scale=None, found_inf=None,
+            )  # fmt: skip
+            return
+        kernel = torch._fused_adamw_ if settings.kind == "adamw" else torch._fused_adam_
+        kernel(
+            params, grads, averages, squares, [], counts,
+            lr=settings.lr, beta1=settings.beta1, beta2=settings.beta2,
+            weight_decay=settings.weight_decay, eps=settings.eps, amsgrad=False,
+            maximize=False, grad_scale=None, found_inf=None,
+        )  # fmt: skip
+
     def member_state(self, k: int, params: Mapping[str, Tensor]) -> dict[Tensor, dict[str, Tensor]]:
-        """Member k's Adam state as torch.optim keeps it, keyed by the member network's
+        """Member k's optimizer state as torch.optim keeps it, keyed by the member network's
         parameters (`params`: its named parameters): what a checkpoint of it holds."""
+        device, setting = self.network.device, self.settings[k]
+        if setting.kind == "sgd":
+            if not setting.momentum or not self.steps[k]:
+                return {}
+            buffers = self.network.row(self.exp_avg, k)
+            return {p: {"momentum_buffer": buffers[name].clone()} for name, p in params.items()}
         averages = self.network.row(self.exp_avg, k)
         squares = self.network.row(self.exp_avg_sq, k)
         step = float(self.steps[k])
         return {
             parameter: {
-                "step": torch.tensor(step, dtype=torch.float32, device=self.network.device),
+                "step": torch.tensor(step, dtype=torch.float32, device=device),
                 "exp_avg": averages[name].clone(),
                 "exp_avg_sq": squares[name].clone(),
             }
             for name, parameter in params.items()
         }
-
-
-def _kernel(
-    settings: OptimizerSettings,
-    params: list[Tensor],
-    grads: list[Tensor],
-    averages: list[Tensor],
-    squares: list[Tensor],
-    counts: list[Tensor],
-) -> None:
-    kernel = torch._fused_adamw_ if settings.decoupled else torch._fused_adam_
-    kernel(
-        params, grads, averages, squares, [], counts,
-        lr=settings.lr, beta1=settings.beta1, beta2=settings.beta2,
-        weight_decay=settings.weight_decay, eps=settings.eps, amsgrad=False, maximize=False,
-        grad_scale=None, found_inf=None,
-    )  # fmt: skip
