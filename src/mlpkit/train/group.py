@@ -159,14 +159,12 @@ def fit_group(
         for k in running:
             members[k].position.order_state = generators[k].get_state()
         xs, ys, counts = _epoch_rows(members, generators, shuffle)
-        steps = max(-(-count // batch_size) for count in counts)
         even = len(set(counts)) == 1  # every member a batch of the same size at every step
         losses: list[torch.Tensor] = []  # [K] per step
         sizes: list[list[int]] = []  # each step's rows per member
         taken = [0] * len(members)  # this epoch's steps per member
-        for s in range(steps):
-            xb = xs[:, s * batch_size : (s + 1) * batch_size]
-            yb = ys[:, s * batch_size : (s + 1) * batch_size]
+        batches = zip(torch.split(xs, batch_size, 1), torch.split(ys, batch_size, 1), strict=True)
+        for s, (xb, yb) in enumerate(batches):  # every batch's view in one call an epoch
             if even:
                 rows, active, row_tensor = [xb.shape[1]] * len(members), running, None
             else:

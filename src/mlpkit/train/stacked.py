@@ -200,12 +200,17 @@ class StackedNetwork:
             before.append(z)
             after.append(h)
         loss, delta = _loss_and_delta(self.loss, h, y, rows)
+        outer = x.shape[1] == 1
         for i in reversed(range(len(self.layers))):
             activation = self._activations[i]
             if activation is not None:  # autograd's own derivative kernel (direct.py)
                 delta = activation[1](delta, before[i], after[i])
             torch.sum(delta, dim=1, out=self.bias_grads[i])
-            self.weight_grads[i].copy_(torch.bmm(delta.transpose(1, 2), inputs[i]))
+            # the weight gradient: for a batch of one row an outer product, which an
+            # elementwise multiply computes exactly and at a fraction of a batched matmul's
+            # cost per member
+            product = torch.mul if outer else torch.bmm
+            product(delta.transpose(1, 2), inputs[i], out=self.weight_grads[i])
             if i:
                 delta = torch.bmm(delta, self.weights[i])
         return loss
@@ -302,6 +307,7 @@ class StackedOptimizer:
         self.steps = [0] * network.members  # each member's count, as its own Adam's `step`
         self._count = torch.zeros((), dtype=torch.float32, device=network.device)
         self._one = torch.ones((), dtype=torch.float32, device=network.device)
+        self._counted = 0  # what _count holds, known without reading it from the device
         self._uniform = len(set(settings)) == 1
 
     def step(self, active: list[int] | None = None) -> None:
@@ -309,7 +315,10 @@ class StackedOptimizer:
         settings, network = self.settings, self.network
         if active is None and self._uniform and len(set(self.steps)) == 1:
             # the common case: one kernel call over the whole buffer, one shared count
-            self._count.fill_(self.steps[0]).add_(self._one)
+            if self._counted != self.steps[0]:  # after steps some members sat out
+                self._count.fill_(self.steps[0])
+            self._count.add_(self._one)
+            self._counted = self.steps[0] + 1
             first = self.steps[0] == 0
             self._kernel(settings[0], [network.flat], [network.grad], [self.exp_avg],
                          [self.exp_avg_sq], [self._count], first)  # fmt: skip
