@@ -15,6 +15,7 @@ direct engine avoids, here the price of per-member divergence).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from mlpkit.errors import DivergedError
+from mlpkit.train.budget import EVAL_BATCH
 from mlpkit.train.build import Trainer
 from mlpkit.train.loop import (
     EarlyStopping,
@@ -34,7 +36,6 @@ from mlpkit.train.loop import (
     check_epoch,
     diverged,
     end_epoch,
-    evaluate,
     what_diverged,
 )
 from mlpkit.train.stacked import OptimizerSettings, StackedNetwork, StackedOptimizer, Unstackable
@@ -150,6 +151,7 @@ def fit_group(
     """
     network, optimizer = stack(members)
     generators = [torch.Generator().manual_seed(member.seed) for member in members]
+    val_x = _stacked_rows([member.val for member in members])
     last_save = time.perf_counter()
     for epoch in range(1, epochs + 1):
         running = [k for k, member in enumerate(members) if member.running]
@@ -162,7 +164,8 @@ def fit_group(
         even = len(set(counts)) == 1  # every member a batch of the same size at every step
         losses: list[torch.Tensor] = []  # [K] per step
         sizes: list[list[int]] = []  # each step's rows per member
-        taken = [0] * len(members)  # this epoch's steps per member
+        taken = [0] * len(members)  # this epoch's steps per member, beyond `common`
+        common = 0  # steps every member took
         batches = zip(torch.split(xs, batch_size, 1), torch.split(ys, batch_size, 1), strict=True)
         for s, (xb, yb) in enumerate(batches):  # every batch's view in one call an epoch
             if even:
@@ -173,38 +176,48 @@ def fit_group(
                 row_tensor = torch.tensor(rows, device=xb.device)
             loss = network.loss_and_gradients(xb, yb, row_tensor)
             if not bool(network.grad.sum().isfinite()):  # the one host read of the step
-                active = _freeze_diverged(members, network, loss, active, epoch, taken)
+                done = [common + count for count in taken]
+                active = _freeze_diverged(members, network, loss, active, epoch, done)
                 running = [k for k in running if members[k].running]
-            optimizer.step(None if len(active) == len(members) else active)
+            everyone = len(active) == len(members)
+            optimizer.step(None if everyone else active)
             losses.append(loss)
             sizes.append(rows)
-            for k in active:
-                taken[k] += 1
+            if everyone:
+                common += 1
+            else:
+                for k in active:
+                    taken[k] += 1
             if stop_requested is not None and stop_requested():
                 _sync(members, network, optimizer, running)
                 for k in running:
-                    _keep_partial(members[k].position, losses, sizes, k, taken[k])
+                    _keep_partial(members[k].position, losses, sizes, k, common + taken[k])
                 if save is not None:
                     save([members[k] for k in running])
                 raise StopRequested()
         for k in running:
-            members[k].position.steps += taken[k]
-        seconds = time.perf_counter() - started
-        _sync(members, network, optimizer, running)
-        records = _end_epochs(members, running, epoch, losses, sizes, generators, seconds)
+            members[k].position.steps += common + taken[k]
+        ended = _Epoch(epoch, losses, sizes, started)
+        records = _end_epochs(members, running, ended, network, optimizer, val_x, generators)
         if on_epoch is not None:
             on_epoch(epoch, records)
         finishing = epoch == epochs or not any(member.running for member in members)
         stopping = stop_requested is not None and stop_requested()  # as loop.fit, an epoch end
         due = finishing or time.perf_counter() - last_save >= save_every
         if save is not None and (due or stopping):
-            save([member for member, _ in records])
+            places = {id(member): k for k, member in enumerate(members)}
+            recorded = [places[id(member)] for member, _ in records]
+            _sync(members, network, optimizer, recorded)
+            save([members[k] for k in recorded])
             last_save = time.perf_counter()
         if stopping:
             raise StopRequested()
-    for member in members:
+    done = [k for k, member in enumerate(members) if member.failure is None]
+    _sync(members, network, optimizer, done)
+    for k in done:
+        member = members[k]
         best = member.position.best_weights
-        if member.failure is None and member.stopping is not None and best is not None:
+        if member.stopping is not None and best is not None:
             member.model.load_state_dict(best)
 
 
@@ -278,33 +291,84 @@ def _keep_partial(
     position.sizes = [rows[k] for rows in sizes if rows[k]]
 
 
+@dataclass(frozen=True)
+class _Epoch:
+    """An epoch's steps, ended: its number, each step's losses [K] and rows per member."""
+
+    number: int
+    losses: list[torch.Tensor]
+    sizes: list[list[int]]
+    started: float  # perf_counter at its start
+
+
+def _stacked_rows(parts: list[Tensors | None]) -> torch.Tensor | None:
+    """The members' validation inputs as one [K, rows, in] tensor (padded with zeros to the
+    most rows; a member without validation rows gets zeros), or None if no member has any."""
+    found = [part.x for part in parts if part is not None]
+    if not found:
+        return None
+    most = max(x.shape[0] for x in found)
+    stacked = found[0].new_zeros((len(parts), most, found[0].shape[1]))
+    for k, part in enumerate(parts):
+        if part is not None:
+            stacked[k, : part.x.shape[0]] = part.x
+    return stacked
+
+
+@torch.no_grad()
+def _validation_outputs(network: StackedNetwork, x: torch.Tensor) -> torch.Tensor:
+    """Every member's outputs on its validation rows [K, rows, out], in slices of rows that
+    keep the activations within what loop.predict holds for one network."""
+    step = max(1, EVAL_BATCH // x.shape[0])
+    return torch.cat([network.forward(x[:, i : i + step]) for i in range(0, x.shape[1], step)], 1)
+
+
 def _end_epochs(
     members: list[Member],
     running: list[int],
-    epoch: int,
-    losses: list[torch.Tensor],
-    sizes: list[list[int]],
+    ended: _Epoch,
+    network: StackedNetwork,
+    optimizer: StackedOptimizer,
+    val_x: torch.Tensor | None,
     generators: list[torch.Generator],
-    seconds: float,
 ) -> list[tuple[Member, EpochRecord]]:
-    """Each member that trained this epoch: its record (loop.fit's), checked, then recorded."""
-    per_step = torch.stack(losses).double()  # [steps, K]
-    weights = torch.tensor(sizes, dtype=torch.float64, device=per_step.device)
+    """Each member that trained this epoch: its record (loop.fit's: the training loss, the
+    validation loss and scores from the stacked forward pass), checked, then recorded."""
+    per_step = torch.stack(ended.losses).double()  # [steps, K]
+    weights = torch.tensor(ended.sizes, dtype=torch.float64, device=per_step.device)
     means = ((per_step * weights).sum(dim=0) / weights.sum(dim=0).clamp(min=1)).tolist()
+    outputs = None if val_x is None else _validation_outputs(network, val_x)
+    finite = (
+        network.flat.isfinite().all(1)
+        & optimizer.exp_avg.isfinite().all(1)
+        & optimizer.exp_avg_sq.isfinite().all(1)
+    ).tolist()  # each member's weights and optimizer state, read once
     records = []
     for k in running:
         member = members[k]
-        record: EpochRecord = {"epoch": epoch, "train_loss": means[k]}
-        if member.val is not None:
-            record |= evaluate(member.model, member.loss_fn, member.val, member.score, "val_")
-        try:
-            check_epoch(record, epoch, member.model, member.optimizer)
-        except DivergedError as exc:
-            member.failure = exc
-            continue
+        record: EpochRecord = {"epoch": ended.number, "train_loss": means[k]}
+        if member.val is not None and outputs is not None:
+            mine = outputs[k, : member.val.x.shape[0]]
+            record["val_loss"] = float(member.loss_fn(mine, member.val.y))
+            scores = member.score(member.val.y, mine) if member.score is not None else {}
+            record |= {f"val_{name}": value for name, value in scores.items()}
+        if not finite[k] or not all(math.isfinite(value) for value in record.values()):
+            _sync(members, network, optimizer, [k])  # for check_epoch's message
+            try:
+                check_epoch(record, ended.number, member.model, member.optimizer)
+            except DivergedError as exc:
+                member.failure = exc
+                continue
+        records.append((k, record))
+    seconds = time.perf_counter() - ended.started  # as loop.fit: steps and validation
+    done = []
+    for k, record in records:
+        member = members[k]
         record["lr"] = float(member.optimizer.param_groups[0]["lr"])
         record["seconds"] = seconds
+        if member.stopping is not None:  # end_epoch keeps its best weights from the network
+            member.model.load_state_dict(network.member_state(k))
         end_epoch(member.position, record, member.model, member.stopping)
         member.position.order_state = generators[k].get_state()
-        records.append((member, record))
-    return records
+        done.append((member, record))
+    return done

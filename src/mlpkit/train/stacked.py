@@ -136,9 +136,22 @@ class StackedNetwork:
         self.grad = torch.zeros_like(self.flat)
         self.weights, self.biases = self._views(self.flat)
         self.weight_grads, self.bias_grads = self._views(self.grad)
-        # the views the forward pass takes, made once (a view costs a call like any op)
+        # what each step takes, views made once (a view costs a call like any op)
         self._transposed = [weight.transpose(1, 2) for weight in self.weights]
         self._bias_rows = [bias.unsqueeze(1) for bias in self.biases]
+        self._forward_layers = list(
+            zip(self._transposed, self._bias_rows, self._activations, strict=True)
+        )
+        self._backward_layers = [
+            (
+                None if self._activations[i] is None else self._activations[i][1],  # type: ignore[index]
+                self.bias_grads[i],
+                self.weight_grads[i],
+                self.weights[i] if i else None,  # the first layer passes no gradient on
+            )
+            for i in reversed(range(len(self.layers)))
+        ]
+        self._scalars = direct._Scalars(self.device)
         with torch.no_grad():
             for i, member in enumerate(members):
                 self.load_member(i, member)
@@ -178,8 +191,7 @@ class StackedNetwork:
 
     def forward(self, x: Tensor) -> Tensor:
         """[K, batch, in] -> [K, batch, out]."""
-        layers = zip(self._transposed, self._bias_rows, self._activations, strict=True)
-        for weight, bias, activation in layers:
+        for weight, bias, activation in self._forward_layers:
             x = torch.baddbmm(bias, x, weight)
             if activation is not None:
                 x = activation[0](x)
@@ -190,41 +202,41 @@ class StackedNetwork:
         autograd gives for each member alone. `rows` [K], when members' batches differ in
         size (folds of different sizes): member k's batch is its first rows[k] rows, the rest
         padding that neither its loss nor its gradients see."""
-        inputs, before, after = [], [], []  # each layer's input, pre-activation, output
+        saved = []  # each layer's input, pre-activation and output
         h = x
-        layers = zip(self._transposed, self._bias_rows, self._activations, strict=True)
-        for weight, bias, activation in layers:
-            inputs.append(h)
+        for weight, bias, activation in self._forward_layers:
             z = torch.baddbmm(bias, h, weight)
-            h = z if activation is None else activation[0](z)
-            before.append(z)
-            after.append(h)
-        loss, delta = _loss_and_delta(self.loss, h, y, rows)
-        outer = x.shape[1] == 1
-        for i in reversed(range(len(self.layers))):
-            activation = self._activations[i]
-            if activation is not None:  # autograd's own derivative kernel (direct.py)
-                delta = activation[1](delta, before[i], after[i])
-            torch.sum(delta, dim=1, out=self.bias_grads[i])
-            # the weight gradient: for a batch of one row an outer product, which an
-            # elementwise multiply computes exactly and at a fraction of a batched matmul's
-            # cost per member
-            product = torch.mul if outer else torch.bmm
-            product(delta.transpose(1, 2), inputs[i], out=self.weight_grads[i])
-            if i:
-                delta = torch.bmm(delta, self.weights[i])
+            a = z if activation is None else activation[0](z)
+            saved.append((h, z, a))
+            h = a
+        loss, delta = _loss_and_delta(self.loss, h, y, rows, self._scalars)
+        # the weight gradient: for a batch of one row an outer product, which an elementwise
+        # multiply computes exactly and at a fraction of a batched matmul's cost per member
+        product = torch.mul if x.shape[1] == 1 else torch.bmm
+        for (h, z, a), layer in zip(reversed(saved), self._backward_layers, strict=True):
+            derivative, bias_grad, weight_grad, passing = layer
+            if derivative is not None:  # autograd's own derivative kernel (direct.py)
+                delta = derivative(delta, z, a)
+            torch.sum(delta, dim=1, out=bias_grad)
+            product(delta.transpose(1, 2), h, out=weight_grad)
+            if passing is not None:
+                delta = torch.bmm(delta, passing)
         return loss
 
 
 def _loss_and_delta(
-    loss: Loss, out: Tensor, y: Tensor, rows: Tensor | None
+    loss: Loss, out: Tensor, y: Tensor, rows: Tensor | None, scalars: direct._Scalars
 ) -> tuple[Tensor, Tensor]:
     """Per-member mean loss [K] and its gradient at the output [K, batch, out]; with `rows`,
     each member's mean over its first rows[k] rows only (a member with none gets a zero loss
     and gradient: it sits the step out)."""
     if loss.kind == "mse" and rows is None:  # the common case, in the fewest calls
         error = out - y
-        return error.square().mean(dim=(1, 2)), error * (2.0 / (out.shape[1] * out.shape[2]))
+        square = error.square()
+        count = out.shape[1] * out.shape[2]
+        # the mean of one value is itself (batch 1, one output: no reduction to run)
+        mean = square.view(-1) if count == 1 else square.mean(dim=(1, 2))
+        return mean, error.mul(scalars(2.0 / count))
     keep: Tensor | None = None
     n: Tensor | float = float(out.shape[1] * out.shape[2])
     if rows is not None:
