@@ -275,3 +275,29 @@ def test_sgd_members_move_as_alone(nesterov: bool) -> None:
         got = stack.member_state(member)
         for name, parameter in alone.named_parameters():
             torch.testing.assert_close(got[name], parameter.detach(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_stacked_engine_on_cuda_matches_the_members_trained_alone_on_the_cpu() -> None:
+    k, steps, device = 4, 50, torch.device("cuda")
+    generator = torch.Generator().manual_seed(6)
+    x = torch.randn(steps, k, 8, 7, generator=generator)
+    y = torch.randn(steps, k, 8, 1, generator=generator)
+    nets = [net.to(device) for net in members(k)]
+    stack = StackedNetwork(nets, nn.MSELoss())
+    optimizer = StackedOptimizer(stack, [OptimizerSettings(lr=1e-2)] * k)
+    for step in range(steps):
+        stack.loss_and_gradients(x[step].to(device), y[step].to(device))
+        assert bool(stack.grad.sum().isfinite())
+        optimizer.step()
+    for member in range(k):
+        alone = members(k)[member]
+        adam = torch.optim.Adam(alone.parameters(), lr=1e-2)
+        for step in range(steps):
+            adam.zero_grad()
+            nn.functional.mse_loss(alone(x[step, member]), y[step, member]).backward()  # type: ignore[no-untyped-call]
+            adam.step()
+        got = stack.member_state(member)
+        for name, parameter in alone.named_parameters():
+            torch.testing.assert_close(got[name].cpu(), parameter.detach(), rtol=1e-4, atol=1e-5)
