@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import sys
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from typer._click import exceptions as click_exceptions  # typer's vendored click
 
-from mlpkit.errors import MlpkitError, Problem
+from mlpkit.errors import ConfigError, MlpkitError, Problem
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -305,6 +306,12 @@ def check(config: ConfigArg, set_: SetOpt = None) -> None:
     from mlpkit.flows.check import check as check_config
 
     checked = check_config(loaded)
+    if loaded.config.sweep is not None:  # every path and value of the search, too
+        from mlpkit.config.sweep_rules import sweep_problems
+
+        problems = sweep_problems(loaded, set_ or [])
+        if problems:
+            raise ConfigError(problems)
     prepared = checked.prepared
     counts = prepared.split_counts
     print(
@@ -363,6 +370,111 @@ def summary(
         sys.stdout.write(render_mermaid(result))
     else:
         _stdout().print(render_table(result))
+
+
+@app.command("sweep")
+def sweep_command(
+    config: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Experiment config with a sweep: section (YAML).",
+            show_default=False,
+            callback=_home,
+        ),
+    ] = None,
+    set_: SetOpt = None,
+    trials: Annotated[
+        int | None,
+        typer.Option(min=1, help="Trials to run (overrides sweep.trials).", show_default=False),
+    ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            min=0.001, help="Start no trial after S seconds (sweep.timeout).", show_default=False
+        ),
+    ] = None,
+    workers: Annotated[
+        int, typer.Option(min=1, max=64, help="Trial processes on this machine, one study.")
+    ] = 1,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="An RDB URL (postgresql://user@host/db) shared by workers on many machines; "
+            "default: a journal file in the sweep folder.",
+            show_default=False,
+        ),
+    ] = None,
+    study: Annotated[
+        str | None,
+        typer.Option(
+            help="The study's name (default: the config's name with --storage, else the "
+            "folder's); the same name on another machine joins it.",
+            show_default=False,
+        ),
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Carry on this sweep folder up to its budget.", callback=_home),
+    ] = None,
+    join: Annotated[Path | None, typer.Option(hidden=True, callback=_home)] = None,
+    runs_dir: Annotated[
+        str, typer.Option(help="Where sweep folders go.", callback=_home_text)
+    ] = "runs",
+    device: DeviceOpt = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print only the sweep folder.")
+    ] = False,
+) -> None:
+    """Search hyperparameters on Optuna: each trial an ordinary run in one sweep folder, which
+    also gets trials.csv, best.yaml (the best trial's config) and plots.
+
+    The config's sweep: section names the metric (default val_loss), the trials, the sampler
+    (tpe, random, grid, cmaes), the pruner (median, hyperband, none) and the space: dotted
+    config paths mapped to {log_uniform: [a, b]}, {uniform: [a, b]}, {int: [a, b], log: true}
+    or {choice: [...]}. Ctrl-C stops at the next step; --resume SWEEP carries on.
+
+    Example: mlpkit sweep configs/mpg-sweep.yaml --trials 16 --workers 2
+    """
+    from mlpkit.flows import sweep as sweeping
+
+    if join is not None:
+        sweeping.join(join, device)
+        return
+    options = sweeping.Options(trials, timeout, workers, storage, study, device)
+    lines = _TrialLines(quiet)
+    if resume is not None:
+        folder, info = sweeping.resume(resume, options, lines)
+    else:
+        if config is None:
+            raise MlpkitError(Problem("give a CONFIG, or --resume SWEEP", where="mlpkit sweep"))
+        _load_config(config, set_)  # config mistakes exit here, before optuna and torch
+        folder, info = sweeping.sweep(config, set_ or [], Path(runs_dir), options, lines)
+    if not quiet and info.best is not None:
+        best = info.best
+        print(f"best: trial {best.number}, {info.metric} {best.value:.6g}  {folder / best.run}")
+        print(f"train it: mlpkit train {folder / 'best.yaml'}")
+    print(folder)
+
+
+class _TrialLines:
+    """sweep's progress: a line per trial as it ends, and the best so far."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def __call__(self, outcome: Any, best: Any) -> None:
+        if self.quiet:
+            return
+        value = "" if outcome.value is None else f" {outcome.value:.6g}"
+        params = " ".join(f"{path}={_short(value)}" for path, value in outcome.params.items())
+        best_text = "" if best is None else f"  (best: trial {best.number}, {best.value:.6g})"
+        why = f": {outcome.error}" if outcome.error else ""
+        print(f"trial {outcome.number}: {outcome.state}{value}  {params}{best_text}{why}")
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 @app.command("eval")

@@ -161,6 +161,11 @@ class DivergedError(MlpkitError):
     exit_code = 3
 
 
+class Pruned(MlpkitError):
+    """A sweep's pruner stopped the trial's run at an epoch end (never reaches the CLI: the
+    sweep records the trial as pruned and goes on)."""
+
+
 class Interrupted(MlpkitError):
     """Training was stopped by a signal: exit 128 + its number (130 for SIGINT, 143 SIGTERM)."""
 

@@ -231,7 +231,7 @@ def _task_option_problems(loaded: LoadedConfig) -> list[Problem]:
     return problems
 
 
-def _watched(loaded: LoadedConfig) -> list[str]:
+def watched(loaded: LoadedConfig) -> list[str]:
     """What each epoch computes on the validation rows: the loss and the metrics."""
     cfg = loaded.config
     return ["loss", *(cfg.training.metrics or registries.METRICS_BY_TASK[task_of(cfg)])]
@@ -246,7 +246,7 @@ def _early_stopping_problems(loaded: LoadedConfig) -> list[Problem]:
     if not has_val_rows(loaded.config.data):
         hint = "give data.split.val a fraction, e.g. 0.1"
         return [loaded.problem(where, "needs validation rows but data.split.val is 0", hint)]
-    choices = [f"val_{name}" for name in _watched(loaded)]
+    choices = [f"val_{name}" for name in watched(loaded)]
     if stopping.monitor not in choices:
         message = f"monitor '{clip(stopping.monitor)}' is not computed each epoch"
         return [
@@ -301,7 +301,7 @@ def _one_cycle_problems(loaded: LoadedConfig, schedule: OneCycleSchedule) -> lis
 def _plateau_problems(loaded: LoadedConfig, schedule: PlateauSchedule) -> list[Problem]:
     """reduce_on_plateau's monitor is the training loss or a value of the validation rows."""
     has_val = has_val_rows(loaded.config.data)
-    choices = ["train_loss", *([f"val_{name}" for name in _watched(loaded)] if has_val else [])]
+    choices = ["train_loss", *([f"val_{name}" for name in watched(loaded)] if has_val else [])]
     if schedule.monitor in choices:
         return []
     message = f"monitor '{clip(schedule.monitor)}' is not computed each epoch"

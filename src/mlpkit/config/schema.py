@@ -483,6 +483,47 @@ class TrackingConfig(_Strict):
     mlflow: MlflowConfig = MlflowConfig()
 
 
+class LogUniform(_Strict):
+    """A float drawn uniformly in log space between two positive bounds."""
+
+    log_uniform: Annotated[list[float], Field(min_length=2, max_length=2)]
+
+
+class Uniform(_Strict):
+    """A float drawn uniformly between two bounds."""
+
+    uniform: Annotated[list[float], Field(min_length=2, max_length=2)]
+
+
+class IntRange(_Strict):
+    """An integer between two bounds, both included; `log: true` draws in log space."""
+
+    int: Annotated[list[int], Field(min_length=2, max_length=2)]
+    log: bool = False
+
+
+class Choice(_Strict):
+    """One of the listed values (any YAML: numbers, names, whole layer lists)."""
+
+    choice: Annotated[list[Any], Field(min_length=1, max_length=1000)]
+
+
+Distribution = LogUniform | Uniform | IntRange | Choice
+
+
+class SweepConfig(_Strict):
+    """`mlpkit sweep`: the search over `space` (dotted config paths -> distributions)."""
+
+    metric: str = "val_loss"  # an epoch column of the validation rows (val_loss, val_r2...)
+    direction: Literal["minimize", "maximize"] | None = None  # None: the metric's own
+    trials: int | None = Field(None, ge=1, le=100_000)
+    timeout: float | None = Field(None, gt=0)  # seconds
+    sampler: Literal["tpe", "random", "grid", "cmaes"] = "tpe"
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)  # None: the config's seed
+    space: Annotated[dict[str, Distribution], Field(min_length=1, max_length=100)]
+
+
 class Config(_Strict):
     """One experiment: everything needed to rebuild its data, model and training."""
 
@@ -492,6 +533,7 @@ class Config(_Strict):
     model: ModelConfig
     training: TrainingConfig
     tracking: TrackingConfig = TrackingConfig()
+    sweep: SweepConfig | None = None  # read by `mlpkit sweep` only
 
     @field_validator("name")
     @classmethod

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mlpkit.errors import DivergedError, Interrupted, MlpkitError, Problem, one_line
+from mlpkit.errors import DivergedError, Interrupted, MlpkitError, Problem, Pruned, one_line
 from mlpkit.flows.common import csv_rows, refuse_non_finite_outputs, training_info
 from mlpkit.report import tracking
 from mlpkit.report.summary import Summary
@@ -110,7 +110,10 @@ def fit_run(job: Job, listener: Listener | None) -> TrainResult:
             result = _fit_and_write(job, listener, stop)
     except BaseException as exc:
         if not isinstance(exc, StopRequested | KeyboardInterrupt):
-            mark(job, "diverged" if isinstance(exc, DivergedError) else "failed", exc)
+            status: runs.Status = "failed"
+            if isinstance(exc, DivergedError | Pruned):
+                status = "diverged" if isinstance(exc, DivergedError) else "pruned"
+            mark(job, status, exc)
             raise
         resumable = job.prepared.config.model.ensemble == 1  # ensembles keep no checkpoints yet
         saved = isinstance(exc, StopRequested) and resumable

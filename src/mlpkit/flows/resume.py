@@ -79,7 +79,7 @@ def resume(
 def _refuse_finished(run: runs.Run) -> None:
     """A complete run has nothing to resume; a diverged one would only diverge again."""
     status = run.info.status
-    if status in ("complete", "diverged"):
+    if status in ("complete", "diverged", "pruned"):
         hint = "nothing to resume" if status == "complete" else runs.next_step(run.path, status)
         raise RunDirError(Problem(f"the run is {status}", file=str(run.path), hint=hint))
 

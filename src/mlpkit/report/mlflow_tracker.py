@@ -36,6 +36,7 @@ MLFLOW_STATUS: dict[runs.Status, str] = {
     "interrupted": "KILLED",
     "failed": "FAILED",
     "diverged": "FAILED",
+    "pruned": "KILLED",
     "running": "RUNNING",
 }
 

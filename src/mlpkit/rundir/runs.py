@@ -77,7 +77,7 @@ OWN_NAMES = frozenset(
     | {CHECKPOINTS, LOCK, TENSORBOARD, MLFLOW_LINK}
 )
 _FORMAT_HINT = f"expected a run written by mlpkit train (format {RUN_FORMAT})"
-Status = Literal["running", "interrupted", "failed", "diverged", "complete"]
+Status = Literal["running", "interrupted", "failed", "diverged", "pruned", "complete"]
 
 
 Scores = dict[str, float]
@@ -388,6 +388,8 @@ def next_step(path: Path, status: Status) -> str:
     """What to do with a run that is not complete."""
     if status == "diverged":
         return "it cannot be resumed: lower training.optimizer.lr and train again"
+    if status == "pruned":
+        return "a sweep's pruner stopped it: train its config.yaml again to finish it"
     resume = f"mlpkit train --resume {path}"
     if status == "running":
         return f"it is still training, or its process died (mlpkit runs tells); then: {resume}"
