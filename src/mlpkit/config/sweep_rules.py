@@ -83,17 +83,17 @@ def _path_problem(resolved: dict[str, Any], path: str) -> tuple[str, str | None]
         if isinstance(node, dict):
             if part not in node:
                 where = ".".join(walked) or "the config"
-                message = f"'{clip(path)}': {where} has no key '{clip(part)}'"
+                message = f"{where} has no key '{clip(part)}'"
                 return message, did_you_mean(part, [str(key) for key in node])
             node = node[part]
         elif isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
                 where = ".".join(walked)
-                return f"'{clip(path)}': {where} has {len(node)} items, no item {clip(part)}", None
+                return f"{where} has {len(node)} items, no item {clip(part)}", None
             node = node[int(part)]
         else:
             where = ".".join(walked)
-            return f"'{clip(path)}': {where} holds a value, not a section", None
+            return f"{where} holds a value, not a section", None
         walked.append(part)
     return None
 

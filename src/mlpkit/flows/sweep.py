@@ -29,6 +29,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -339,9 +340,11 @@ def _rdb(url: str) -> Any:
                 grace_period=GRACE_SECONDS,
                 engine_kwargs={"pool_pre_ping": True},
             )
-    except ModuleNotFoundError as exc:
-        hint = "install the PostgreSQL driver: pip install 'mlpkit[postgres]'"
-        what = f"the database driver {exc.name} is not installed"
+    except ImportError as exc:  # Optuna wraps the driver's ModuleNotFoundError
+        missing = getattr(exc.__cause__, "name", None) or getattr(exc, "name", None)
+        scheme = url.split(":", 1)[0]
+        hint = "for PostgreSQL: pip install 'mlpkit[postgres]'"
+        what = f"the database driver for {scheme} ({missing or 'its module'}) is not installed"
         raise ConfigError(Problem(what, where="--storage", hint=hint)) from None
     except Exception as exc:  # sqlalchemy's errors, whatever the dialect
         what = f"cannot open {_hidden(url)}: {one_line(exc)}"
@@ -437,6 +440,9 @@ def _quiet() -> Iterator[None]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # the heartbeat is written by _heartbeat while a trial trains (ask and tell, not
+        # study.optimize, which Optuna's own heartbeat thread assumes)
+        warnings.filterwarnings("ignore", "Heartbeat of storage is supposed", UserWarning)
         yield
 
 
@@ -516,7 +522,7 @@ def _work(work: Sweep, on_trial: OnTrial | None) -> None:
     worker = secrets.token_hex(6)
     locks = work.folder / sweeps.WORKERS
     locks.mkdir(exist_ok=True)
-    with open(locks / f"{worker}.lock", "w") as held:
+    with open(locks / f"{worker}.lock", "w") as held, _quiet():
         fcntl.flock(held, fcntl.LOCK_EX)
         _fail_lost(work)
         distributions = _distributions(work.settings)
@@ -528,10 +534,38 @@ def _work(work: Sweep, on_trial: OnTrial | None) -> None:
                 trial.set_user_attr(f"{USER}surplus", True)
                 work.study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 break
-            outcome = _trial(work, trial)
+            with _heartbeat(work.study, trial):
+                outcome = _trial(work, trial)
             if on_trial is not None:
                 on_trial(outcome, _best(work))
     (locks / f"{worker}.lock").unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
+    """With an RDB storage, a heartbeat for the trial every HEARTBEAT_SECONDS while it trains,
+    so a worker that dies leaves a trial another worker can find stale."""
+    import optuna
+
+    storage = study._storage
+    if not isinstance(storage, optuna.storages.RDBStorage) or not storage.get_heartbeat_interval():
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            storage.record_heartbeat(trial._trial_id)
+            if stop.wait(HEARTBEAT_SECONDS):
+                return
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _claimed_before(study: optuna.Study, number: int) -> int:
