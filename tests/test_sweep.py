@@ -91,13 +91,14 @@ def test_a_sweep_with_the_median_pruner_prunes(cli: Cli, project: Project) -> No
     with_sweep(
         project,
         "sweep:\n  sampler: grid\n  pruner: median\n  space:\n"
-        "    training.optimizer.lr: {choice: [0.05, 0.03, 0.02, 1.0e-5, 2.0e-5, 3.0e-5]}\n",
+        "    training.optimizer.lr: {choice: [0.05, 0.02, 1.0e-5, 2.0e-5]}\n"
+        "    model.layers.0.units: {choice: [8, 16]}\n",  # units: one trial at a time
     )
     result = cli("sweep", project.config, "--runs-dir", project.runs, "-q")
     assert result.code == 0, result.err
     folder = Path(result.last_line)
     rows = trials_of(folder)
-    assert len(rows) == 6
+    assert len(rows) == 8
     pruned = [row for row in rows if row["state"] == "pruned"]
     assert pruned, rows
     for row in pruned:
@@ -182,9 +183,12 @@ def test_a_killed_sweep_resumes_to_its_budget(project: Project) -> None:
     rows = trials_of(folder)
     counted = [row for row in rows if row["state"] in ("complete", "pruned", "failed")]
     assert len(counted) == 4
-    assert [row["state"] for row in rows].count("lost") == 1  # trial 1, killed mid-run
+    # the 4 trials training stacked when the sweep was killed were lost, then run again
+    assert [row["state"] for row in rows] == ["lost"] * 4 + ["complete"] * 4
     numbers = [int(row["number"]) for row in rows]
-    assert len(set(numbers)) == len(numbers)
+    assert numbers == list(range(8))
+    for row in rows[:4]:
+        assert read_json(folder / row["run"] / "run.json")["status"] == "running"  # as killed
     assert read_json(folder / "sweep.json")["status"] == "complete"
 
 
@@ -215,3 +219,27 @@ def test_a_study_made_for_another_search_is_refused(cli: Cli, project: Project) 
     assert again.code == 2
     assert "the study 'tiny' exists for another search" in again.err
     assert not (project.root / "b").exists()
+
+
+def test_learning_rate_and_decay_trials_train_stacked(cli: Cli, project: Project) -> None:
+    project.edit_config("{name: adam, lr: 1e-2}", "{name: adamw, lr: 1e-2}")
+    with_sweep(
+        project,
+        "sweep:\n  sampler: random\n  trials: 5\n  pruner: none\n  space:\n"
+        "    training.optimizer.lr: {log_uniform: [1.0e-3, 0.1]}\n"
+        "    training.optimizer.weight_decay: {uniform: [0.0, 0.1]}\n",
+    )
+    result = cli("sweep", project.config, "--runs-dir", project.runs)
+    assert result.code == 0, result.err
+    folder = Path(result.last_line)
+    rows = trials_of(folder)
+    assert [row["state"] for row in rows] == ["complete"] * 5
+    for row in rows:
+        run = folder / row["run"]
+        training = read_json(run / "run.json")["training"]
+        assert training["engine"] == "stacked" and training["members"] == 5
+        # the trial alone gives its value within float rounding
+        alone = cli("train", run / "config.yaml", "--runs-dir", project.root / "alone", "-q")
+        assert alone.code == 0, alone.err
+        history = rows_of(Path(alone.last_line) / "history.csv")
+        assert float(history[-1]["val_loss"]) == pytest.approx(float(row["val_loss"]), rel=1e-4)

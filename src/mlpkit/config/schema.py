@@ -521,6 +521,7 @@ class SweepConfig(_Strict):
     sampler: Literal["tpe", "random", "grid", "cmaes"] = "tpe"
     pruner: Literal["median", "hyperband", "none"] = "median"
     seed: int | None = Field(None, ge=0, le=2**32 - 1)  # None: the config's seed
+    stack: bool = True  # batches of trials as one stack where the space allows it
     space: Annotated[dict[str, Distribution], Field(min_length=1, max_length=100)]
 
 

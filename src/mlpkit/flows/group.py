@@ -18,13 +18,14 @@ from __future__ import annotations
 import contextlib
 import shutil
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from mlpkit.config.load import LoadedConfig
-from mlpkit.errors import DivergedError, MlpkitError, warn
+from mlpkit.errors import DivergedError, MlpkitError, Pruned, warn
 from mlpkit.flows.common import resolved_config, training_info
 from mlpkit.flows.fit import (
     SPLITS,
@@ -48,6 +49,9 @@ from mlpkit.train.loop import StopRequested
 from mlpkit.train.prepare import Prepared, prepare
 from mlpkit.train.steps import AutogradStep
 
+# a member's place in the group, then its epoch's record
+OnMemberEpoch = Callable[[int, dict[str, float]], None]
+
 # A member's checkpoint is written after an epoch once this many seconds have passed since
 # the group's last save (and always at the end and on a stop signal): every epoch, for K
 # members, would cost K checkpoints an epoch, as much as the training itself on mpg.
@@ -66,9 +70,11 @@ class Built:
 
 @dataclass(frozen=True)
 class GroupOutcome:
-    """Each member's complete run, in order (None: it diverged), and the first divergence."""
+    """Each member's complete run, in order (None: it diverged or was pruned), why each that
+    did not complete stopped, and the first divergence."""
 
     results: list[TrainResult | None]
+    failures: list[MlpkitError | None]
     failure: DivergedError | None
 
 
@@ -126,9 +132,12 @@ def train_group(
     device: torch.device,
     listener: Listener | None = None,
     places: list[Path] | None = None,
+    on_member_epoch: OnMemberEpoch | None = None,
 ) -> GroupOutcome:
     """Train stackable members (stacking_refusal said None) as one computation, each into its
-    own run directory (under `runs_dir`, or at `places`: a cross-validation's fold-i).
+    own run directory (under `runs_dir`, or at `places`: a cross-validation's fold-i, a
+    sweep's trial). `on_member_epoch` hears each member's epoch record with its place; raising
+    Pruned from it stops that member there (its run marked pruned), the others go on.
 
     Raises:
         Interrupted: a stop signal; every running member marked interrupted, checkpointed.
@@ -146,7 +155,7 @@ def train_group(
             _open_run(member, runs_dir, device, len(built), held, place)
             for member, place in zip(built, where, strict=True)
         ]
-        return _fit(built, jobs, device, listener)
+        return _fit(built, jobs, device, listener, on_member_epoch)
 
 
 def _open_run(
@@ -181,7 +190,11 @@ def _open_run(
 
 
 def _fit(
-    built: list[Built], jobs: list[Job], device: torch.device, listener: Listener | None
+    built: list[Built],
+    jobs: list[Job],
+    device: torch.device,
+    listener: Listener | None,
+    on_member_epoch: OnMemberEpoch | None,
 ) -> GroupOutcome:
     members = [_member(member, device) for member in built]
     cfg = built[0].prepared.config.training
@@ -204,6 +217,11 @@ def _fit(
             tell = on_epochs[by_member[id(member)]]
             if tell is not None:
                 tell(record)
+            if on_member_epoch is not None:
+                try:
+                    on_member_epoch(by_member[id(member)], record)
+                except Pruned as exc:
+                    member.failure = exc  # frozen from here, its run marked pruned
         if listener is not None and records:
             listener.epoch(mean_record([record for _, record in records]))
 
@@ -222,7 +240,8 @@ def _fit(
             results: list[TrainResult | None] = []
             for i, (job, member) in enumerate(zip(jobs, members, strict=True)):
                 if member.failure is not None:
-                    mark(job, "diverged", member.failure)
+                    pruned = isinstance(member.failure, Pruned)
+                    mark(job, "pruned" if pruned else "diverged", member.failure)
                     results.append(None)
                 else:
                     results.append(_complete(job, member, len(members)))
@@ -238,8 +257,9 @@ def _fit(
         for job, problem in zip(unfinished, stopped, strict=True):
             mark(job, "interrupted", problem)
         raise stopped[0] from None
-    failures = [member.failure for member in members if member.failure is not None]
-    return GroupOutcome(results, failures[0] if failures else None)
+    failures = [member.failure for member in members]
+    diverged = [f for f in failures if isinstance(f, DivergedError)]
+    return GroupOutcome(results, failures, diverged[0] if diverged else None)
 
 
 def _complete(job: Job, member: group.Member, count: int) -> TrainResult:

@@ -71,7 +71,11 @@ MEDIAN_STARTUP_TRIALS = 3
 MEDIAN_WARMUP_EPOCHS = 1
 HEARTBEAT_SECONDS = 10  # RDB storages: a running trial's worker writes one this often
 GRACE_SECONDS = 30  # ... and a trial with none for this long was lost with its worker
-USER = "mlpkit."  # the study's and the trials' user attributes mlpkit keeps
+USER = "mlpkit."
+# What members of one stack may each hold their own (train/stacked.py): a space of these only
+# trains its trials in batches of STACKED_TRIALS as one computation.
+PER_MEMBER = {"training.optimizer.lr", "training.optimizer.weight_decay", "seed"}
+STACKED_TRIALS = 8  # the study's and the trials' user attributes mlpkit keeps
 
 
 @dataclass(frozen=True)
@@ -516,29 +520,114 @@ def _start_worker(folder: Path, device: str | None) -> subprocess.Popen[bytes]:
 
 
 def _work(work: Sweep, on_trial: OnTrial | None) -> None:
-    """Ask for trials and train them until the budget or the deadline is met."""
+    """Ask for trials and train them until the budget or the deadline is met: a batch of up
+    to STACKED_TRIALS at once, stacked, when the space varies only what members of a stack
+    may hold each their own (learning rate, weight decay, seed), else one at a time."""
     import optuna
 
     worker = secrets.token_hex(6)
     locks = work.folder / sweeps.WORKERS
     locks.mkdir(exist_ok=True)
+    stackable = work.settings.stack and set(work.settings.space) <= PER_MEMBER
+    batch = STACKED_TRIALS if stackable else 1
     with open(locks / f"{worker}.lock", "w") as held, _quiet():
         fcntl.flock(held, fcntl.LOCK_EX)
         _fail_lost(work)
         distributions = _distributions(work.settings)
-        while work.deadline is None or time.monotonic() < work.deadline:
-            with _quiet():
+        met = False
+        while not met and (work.deadline is None or time.monotonic() < work.deadline):
+            size = batch
+            if work.budget is not None:
+                size = max(1, min(batch, work.budget - _claimed_before(work.study, sys.maxsize)))
+            trials = []
+            for _ in range(size):
                 trial = work.study.ask(distributions)
-            trial.set_user_attr(f"{USER}worker", worker)
-            if work.budget is not None and _claimed_before(work.study, trial.number) >= work.budget:
-                trial.set_user_attr(f"{USER}surplus", True)
-                work.study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                break
-            with _heartbeat(work.study, trial):
-                outcome = _trial(work, trial)
-            if on_trial is not None:
-                on_trial(outcome, _best(work))
+                trial.set_user_attr(f"{USER}worker", worker)
+                claimed = _claimed_before(work.study, trial.number)
+                if work.budget is not None and claimed >= work.budget:
+                    trial.set_user_attr(f"{USER}surplus", True)
+                    work.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                    met = True
+                    break
+                trials.append(trial)
+            with contextlib.ExitStack() as beating:
+                for trial in trials:
+                    beating.enter_context(_heartbeat(work.study, trial))
+                outcomes = _stacked(work, trials) if len(trials) > 1 else None
+                if outcomes is None:
+                    outcomes = []
+                    for trial in trials:
+                        outcomes.append(_trial(work, trial))
+                        if on_trial is not None:
+                            on_trial(outcomes[-1], _best(work))
+                elif on_trial is not None:
+                    for outcome in outcomes:
+                        on_trial(outcome, _best(work))
     (locks / f"{worker}.lock").unlink(missing_ok=True)
+
+
+def _stacked(work: Sweep, trials: list[optuna.Trial]) -> list[TrialOutcome] | None:
+    """The trials trained as one stack (flows/group.py), each its own run, pruned on its own;
+    None if they cannot stack (then they train one at a time)."""
+    import optuna
+
+    from mlpkit.flows import group
+    from mlpkit.flows.common import resolve_device
+
+    params = [
+        {path: _value(work.settings, path, v) for path, v in trial.params.items()}
+        for trial in trials
+    ]
+    try:
+        loadeds = [
+            load_config(
+                work.config_path,
+                [*(override(path, value) for path, value in found.items()), "sweep=null"],
+            )
+            for found in params
+        ]
+        device = resolve_device(loadeds[0], work.device)
+        built = group.build_members(loadeds, device)
+    except MlpkitError:
+        return None  # each then fails alone, with its own reason
+    if group.stacking_refusal(built) is not None:
+        return None
+    reporting = [_Reporting(trial, work.settings) for trial in trials]
+    places = [sweeps.trial_dir(work.folder, trial.number) for trial in trials]
+    started = time.perf_counter()
+    try:
+        done = group.train_group(
+            built,
+            work.runs_dir,
+            device,
+            None,
+            places,
+            lambda k, record: reporting[k].epoch(record),
+        )
+    except Interrupted:
+        for trial in trials:
+            trial.set_user_attr(f"{USER}interrupted", True)
+            work.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        raise
+    seconds = time.perf_counter() - started
+    outcomes = []
+    for k, trial in enumerate(trials):
+        result, failure = done.results[k], done.failures[k]
+        if result is not None:
+            value = objective(result, work.settings.metric)
+            work.study.tell(trial, value)
+            outcome = TrialOutcome(trial.number, "complete", value, params[k], places[k], seconds)
+        elif isinstance(failure, Pruned):
+            work.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            why = _text(failure)
+            outcome = TrialOutcome(trial.number, "pruned", None, params[k], places[k], seconds, why)
+        else:
+            why = _text(failure) if failure is not None else "no result"
+            trial.set_user_attr(f"{USER}error", why)
+            work.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            outcome = TrialOutcome(trial.number, "failed", None, params[k], places[k], seconds, why)
+        outcomes.append(outcome)
+    return outcomes
 
 
 @contextlib.contextmanager

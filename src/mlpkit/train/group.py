@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from mlpkit.errors import DivergedError
+from mlpkit.errors import DivergedError, MlpkitError
 from mlpkit.train.budget import EVAL_BATCH
 from mlpkit.train.build import Trainer
 from mlpkit.train.loop import (
@@ -54,7 +54,7 @@ class Member:
     score: Scorer | None = None
     stopping: EarlyStopping | None = None
     position: Position = field(default_factory=Position)
-    failure: DivergedError | None = None
+    failure: MlpkitError | None = None  # diverged, or stopped by the caller (a pruner)
 
     @property
     def running(self) -> bool:
@@ -142,7 +142,8 @@ def fit_group(
     stop_requested: Callable[[], bool] | None = None,
 ) -> None:
     """Train every member for up to `epochs`; each member's outcome in its `position` (and
-    `failure` if it diverged). Members with early stopping that restores the best end with the
+    `failure` if it diverged; on_epoch may set a member's failure to stop it there, as a
+    sweep's pruner does). Members with early stopping that restores the best end with the
     best epoch's weights.
 
     Raises:
