@@ -32,7 +32,8 @@ from torch import nn
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 torch.set_num_threads(1)
 trials = int(sys.argv[1])
-features = ["cylinders", "displacement", "horsepower", "weight", "acceleration", "model_year", "origin"]
+features = ["cylinders", "displacement", "horsepower", "weight", "acceleration", "model_year"]
+features += ["origin"]
 frame = pd.read_csv("data/mpg.csv")
 x_all, y_all = frame[features].to_numpy(np.float64), frame["mpg"].to_numpy(np.float64)
 order = np.random.default_rng(1).permutation(len(frame))
