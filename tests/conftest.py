@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from postgres import postgres  # noqa: F401  (the session's PostgreSQL server, tests/postgres.py)
 
 from mlpkit.cli import run_cli
 from mlpkit.train import interrupts

@@ -13,9 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pytest
 import yaml
 from conftest import REPO, Cli, Project
+from postgres import Postgres
 
 GRID = """\
 sweep:
@@ -149,6 +151,7 @@ def test_two_workers_share_one_journal_study(cli: Cli, project: Project) -> None
     assert not list((folder / "workers").glob("*.lock"))  # each worker left
 
 
+@pytest.mark.slow
 def test_a_killed_sweep_resumes_to_its_budget(project: Project) -> None:
     project.edit_config("  epochs: 3", "  epochs: 40")
     with_sweep(
@@ -195,7 +198,7 @@ def test_a_killed_sweep_resumes_to_its_budget(project: Project) -> None:
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
-        ("postgresql+psycopg2://nobody@127.0.0.1:9/none", "--storage: cannot open"),
+        ("postgresql+psycopg://nobody@127.0.0.1:9/none", "--storage: cannot open"),
         ("mysql://nobody@127.0.0.1:9/none", "--storage: the database driver"),
     ],
 )
@@ -243,3 +246,46 @@ def test_learning_rate_and_decay_trials_train_stacked(cli: Cli, project: Project
         assert alone.code == 0, alone.err
         history = rows_of(Path(alone.last_line) / "history.csv")
         assert float(history[-1]["val_loss"]) == pytest.approx(float(row["val_loss"]), rel=1e-4)
+
+
+@pytest.mark.slow
+def test_two_sweeps_on_two_machines_share_one_postgresql_study(
+    project: Project, postgres: Postgres
+) -> None:
+    """Two `mlpkit sweep --storage URL --study NAME` processes (as on two machines: each its
+    own sweep folder) join one study and together finish its trials."""
+    project.edit_config("  epochs: 3", "  epochs: 300")  # about a second a trial
+    project.edit_config("  batch_size: 8", "  batch_size: 1")
+    with_sweep(
+        project,
+        "sweep:\n  sampler: random\n  trials: 6\n  pruner: none\n  space:\n"
+        "    training.optimizer.lr: {log_uniform: [1.0e-3, 0.1]}\n"
+        "    model.layers.0.units: {choice: [4, 8]}\n",
+    )
+    url = postgres.new_database()
+    optuna.storages.RDBStorage(url).engine.dispose()  # its tables made once, before both
+    env = os.environ | {"PYTHONPATH": str(REPO / "src"), "MLPKIT_PLOTS": "off"}
+
+    def start(machine: str) -> subprocess.Popen[str]:
+        command = [sys.executable, "-m", "mlpkit", "sweep", str(project.config), "-q"]
+        command += ["--runs-dir", str(project.root / machine), "--storage", url]
+        command += ["--study", "shared"]
+        return subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+    first, second = start("a"), start("b")
+    outputs = [process.communicate(timeout=120) for process in (first, second)]
+    assert [first.returncode, second.returncode] == [0, 0], outputs
+    folders = [Path(out.strip().splitlines()[-1]) for out, _ in outputs]
+    mine = [
+        sorted(int(p.name.removeprefix("trial-")) for p in folder.glob("trial-*"))
+        for folder in folders
+    ]
+    assert all(mine), mine  # both machines trained trials
+    assert sorted(mine[0] + mine[1]) == list(range(6))  # 6 trials, none twice
+    for folder in folders:
+        info = read_json(folder / "sweep.json")
+        assert info["study"] == "shared" and info["status"] == "complete"
+        rows = trials_of(folder)  # the whole study, as each machine sees it at its end
+        assert [row["number"] for row in rows][:6] == [str(n) for n in range(6)]

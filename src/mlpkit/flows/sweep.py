@@ -798,9 +798,11 @@ def _finish(work: Sweep, info: sweeps.SweepInfo) -> sweeps.SweepInfo:
 
     runs.write_csv(work.folder / sweeps.TRIALS, _rows(work))
     best = _best(work)
-    if best is not None:
-        config = (work.folder / best.run / runs.CONFIG).read_bytes()
-        runs.write_bytes(work.folder / sweeps.BEST, config)
+    if best is not None:  # from its values: the best trial may have run on another machine
+        sets = [override(path, value) for path, value in best.params.items()] + ["sweep=null"]
+        runs.write_yaml(
+            work.folder / sweeps.BEST, resolved_config(load_config(work.config_path, sets))
+        )
     with _quiet():
         sweep_plots.draw(work.study, work.folder / sweeps.PLOTS)
     update = {"status": "complete", "finished": runs.now(), "best": best}
