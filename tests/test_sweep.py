@@ -289,3 +289,43 @@ def test_two_sweeps_on_two_machines_share_one_postgresql_study(
         assert info["study"] == "shared" and info["status"] == "complete"
         rows = trials_of(folder)  # the whole study, as each machine sees it at its end
         assert [row["number"] for row in rows][:6] == [str(n) for n in range(6)]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.mark.slow
+def test_a_finished_sweep_opens_in_optuna_dashboard(cli: Cli, project: Project) -> None:
+    import urllib.request
+
+    with_sweep(project, GRID)
+    result = cli("sweep", project.config, "--runs-dir", project.runs, "-q")
+    assert result.code == 0, result.err
+    folder = Path(result.last_line)
+    port = free_port()
+    dashboard = Path(sys.executable).parent / "optuna-dashboard"
+    command = [str(dashboard), str(folder / "journal.log"), "--host", "127.0.0.1"]
+    server = subprocess.Popen(
+        [*command, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline, study = time.monotonic() + 60, None
+        while study is None:
+            assert time.monotonic() < deadline and server.poll() is None
+            try:
+                url = f"http://127.0.0.1:{port}/api/studies/0?after=0"
+                with urllib.request.urlopen(url, timeout=5) as answer:
+                    study = json.loads(answer.read())
+            except OSError:
+                time.sleep(0.2)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert study["name"] == folder.name
+    assert [trial["state"] for trial in study["trials"]] == ["Complete"] * 4

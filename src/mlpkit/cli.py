@@ -372,7 +372,10 @@ def summary(
         _stdout().print(render_table(result))
 
 
-@app.command("sweep")
+@app.command(
+    "sweep",
+    epilog="Example: mlpkit sweep bench/configs/mpg-sweep.yaml --trials 16 --workers 2",
+)
 def sweep_command(
     config: Annotated[
         Path | None,
@@ -432,8 +435,6 @@ def sweep_command(
     (tpe, random, grid, cmaes), the pruner (median, hyperband, none) and the space: dotted
     config paths mapped to {log_uniform: [a, b]}, {uniform: [a, b]}, {int: [a, b], log: true}
     or {choice: [...]}. Ctrl-C stops at the next step; --resume SWEEP carries on.
-
-    Example: mlpkit sweep configs/mpg-sweep.yaml --trials 16 --workers 2
     """
     from mlpkit.flows import sweep as sweeping
 
@@ -473,6 +474,8 @@ class _TrialLines:
 
 
 def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
     text = value if isinstance(value, str) else json.dumps(value)
     return text if len(text) <= 40 else text[:37] + "..."
 

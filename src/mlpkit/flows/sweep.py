@@ -537,8 +537,11 @@ def _work(work: Sweep, on_trial: OnTrial | None) -> None:
         met = False
         while not met and (work.deadline is None or time.monotonic() < work.deadline):
             size = batch
-            if work.budget is not None:
-                size = max(1, min(batch, work.budget - _claimed_before(work.study, sys.maxsize)))
+            if work.budget is not None:  # asked for no trial past it, but when workers race
+                left = work.budget - _claimed_before(work.study, sys.maxsize)
+                if left <= 0:
+                    break
+                size = min(batch, left)
             trials = []
             for _ in range(size):
                 trial = work.study.ask(distributions)
