@@ -26,6 +26,7 @@ def test_cli_verbs_and_readme_agree() -> None:
         "runs",
         "plot",
         "compare",
+        "sweep",
         "init",
     }
     readme = (REPO / "README.md").read_text()
