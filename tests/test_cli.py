@@ -409,7 +409,7 @@ def test_every_command_has_help_with_an_example(cli: Cli) -> None:
     top = cli("--help")
     assert top.code == 0
     commands = typer.main.get_group(app).commands
-    assert len(commands) == 10
+    assert len(commands) == 11
     for command in commands:
         assert command in top.out
         assert "Example: mlpkit " + command in cli(command, "--help").out
@@ -428,7 +428,7 @@ def test_console_script_errors_have_no_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
     assert done.stderr.splitlines() == [
         f"Error: {tmp_path / 'bad.yaml'}:2: nope: unknown key; "
-        "expected one of: data, model, name, seed, tracking, training",
+        "expected one of: data, model, name, seed, sweep, tracking, training",
         *(
             f"Error: {tmp_path / 'bad.yaml'}: {section}: missing required key; "
             f"add a '{section}:' section, as in configs/mpg.yaml"
