@@ -329,3 +329,20 @@ def test_a_finished_sweep_opens_in_optuna_dashboard(cli: Cli, project: Project) 
         server.wait(timeout=30)
     assert study["name"] == folder.name
     assert [trial["state"] for trial in study["trials"]] == ["Complete"] * 4
+
+
+@pytest.mark.parametrize(("sampler", "pruner"), [("tpe", "hyperband"), ("cmaes", "median")])
+def test_every_sampler_and_pruner_runs(
+    cli: Cli, project: Project, sampler: str, pruner: str
+) -> None:
+    with_sweep(
+        project,
+        f"sweep:\n  sampler: {sampler}\n  pruner: {pruner}\n  trials: 3\n  space:\n"
+        "    training.optimizer.lr: {log_uniform: [1.0e-3, 0.1]}\n"
+        "    model.layers.0.units: {int: [2, 16], log: true}\n",
+    )
+    result = cli("sweep", project.config, "--runs-dir", project.runs, "-q")
+    assert result.code == 0, result.err
+    rows = trials_of(Path(result.last_line))
+    assert len(rows) == 3 and {row["state"] for row in rows} <= {"complete", "pruned"}
+    assert all(2 <= int(row["model.layers.0.units"]) <= 16 for row in rows)

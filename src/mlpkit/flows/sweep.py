@@ -18,6 +18,7 @@ and surplus trials, stacked batches are explained there).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import signal
 import subprocess
 import sys
@@ -171,6 +172,14 @@ def _refuse_unbounded(loaded: LoadedConfig, settings: SweepConfig, options: Opti
                 ("sweep",),
                 "has neither a trial budget nor a time budget",
                 "set sweep.trials (or --trials N) or sweep.timeout (or --timeout S)",
+            )
+        )
+    if settings.sampler == "cmaes" and importlib.util.find_spec("cmaes") is None:
+        raise ConfigError(
+            loaded.problem(
+                ("sweep", "sampler"),
+                "the cmaes sampler needs the cmaes package, which is not installed",
+                "pip install 'mlpkit[cmaes]', or use sampler: tpe",
             )
         )
     if settings.sampler == "grid":
