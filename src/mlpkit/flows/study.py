@@ -40,6 +40,7 @@ MEDIAN_STARTUP_TRIALS = 3
 MEDIAN_WARMUP_EPOCHS = 1
 HEARTBEAT_SECONDS = 10  # RDB storages: a running trial's worker writes one this often
 GRACE_SECONDS = 30  # ... and a trial with none for this long was lost with its worker
+JOURNAL_GRACE = 5  # seconds after which a journal lock is taken as a dead worker's
 USER = "mlpkit."  # the study's and the trials' user attributes mlpkit keeps
 
 
@@ -108,8 +109,13 @@ def journal(folder: Path) -> Any:
     import optuna
     import optuna.storages.journal
 
+    path = str(folder / sweeps.JOURNAL)
     with quiet():
-        backend = optuna.storages.journal.JournalFileBackend(str(folder / sweeps.JOURNAL))
+        # A worker holds the journal's lock only to append or read a few lines; one killed
+        # while holding it leaves it behind, which the others take over after the grace
+        # period (Optuna's default: 30 s of every worker waiting).
+        lock = optuna.storages.journal.JournalFileOpenLock(path, grace_period=JOURNAL_GRACE)
+        backend = optuna.storages.journal.JournalFileBackend(path, lock_obj=lock)
         return optuna.storages.journal.JournalStorage(backend)
 
 
