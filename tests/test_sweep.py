@@ -346,3 +346,18 @@ def test_every_sampler_and_pruner_runs(
     rows = trials_of(Path(result.last_line))
     assert len(rows) == 3 and {row["state"] for row in rows} <= {"complete", "pruned"}
     assert all(2 <= int(row["model.layers.0.units"]) <= 16 for row in rows)
+
+
+def test_a_sweep_of_its_own_settings_or_too_many_workers_is_refused(
+    cli: Cli, project: Project
+) -> None:
+    plain = project.config.read_text()
+    with_sweep(project, "sweep:\n  trials: 2\n  space:\n    sweep.trials: {int: [1, 5]}\n")
+    result = cli("check", project.config)
+    assert result.code == 2 and "a sweep cannot search its own settings" in result.err
+    project.write_config(plain)
+    with_sweep(project, GRID)
+    too_many = str((os.cpu_count() or 1) + 1)
+    result = cli("sweep", project.config, "--runs-dir", project.runs, "--workers", too_many)
+    assert result.code == 2 and result.err.startswith("Error: --workers: ")
+    assert result.err.count("\n") == 1 and not project.runs.exists()

@@ -48,6 +48,9 @@ def sweep_problems(loaded: LoadedConfig, overrides: list[str]) -> list[Problem]:
     resolved = loaded.config.model_dump(mode="json")
     for path, distribution in sweep.space.items():
         where = ("sweep", "space", path)
+        if path == "sweep" or path.startswith("sweep."):
+            problems.append(loaded.problem(where, "a sweep cannot search its own settings"))
+            continue
         found = _path_problem(resolved, path)
         if found is not None:
             message, hint = found

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 import signal
 import subprocess
 import sys
@@ -166,6 +167,15 @@ def _settings(loaded: LoadedConfig, overrides: list[str]) -> SweepConfig:
 
 
 def _refuse_unbounded(loaded: LoadedConfig, settings: SweepConfig, options: Options) -> None:
+    cpus = os.cpu_count() or 1
+    if options.workers > cpus:  # each worker a process with torch: memory grows with them
+        raise ConfigError(
+            Problem(
+                f"{options.workers} workers on {cpus} CPUs",
+                where="--workers",
+                hint=f"give at most {cpus}; more machines join with --storage and --study",
+            )
+        )
     if _budget(settings, options) is None and not (options.timeout or settings.timeout):
         raise ConfigError(
             loaded.problem(
