@@ -213,13 +213,22 @@ def create_run_dir(runs_dir: Path, name: str, when: datetime | None = None) -> P
     Raises:
         EnvironmentFault: the folder cannot be created (permissions, disk).
     """
-    parent = runs_dir / name
+    return create_unique_dir(runs_dir / name, "", when)
+
+
+def create_unique_dir(parent: Path, prefix: str, when: datetime | None = None) -> Path:
+    """Make `parent/<prefix>YYYYmmdd-HHMMSS-<id>` exclusively (a run, a cross-validation, a
+    sweep), `parent` first if need be.
+
+    Raises:
+        EnvironmentFault: the folder cannot be created (permissions, disk).
+    """
     try:
         parent.mkdir(parents=True, exist_ok=True)
         while True:
-            path = parent / unique_name(when=when)
+            path = parent / unique_name(prefix, when)
             try:
-                path.mkdir()  # fails if it exists, so two runs never share a directory
+                path.mkdir()  # fails if it exists, so two never share a directory
                 return path
             except FileExistsError:
                 continue

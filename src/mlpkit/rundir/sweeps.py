@@ -70,18 +70,7 @@ def create_sweep_dir(runs_dir: Path, name: str) -> Path:
     Raises:
         EnvironmentFault: the folder cannot be created.
     """
-    parent = runs_dir / name
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            path = parent / runs.unique_name(PREFIX)
-            try:
-                path.mkdir()
-                return path
-            except FileExistsError:
-                continue
-    except OSError as exc:
-        raise runs.write_fault(exc, parent) from None
+    return runs.create_unique_dir(runs_dir / name, PREFIX)
 
 
 def trial_dir(sweep_dir: Path, number: int) -> Path:
