@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import sys
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from typer._click import exceptions as click_exceptions  # typer's vendored click
@@ -442,7 +441,9 @@ def sweep_command(
         sweeping.join(join, device)
         return
     options = sweeping.Options(trials, timeout, workers, storage, study, device)
-    lines = _TrialLines(quiet)
+    from mlpkit.report.display import TrialLines
+
+    lines = TrialLines(quiet)
     if resume is not None:
         folder, info = sweeping.resume(resume, options, lines)
     else:
@@ -455,29 +456,6 @@ def sweep_command(
         print(f"best: trial {best.number}, {info.metric} {best.value:.6g}  {folder / best.run}")
         print(f"train it: mlpkit train {folder / 'best.yaml'}")
     print(folder)
-
-
-class _TrialLines:
-    """sweep's progress: a line per trial as it ends, and the best so far."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-
-    def __call__(self, outcome: Any, best: Any) -> None:
-        if self.quiet:
-            return
-        value = "" if outcome.value is None else f" {outcome.value:.6g}"
-        params = " ".join(f"{path}={_short(value)}" for path, value in outcome.params.items())
-        best_text = "" if best is None else f"  (best: trial {best.number}, {best.value:.6g})"
-        why = f": {outcome.error}" if outcome.error else ""
-        print(f"trial {outcome.number}: {outcome.state}{value}  {params}{best_text}{why}")
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    text = value if isinstance(value, str) else json.dumps(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 @app.command("eval")

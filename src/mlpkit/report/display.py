@@ -6,6 +6,7 @@ else (CI, a pipe) the same lines come out as plain text.
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -175,3 +176,28 @@ class SeedsPrinter:
         if self.bar is not None:
             self.bar.stop()
             self.bar = None
+
+
+class TrialLines:
+    """sweep's progress: a line per trial as it ends, and the best so far."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def __call__(self, outcome: Any, best: Any) -> None:
+        """A trial ended (flows.sweep_worker.TrialOutcome); `best`: the study's best so far."""
+        if self.quiet:
+            return
+        value = "" if outcome.value is None else f" {outcome.value:.6g}"
+        params = " ".join(f"{path}={short_value(value)}" for path, value in outcome.params.items())
+        best_text = "" if best is None else f"  (best: trial {best.number}, {best.value:.6g})"
+        why = f": {outcome.error}" if outcome.error else ""
+        print(f"trial {outcome.number}: {outcome.state}{value}  {params}{best_text}{why}")
+
+
+def short_value(value: Any) -> str:
+    """A sampled value in a few characters: floats to 4 significant digits."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -20,9 +20,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from mlpkit.errors import Problem, RunDirError
 from mlpkit.rundir import runs
 
 CROSSVAL = "crossval.json"
@@ -119,13 +118,5 @@ def read_info(cv_dir: Path) -> CrossvalInfo:
     Raises:
         RunDirError: missing, unreadable, or not a crossval.json mlpkit wrote.
     """
-    raw = runs.read_json(cv_dir / CROSSVAL)
-    try:
-        return CrossvalInfo.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        at = f" at {where}" if where else ""
-        problem = f"not a valid {CROSSVAL}: {first['msg'].lower()}{at}"
-        hint = f"expected a cross-validation folder written by mlpkit train --folds ({FORMAT})"
-        raise RunDirError(Problem(problem, file=str(cv_dir / CROSSVAL), hint=hint)) from None
+    hint = f"expected a cross-validation folder written by mlpkit train --folds ({FORMAT})"
+    return runs.validated(CrossvalInfo, cv_dir / CROSSVAL, hint)

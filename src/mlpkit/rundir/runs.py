@@ -26,7 +26,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from safetensors import SafetensorError
@@ -81,6 +81,9 @@ Status = Literal["running", "interrupted", "failed", "diverged", "pruned", "comp
 
 
 Scores = dict[str, float]
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class EarlyStoppingResult(BaseModel):
@@ -383,13 +386,13 @@ def open_run(path: Path, require_complete: bool = True) -> Run:
                 hint="pass a folder that mlpkit train printed",
             )
         )
-    info = _validated(RunInfo, info_path)
+    info = validated(RunInfo, info_path)
     if require_complete and info.status != "complete":
         problem = f"the run is {info.status}, not complete"
         raise RunDirError(Problem(problem, file=str(path), hint=next_step(path, info.status)))
-    preprocessor = _validated(Preprocessor, path / PREPROCESSING)
+    preprocessor = validated(Preprocessor, path / PREPROCESSING)
     complete = info.status == "complete"
-    metrics = _validated(MetricsFile, path / METRICS) if complete else None
+    metrics = validated(MetricsFile, path / METRICS) if complete else None
     return Run(path=path, info=info, preprocessor=preprocessor, metrics=metrics)
 
 
@@ -405,7 +408,14 @@ def next_step(path: Path, status: Status) -> str:
     return f"resume it: {resume}"
 
 
-def _validated(model: type[Any], path: Path) -> Any:
+def validated(model: type[ModelT], path: Path, hint: str | None = None) -> ModelT:
+    """The JSON file at `path` as `model`, checked (run.json, metrics.json, crossval.json,
+    sweep.json...).
+
+    Raises:
+        RunDirError: missing, unreadable, or not what `model` describes; `hint` says what was
+            expected (by default: a run mlpkit wrote).
+    """
     raw = read_json(path)
     try:
         return model.model_validate(raw)
@@ -414,7 +424,7 @@ def _validated(model: type[Any], path: Path) -> Any:
         where = ".".join(str(p) for p in first["loc"])
         message = f"{first['msg'].lower()}" + (f" at {where}" if where else "")
         problem = f"not a valid {path.name}: {message}"
-        raise RunDirError(Problem(problem, file=str(path), hint=_FORMAT_HINT)) from None
+        raise RunDirError(Problem(problem, file=str(path), hint=hint or _FORMAT_HINT)) from None
 
 
 def weights_limit() -> int:

@@ -17,9 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from mlpkit.errors import Problem, RunDirError
 from mlpkit.rundir import runs
 
 PREFIX = "sweep-"
@@ -87,13 +86,5 @@ def read_info(sweep_dir: Path) -> SweepInfo:
     Raises:
         RunDirError: missing, unreadable, or not a sweep.json mlpkit wrote.
     """
-    raw = runs.read_json(sweep_dir / SWEEP)
-    try:
-        return SweepInfo.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        at = f" at {where}" if where else ""
-        problem = f"not a valid {SWEEP}: {first['msg'].lower()}{at}"
-        hint = f"expected a sweep folder written by mlpkit sweep ({FORMAT})"
-        raise RunDirError(Problem(problem, file=str(sweep_dir / SWEEP), hint=hint)) from None
+    hint = f"expected a sweep folder written by mlpkit sweep ({FORMAT})"
+    return runs.validated(SweepInfo, sweep_dir / SWEEP, hint)
