@@ -87,8 +87,8 @@ def train_members(
         stacked = _train_stacked(prepared, trainers, train, val, on_together, stop_requested)
         return Trained(stacked, None)
     members = [
-        _train_member(prepared, device, train, val, k, on_epoch, stop_requested)
-        for k in range(count)
+        _train_member(prepared, trainer, device, train, val, k, on_epoch, stop_requested)
+        for k, trainer in enumerate(trainers)
     ]
     return Trained(members, why_not)
 
@@ -144,6 +144,7 @@ def _train_stacked(
 
 def _train_member(
     prepared: Prepared,
+    built: Trainer,
     device: torch.device,
     train: Tensors | BatchStream,
     val: Tensors | None,
@@ -154,7 +155,8 @@ def _train_member(
     """One member, trained as a single run with its seed trains (flows/fit.py)."""
     config = prepared.config
     seed = member_seed(config.seed, member)
-    step, trainer = make_step(build_trainer(prepared, device, member))  # a fresh optimizer
+    # `built` as build_trainer made it (the stacking check only read it): a fresh optimizer
+    step, trainer = make_step(built)
     tell = None if on_epoch is None else (lambda record: on_epoch(member, record))
     hooks = Hooks(on_epoch=tell, stop_requested=stop_requested)
     # Dropout draws from torch's global generator: seeded per member, restored after.
