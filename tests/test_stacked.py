@@ -23,6 +23,29 @@ def members(k: int, layers: list[Layer] = MPG_LAYERS) -> list[nn.Module]:
     return [build_model(layers, 7, seed=seed) for seed in range(k)]
 
 
+def assert_autograd_agrees(
+    stack: StackedNetwork,
+    nets: list[nn.Module],
+    loss_fn: nn.Module,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    rows: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The stack's losses [K] on `batch`; each net's loss and gradients from autograd, on its
+    own batch (its first rows[k] rows), equal the stack's (its gradient buffer)."""
+    x, y = batch
+    loss = stack.loss_and_gradients(x, y, rows)
+    for k, net in enumerate(nets):
+        n = x.shape[1] if rows is None else int(rows[k])
+        member_loss = loss_fn(net(x[k, :n]), y[k, :n])
+        member_loss.backward()
+        torch.testing.assert_close(loss[k], member_loss.detach())
+        grads = stack.row(stack.grad, k)
+        for name, parameter in net.named_parameters():
+            assert parameter.grad is not None
+            torch.testing.assert_close(grads[name], parameter.grad)
+    return loss
+
+
 @pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid"])
 def test_a_stacked_member_after_100_steps_matches_it_trained_alone(activation: str) -> None:
     layers: list[Layer] = [
@@ -63,15 +86,7 @@ def test_written_out_gradients_equal_autograd() -> None:
     nets = members(2)
     stack = StackedNetwork(nets, nn.MSELoss())
     x, y = torch.randn(2, 6, 7), torch.randn(2, 6, 1)
-    loss = stack.loss_and_gradients(x, y)
-    for k, net in enumerate(nets):
-        member_loss = nn.functional.mse_loss(net(x[k]), y[k])
-        member_loss.backward()  # type: ignore[no-untyped-call]
-        torch.testing.assert_close(loss[k], member_loss.detach())
-        grads = stack.row(stack.grad, k)
-        for name, parameter in net.named_parameters():
-            assert parameter.grad is not None
-            torch.testing.assert_close(grads[name], parameter.grad)
+    assert_autograd_agrees(stack, nets, nn.MSELoss(), (x, y))
 
 
 def test_what_it_cannot_stack_it_names() -> None:
@@ -104,15 +119,7 @@ def test_classification_losses_and_gradients_equal_autograd(
     stack = StackedNetwork(nets, loss_fn)
     generator = torch.Generator().manual_seed(1)
     x, y = torch.randn(2, 6, 4, generator=generator), target(generator)
-    loss = stack.loss_and_gradients(x, y)
-    for k, net in enumerate(nets):
-        member_loss = loss_fn(net(x[k]), y[k])
-        member_loss.backward()
-        torch.testing.assert_close(loss[k], member_loss.detach())
-        grads = stack.row(stack.grad, k)
-        for name, parameter in net.named_parameters():
-            assert parameter.grad is not None
-            torch.testing.assert_close(grads[name], parameter.grad)
+    assert_autograd_agrees(stack, nets, loss_fn, (x, y))
 
 
 def test_members_with_their_own_rate_and_steps_move_as_alone() -> None:
@@ -170,16 +177,7 @@ def test_batches_of_different_sizes_are_each_members_own(loss_fn: nn.Module) -> 
     else:
         y = (torch.rand(3, 6, 1, generator=generator) > 0.5).float()
     rows = torch.tensor([5, 6, 0])
-    loss = stack.loss_and_gradients(x, y, rows)
-    for k, net in enumerate(nets[:2]):
-        n = int(rows[k])
-        member_loss = loss_fn(net(x[k, :n]), y[k, :n])
-        member_loss.backward()
-        torch.testing.assert_close(loss[k], member_loss.detach())
-        grads = stack.row(stack.grad, k)
-        for name, parameter in net.named_parameters():
-            assert parameter.grad is not None
-            torch.testing.assert_close(grads[name], parameter.grad)
+    loss = assert_autograd_agrees(stack, nets[:2], loss_fn, (x, y), rows)
     assert float(loss[2]) == 0.0 and not stack.grad[2].any()
 
 
@@ -192,15 +190,7 @@ def test_the_direct_engines_other_activations_stack(activation: str) -> None:
     nets = [build_model(layers, 7, seed=seed) for seed in range(2)]
     stack = StackedNetwork(nets, nn.MSELoss())
     x, y = torch.randn(2, 5, 7), torch.randn(2, 5, 1)
-    loss = stack.loss_and_gradients(x, y)
-    for k, net in enumerate(nets):
-        member_loss = nn.functional.mse_loss(net(x[k]), y[k])
-        member_loss.backward()  # type: ignore[no-untyped-call]
-        torch.testing.assert_close(loss[k], member_loss.detach())
-        grads = stack.row(stack.grad, k)
-        for name, parameter in net.named_parameters():
-            assert parameter.grad is not None
-            torch.testing.assert_close(grads[name], parameter.grad)
+    assert_autograd_agrees(stack, nets, nn.MSELoss(), (x, y))
 
 
 LOSS_CASES = [
@@ -231,16 +221,7 @@ def test_the_direct_engines_other_losses_stack(
     else:
         y = torch.randn(2, 6, 1, generator=generator)
     rows = torch.tensor([4, 6]) if masked else None
-    loss = stack.loss_and_gradients(x, y, rows)
-    for k, net in enumerate(nets):
-        n = 6 if rows is None else int(rows[k])
-        member_loss = loss_fn(net(x[k, :n]), y[k, :n])
-        member_loss.backward()
-        torch.testing.assert_close(loss[k], member_loss.detach())
-        grads = stack.row(stack.grad, k)
-        for name, parameter in net.named_parameters():
-            assert parameter.grad is not None
-            torch.testing.assert_close(grads[name], parameter.grad)
+    assert_autograd_agrees(stack, nets, loss_fn, (x, y), rows)
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
