@@ -50,14 +50,21 @@ def after(run_dirs: list[Path], mode: Mode) -> subprocess.Popen[bytes] | None:
     return detach(run_dirs)
 
 
+def same_package_env() -> dict[str, str]:
+    """The environment for a `python -m mlpkit` child that imports this very mlpkit (the one
+    this process runs, installed or not) first."""
+    package_root = str(Path(mlpkit.__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    return env
+
+
 def detach(run_dirs: list[Path]) -> subprocess.Popen[bytes]:
     """Start `python -m mlpkit plot --background RUN...` in its own session (a Ctrl-C or a
     closed terminal after the command returns does not stop it), reading and writing nothing
     of ours: a caller capturing the command's output (`RUN=$(mlpkit train ...)`) is not kept
     waiting for the child."""
-    package_root = str(Path(mlpkit.__file__).resolve().parent.parent)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    env = same_package_env()
     command = [sys.executable, "-m", "mlpkit", "plot", "--background", *map(str, run_dirs)]
     return subprocess.Popen(
         command,

@@ -43,6 +43,7 @@ from mlpkit.errors import (
     one_line,
 )
 from mlpkit.flows.common import resolved_config
+from mlpkit.flows.plotting import same_package_env
 from mlpkit.flows.study import USER, direction, grid, journal, open_study, quiet, rdb, value_of
 from mlpkit.flows.sweep_worker import OnTrial, Work, best_trial, run_worker
 from mlpkit.rundir import runs, sweeps
@@ -279,7 +280,7 @@ def _start_worker(folder: Path, device: str | None) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "mlpkit", "sweep", "--join", str(folder), "--quiet"]
     if device is not None:
         command += ["--device", device]
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, env=same_package_env())
 
 
 def _finish(work: Work, info: sweeps.SweepInfo) -> sweeps.SweepInfo:
