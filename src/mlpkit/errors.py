@@ -11,6 +11,8 @@ Hierarchy (the CLI catches only the base class; anything else is a bug, exit 1):
     ├── Interrupted        exit 130 / 143  SIGINT / SIGTERM (a checkpoint saved, the run
     │                                       marked interrupted)
     └── EnvironmentFault   exit 4  disk full, permission denied, out of memory
+        └── GroupLost      exit 4  a process of a data-parallel group stopped answering
+                                    (the run marked interrupted, its last checkpoint kept)
 
 A line reads `Error: <file>[:<line>]: <where>: <problem>[; <hint>]`, where <where> is a dotted
 config path (`training.optimizer.lr`) or a column and line (`column 'x', line 7`).
@@ -178,6 +180,11 @@ class EnvironmentFault(MlpkitError):
     """The machine failed us: disk full, permission denied, out of memory."""
 
     exit_code = 4
+
+
+class GroupLost(EnvironmentFault):
+    """Another process of a torchrun group died or stopped answering (train/distributed.py):
+    the collective it was needed for failed or timed out."""
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

@@ -429,6 +429,10 @@ class TrainingConfig(_Strict):
     epochs: int = Field(gt=0, examples=[40])
     iterations_per_epoch: int | None = Field(None, gt=0)  # synthetic streams: batches per epoch
     batch_size: int = Field(32, gt=0)
+    # Under torchrun: `process` trains batch_size rows in each of the N processes a step (the
+    # effective batch is N x batch_size); `global` makes batch_size the effective batch, each
+    # process taking batch_size / N (which must divide). One process: the same either way.
+    batch_scope: Literal["process", "global"] = "process"
     shuffle: bool = True
     optimizer: Optimizer = AdamConfig(name="adam")
     # the learning rate per epoch; none keeps the optimizer's lr throughout

@@ -103,6 +103,7 @@ class FileScan:
     split: Split  # positions of each sample in `table`
     classes: list[str] | None  # classification: every label in the file
     training_rows: TrainingRows
+    block_train_rows: list[int]  # training rows of each block, in file order
 
     @property
     def rows(self) -> int:
@@ -137,6 +138,7 @@ def scan(loaded: LoadedConfig) -> FileScan:
     counts = dict.fromkeys(PARTS, 0)
     labels: set[str] = set()
     blocks: list[BlockRef] = []
+    block_train_rows: list[int] = []
     dropped = 0
     for block in reader.scan():
         blocks.append(block.ref)
@@ -147,6 +149,7 @@ def scan(loaded: LoadedConfig) -> FileScan:
             counts[name] += int(rows.sum())
             samples[name].add(block.frame[rows], block.lines[rows], priority[rows])
         training_rows.add(block.frame[part == 0])
+        block_train_rows.append(int((part == 0).sum()))
         if classification:
             target = block.frame[cfg.data.target].unique()
             labels.update(canonical_label(value) for value in target)
@@ -156,7 +159,7 @@ def scan(loaded: LoadedConfig) -> FileScan:
         raise DataError(Problem("the file has a header but no rows", file=str(reader.path)))
     table, split = _sample_table(reader, samples, dropped)
     classes = sorted_labels(np.asarray(sorted(labels))) if classification else None
-    return FileScan(reader, blocks, counts, table, split, classes, training_rows)
+    return FileScan(reader, blocks, counts, table, split, classes, training_rows, block_train_rows)
 
 
 def _sample_table(
@@ -199,6 +202,10 @@ class TrainingBlocks(IterableDataset[Batch]):
     shuffle: bool
     skip_single_row: bool  # batch norm cannot train on a last batch of one row
     epoch: int = 0  # the last epoch begun
+    # Under torchrun: this process's rank and the group's size; each rank reads every
+    # world-th block of the epoch's order (its DataLoader workers share those).
+    rank: int = 0
+    world: int = 1
 
     def __iter__(self) -> Iterator[Batch]:
         self.epoch += 1
@@ -208,9 +215,7 @@ class TrainingBlocks(IterableDataset[Batch]):
     def _blocks(self, epoch: int) -> Iterator[Batch]:
         worker = get_worker_info()
         index, workers = (0, 1) if worker is None else (worker.id, worker.num_workers)
-        blocks = np.arange(len(self.scan.blocks))
-        if self.shuffle:
-            blocks = np.random.default_rng([self.seed, epoch]).permutation(blocks)
+        blocks = self.rank_blocks(epoch, self.rank)
         for block_index in blocks[index::workers]:
             x, y = self._training_rows(self.scan.reader.read(self.scan.blocks[block_index]))
             if self.shuffle:
@@ -218,6 +223,31 @@ class TrainingBlocks(IterableDataset[Batch]):
                 order = torch.from_numpy(rng.permutation(len(x)))
                 x, y = x[order], y[order]
             yield x, y
+
+    def rank_blocks(self, epoch: int, rank: int) -> np.ndarray:
+        """The blocks a rank reads in an epoch, in order: the epoch's seeded order of all
+        blocks (the same on every rank), every world-th from the rank's own."""
+        blocks = np.arange(len(self.scan.blocks))
+        if self.shuffle:
+            blocks = np.random.default_rng([self.seed, epoch]).permutation(blocks)
+        return blocks[rank :: self.world]
+
+    def steps(self, epoch: int) -> int:
+        """The steps of an epoch: the most batches any rank's blocks give (one process: its
+        batches), so every rank takes part in each step's all-reduce."""
+        most = 0
+        for rank in range(self.world):
+            rows = sum(self.scan.block_train_rows[i] for i in self.rank_blocks(epoch, rank))
+            left = rows % self.batch_size
+            last = left > 1 or (left == 1 and not self.skip_single_row)
+            most = max(most, rows // self.batch_size + last)
+        return most
+
+    def no_rows(self) -> Batch:
+        """A batch of no rows, as this file's batches are shaped: a rank's step when its
+        blocks have run out before the others'."""
+        x, y = self._training_rows(self.scan.reader.read(self.scan.blocks[0]))
+        return x[:0], y[:0]
 
     def _training_rows(self, block: Block) -> Batch:
         part, _ = assign_parts(block.frame, self.split, self.seed)
@@ -245,15 +275,24 @@ def epoch_batches(
 
     def batches(epoch: int) -> Iterator[Batch]:
         # `epoch` is not passed on: the dataset counts its own (each iter() is the next epoch)
+        made = 0
         pending_x, pending_y = torch.empty(0), torch.empty(0)
         for x, y in loader:
             if len(pending_x):
                 x, y = torch.cat([pending_x, x]), torch.cat([pending_y, y])
             full = len(x) - len(x) % size
             for start in range(0, full, size):
+                made += 1
                 yield x[start : start + size].to(device), y[start : start + size].to(device)
             pending_x, pending_y = x[full:], y[full:]
         if len(pending_x) > 1 or (len(pending_x) == 1 and not dataset.skip_single_row):
+            made += 1
             yield pending_x.to(device), pending_y.to(device)
+        if dataset.world > 1:  # steps without rows, until the rank with the most is done
+            left = dataset.steps(epoch) - made
+            if left > 0:
+                x, y = dataset.no_rows()
+                for _ in range(left):
+                    yield x.to(device), y.to(device)
 
     return batches

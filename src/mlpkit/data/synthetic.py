@@ -78,10 +78,12 @@ class SyntheticBatches(IterableDataset[tuple[torch.Tensor, torch.Tensor]]):
             yield draw(self.source, self.batch_size, generator)
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     """The seed of one epoch's training rows: each epoch is drawn afresh from (seed, epoch), so
-    a resumed run draws the same rows without replaying the epochs before."""
-    return int(np.random.SeedSequence([seed, 2, epoch]).generate_state(1, np.uint64)[0])
+    a resumed run draws the same rows without replaying the epochs before. Under torchrun each
+    rank other than 0 draws its own stream (rank 0's is a single process's)."""
+    entropy = [seed, 2, epoch] + ([rank] if rank else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
 
 
 def batches(

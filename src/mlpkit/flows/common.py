@@ -75,6 +75,7 @@ def training_info(
     *,
     members: int | None = None,
     why_not_stacked: str | None = None,
+    distributed: runs.DistributedInfo | None = None,
 ) -> runs.TrainingInfo:
     """run.json's `training`: the engine (stacked with `members`), and once trained, the
     steps and seconds it took."""
@@ -92,6 +93,7 @@ def training_info(
             "threads": engine.threads,
             "why_not_direct": engine.why_not_direct,
             "why_not_stacked": why_not_stacked,
+            "distributed": distributed,
         }
         | done
     )

@@ -21,13 +21,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from mlpkit.errors import DivergedError, Interrupted, MlpkitError, Problem, Pruned, one_line
+from mlpkit.errors import (
+    DivergedError,
+    GroupLost,
+    Interrupted,
+    MlpkitError,
+    Problem,
+    Pruned,
+    one_line,
+)
 from mlpkit.flows.common import csv_rows, refuse_non_finite_outputs, training_info
+from mlpkit.flows.distributed import distributed_info, rows_trained
 from mlpkit.report import tracking
 from mlpkit.report.summary import Summary
 from mlpkit.rundir import checkpoints, runs
 from mlpkit.train import interrupts, threads
 from mlpkit.train.build import COMBINE, Trainer
+from mlpkit.train.distributed import Group, process_batch
 from mlpkit.train.ensemble import Member, train_members
 from mlpkit.train.loop import (
     BatchStream,
@@ -57,6 +67,7 @@ class Start:
     summary: Summary
     position: Position | None  # where a resumed run carries on; None for a new run
     together: bool = False  # an ensemble whose members train stacked: one line an epoch
+    spread: runs.DistributedInfo | None = None  # under torchrun: the group and its batches
 
 
 class Listener(Protocol):
@@ -82,6 +93,7 @@ class Job:
     info: runs.RunInfo  # run.json as training begins
     trackers: tracking.Tracking
     checkpoint: checkpoints.Checkpoint | None = None  # where a resumed run carries on
+    group: Group | None = None  # under torchrun: this is rank 0, the group's one writer
 
 
 @dataclass(frozen=True)
@@ -109,6 +121,10 @@ def fit_run(job: Job, listener: Listener | None) -> TrainResult:
             job.trackers.start(job.run_dir, done)
             result = _fit_and_write(job, listener, stop)
     except BaseException as exc:
+        if isinstance(exc, GroupLost):  # a peer died: stopped, as by a signal, to resume
+            lost = group_lost(job, exc)
+            mark(job, "interrupted", lost)
+            raise lost from None
         if not isinstance(exc, StopRequested | KeyboardInterrupt):
             status: runs.Status = "failed"
             if isinstance(exc, DivergedError | Pruned):
@@ -133,7 +149,11 @@ def _fit_and_write(
     data = {part: prepared.tensors(getattr(prepared.split, part), device) for part in SPLITS}
     position = job.checkpoint.position if job.checkpoint is not None else None
     first_epoch = position.epoch if position is not None else 1
-    train = training_stream(prepared, device, first_epoch) if prepared.streams else data["train"]
+    group = job.group
+    if prepared.streams:
+        train: Tensors | BatchStream = training_stream(prepared, device, first_epoch, group)
+    else:
+        train = data["train"]  # a group's ranks each take their share of every batch
     if cfg.model.ensemble > 1:
         return _fit_ensemble(job, data, train, listener, stop)
     on_epoch = job.trackers.wrap(listener.epoch if listener is not None else None)
@@ -160,7 +180,7 @@ def _fit_and_write(
             train,
             data["val"] if len(prepared.split.val) else None,
             epochs=cfg.training.epochs,
-            batch_size=cfg.training.batch_size,
+            batch_size=process_batch(prepared.loaded, group.world if group else 1),
             shuffle=cfg.training.shuffle,
             seed=cfg.seed,
             score=lambda y, outputs: prepared.task.score(y, outputs, cfg.training.metrics),
@@ -169,11 +189,18 @@ def _fit_and_write(
             position=position,
             step=job.step,
             schedule=trainer.schedule,
+            shard=group,
         )
+    # the other ranks are done once they have said what they trained; the rest is rank 0's
+    spread = None
+    if group is not None:
+        spread = distributed_info(group, prepared, device, rows_trained(group))
     model = trainer.model
     metrics = final_metrics(model, prepared, data, position, trainer.stopping)
     why_not_stacked = job.info.training.why_not_stacked if job.info.training else None
-    training = training_info(trainer.engine, position, why_not_stacked=why_not_stacked)
+    training = training_info(
+        trainer.engine, position, why_not_stacked=why_not_stacked, distributed=spread
+    )
     return write_results(job, data, model, position.history, metrics, training)
 
 
@@ -371,6 +398,19 @@ def interrupted(run_dir: Path, number: int, saved: bool, resumable: bool = True)
             hint=f"resume with: mlpkit train --resume {run_dir}",
         ),
         signal_number=number,
+    )
+
+
+def group_lost(job: Job, exc: GroupLost) -> GroupLost:
+    """A lost peer, said of this run: where it stopped and how to carry on."""
+    world = job.group.world if job.group is not None else 1
+    return GroupLost(
+        Problem(
+            f"{exc.problems[0].problem}; the run marked interrupted, its last checkpoint kept",
+            file=str(job.run_dir),
+            hint=f"resume with: mlpkit train --resume {job.run_dir} --nproc {world} "
+            "(or under torchrun with as many processes)",
+        )
     )
 
 

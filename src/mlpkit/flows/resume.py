@@ -15,6 +15,7 @@ from typing import Any
 
 from mlpkit.config.load import LoadedConfig, differences, load_config
 from mlpkit.errors import ConfigError, DataError, Problem, RunDirError
+from mlpkit.flows import distributed
 from mlpkit.flows.common import (
     resolve_device,
     resolved_config,
@@ -26,6 +27,7 @@ from mlpkit.report import tracking
 from mlpkit.report.summary import summarize_network
 from mlpkit.rundir import checkpoints, crossval, lock, runs
 from mlpkit.train.build import build_trainer, make_step
+from mlpkit.train.distributed import Group
 from mlpkit.train.prepare import Prepared, prepare
 
 
@@ -35,14 +37,19 @@ def resume(
     overrides: list[str],
     device_name: str | None = None,
     listener: Listener | None = None,
+    group: Group | None = None,
 ) -> TrainResult:
     """Continue the run in `run_dir` from its newest intact checkpoint.
+
+    A run trained under torchrun resumes under as many processes (`group`: this is rank 0,
+    which announces the config and the checkpoint to the others, flows/distributed.py).
 
     The config (the run's own, or `config_path` with `overrides`, which must resolve to the
     same) and the data file must be those the run was trained on.
 
     Raises:
-        RunDirError: not a resumable run, locked by another process, or no usable checkpoint.
+        RunDirError: not a resumable run, locked by another process, no usable checkpoint, or
+            trained by another number of processes.
         ConfigError: the config differs from the run's (the fields are named).
         DataError: the data file changed since the run began.
     """
@@ -53,26 +60,36 @@ def resume(
         _refuse_ensemble(run)
         checkpoint, skipped = checkpoints.latest(run_dir)
         loaded = _same_config(run, checkpoint, config_path, overrides)
+        _same_world(run, group)
         device = resolve_device(loaded, device_name)
+        if group is not None:
+            device = group.device(device)
+            distributed.announce(group, distributed.Plan(loaded, checkpoint))
         prepared = prepare(loaded)
+        if group is not None:
+            distributed.same_data(group, prepared)
         _same_data(run, prepared)
         trainer = build_trainer(prepared, device)
         checkpoints.load_into(checkpoint, trainer.model, trainer.optimizer, trainer.schedule)
-        step, trainer = make_step(trainer)  # after the optimizer's state is loaded
+        step, trainer = make_step(trainer, group)  # after the optimizer's state is loaded
         config = resolved_config(loaded)
         runs_dir = crossval.runs_dir_of(run_dir)  # where the default MLflow store is
         trackers = tracking.open_tracking(loaded, config, runs_dir, resumed=run_dir)
+        spread = None if group is None else distributed.distributed_info(group, prepared, device)
         if listener is not None:
             summary = summarize_network(prepared.config, prepared.preprocessor)
-            listener.started(Start(prepared, device, summary, checkpoint.position))
+            started = Start(prepared, device, summary, checkpoint.position, spread=spread)
+            listener.started(started)
         for problem in skipped:  # a damaged newer checkpoint: say so, resume from the one before
             sys.stderr.write(f"Warning: skipped {problem.render().removeprefix('Error: ')}\n")
         checkpoints.clean_partials(run_dir)
         update: dict[str, Any] = {"status": "running", "finished": None, "error": None}
         update |= {"resumed": [*run.info.resumed, runs.now()], "device": str(device)}
-        update["training"] = training_info(trainer.engine)
+        update["training"] = training_info(trainer.engine, distributed=spread)
         info = run.info.model_copy(update=update)
-        job = Job(run_dir, prepared, trainer, step, device, config, info, trackers, checkpoint)
+        job = Job(
+            run_dir, prepared, trainer, step, device, config, info, trackers, checkpoint, group
+        )
         return fit_run(job, listener)
 
 
@@ -82,6 +99,30 @@ def _refuse_finished(run: runs.Run) -> None:
     if status in ("complete", "diverged", "pruned"):
         hint = "nothing to resume" if status == "complete" else runs.next_step(run.path, status)
         raise RunDirError(Problem(f"the run is {status}", file=str(run.path), hint=hint))
+
+
+def _same_world(run: runs.Run, group: Group | None) -> None:
+    """A run resumes under as many processes as it trained on: its position counts global
+    batches of that many shares, which another number would cut differently."""
+    training = run.info.training
+    trained = training.distributed.processes if training and training.distributed else 1
+    now = group.world if group is not None else 1
+    if trained != now:
+        how = "1 process" if now == 1 else f"{now} processes"
+        hint = (
+            f"resume with: mlpkit train --resume {run.path} --nproc {trained} (or under "
+            f"torchrun with {trained} processes)"
+            if trained > 1
+            else f"resume it without torchrun: mlpkit train --resume {run.path}"
+        )
+        raise RunDirError(
+            Problem(
+                f"the run trained on {trained} process{'es' if trained > 1 else ''}, and "
+                f"resuming it on {how} would cut its batches differently",
+                file=str(run.path),
+                hint=hint,
+            )
+        )
 
 
 def _refuse_ensemble(run: runs.Run) -> None:

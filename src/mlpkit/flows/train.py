@@ -19,7 +19,8 @@ import torch
 import mlpkit
 from mlpkit.config.load import LoadedConfig
 from mlpkit.data.table import Table
-from mlpkit.errors import MlpkitError, warn
+from mlpkit.errors import ConfigError, MlpkitError, warn
+from mlpkit.flows import distributed
 from mlpkit.flows.common import (
     resolve_device,
     resolved_config,
@@ -31,6 +32,7 @@ from mlpkit.report.summary import render_text, summarize_network
 from mlpkit.rundir import crossval, lock, runs
 from mlpkit.train import ensemble
 from mlpkit.train.build import Engine, build_trainer, make_step
+from mlpkit.train.distributed import Group, process_batch
 from mlpkit.train.prepare import Prepared, prepare
 
 
@@ -41,12 +43,15 @@ def train(
     listener: Listener | None = None,
     place: Path | None = None,
     why_not_stacked: str | None = None,
+    group: Group | None = None,
 ) -> TrainResult:
     """Train the config into a new run directory under `runs_dir` and write every file of it.
 
     `place`, when given, is the run directory to make instead (a cross-validation's fold-i);
     it must not exist yet. `runs_dir` still holds the default MLflow store. `why_not_stacked`:
-    a member of --seeds or --folds trained alone, and why (run.json says it).
+    a member of --seeds or --folds trained alone, and why (run.json says it). `group`: under
+    torchrun this is rank 0, which announces the config to the other ranks
+    (flows/distributed.py), trains its share and alone writes the run.
 
     Raises:
         MlpkitError: any problem with the config, data or device (before the run exists), or
@@ -54,17 +59,25 @@ def train(
             marked as such, with a checkpoint to resume from).
     """
     device = resolve_device(loaded, device_name)
+    if group is not None:
+        device = group.device(device)
+        refuse_ensemble(loaded)
+        process_batch(loaded, group.world)  # a global batch the processes can share
+        distributed.announce(group, distributed.Plan(loaded))
     config = resolved_config(loaded)
     prepared = prepare(loaded)
+    if group is not None:
+        distributed.same_data(group, prepared)
     built = build_trainer(prepared, device)
     # before make_step, which gives the optimizer state (the stacked engine starts without)
     together = prepared.config.model.ensemble > 1 and ensemble.stacks(prepared, built)
-    step, trainer = make_step(built)
+    step, trainer = make_step(built, group)
     warn(prepared.warnings)
     trackers = tracking.open_tracking(loaded, config, runs_dir)
     summary = summarize_network(prepared.config, prepared.preprocessor)
+    spread = None if group is None else distributed.distributed_info(group, prepared, device)
     if listener is not None:
-        listener.started(Start(prepared, device, summary, None, together))
+        listener.started(Start(prepared, device, summary, None, together, spread))
     if place is None:
         run_dir = runs.create_run_dir(runs_dir, prepared.config.name)
     else:
@@ -76,14 +89,31 @@ def train(
             runs.write_bytes(run_dir / runs.SUMMARY, render_text(summary).encode())
             preprocessing = prepared.preprocessor.model_dump(mode="json")
             runs.write_json(run_dir / runs.PREPROCESSING, preprocessing)
-            info = run_info(prepared, device, trainer.engine, why_not_stacked)
-            job = Job(run_dir, prepared, trainer, step, device, config, info, trackers)
+            info = run_info(prepared, device, trainer.engine, why_not_stacked, spread=spread)
+            job = Job(run_dir, prepared, trainer, step, device, config, info, trackers, group=group)
             fitting = True
             return fit_run(job, listener)
     except MlpkitError:
         if not fitting:  # not a run yet: leave nothing behind
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
+
+
+def refuse_ensemble(loaded: LoadedConfig) -> None:
+    """torchrun trains one network over its processes; an ensemble's members train together
+    on one process instead (train/ensemble.py).
+
+    Raises:
+        ConfigError: model.ensemble is over 1.
+    """
+    if loaded.config.model.ensemble > 1:
+        raise ConfigError(
+            loaded.problem(
+                ("model", "ensemble"),
+                "an ensemble trains its members stacked on one process, not under torchrun",
+                "train it without torchrun, or set model.ensemble: 1",
+            )
+        )
 
 
 def split_file_info(file: Table | None) -> runs.SplitFileInfo | None:
@@ -99,9 +129,11 @@ def run_info(
     engine: Engine,
     why_not_stacked: str | None = None,
     members: int | None = None,
+    spread: runs.DistributedInfo | None = None,
 ) -> runs.RunInfo:
     """run.json as a new run begins: status running, the data file, the versions, the engine
-    (stacked, with `members`, for a member of a stacked group)."""
+    (stacked, with `members`, for a member of a stacked group; `spread` over a torchrun
+    group)."""
     return runs.RunInfo(
         name=prepared.config.name,
         status="running",
@@ -122,5 +154,7 @@ def run_info(
             "python": platform.python_version(),
         },
         started=runs.now(),
-        training=training_info(engine, members=members, why_not_stacked=why_not_stacked),
+        training=training_info(
+            engine, members=members, why_not_stacked=why_not_stacked, distributed=spread
+        ),
     )

@@ -17,6 +17,7 @@ format, its writers and its bounded readers in one place is the point of the mod
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import io
@@ -147,6 +148,19 @@ class DataInfo(BaseModel):
     test_file: SplitFileInfo | None = None  # the test rows' own file, when given
 
 
+class DistributedInfo(BaseModel):
+    """A run trained under torchrun (train/distributed.py): the group and its batches."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    processes: int  # the world size; a resume must have as many
+    backend: str  # gloo (CPU) or nccl (CUDA)
+    batch_per_process: int  # rows each process trains a step
+    effective_batch: int  # rows a step trains over the group: processes x batch_per_process
+    launch: str  # torchrun's run id: a restart (--max-restarts) finds its run by it
+    rows_per_process: list[int] | None = None  # rows each process trained, once complete
+
+
 class TrainingInfo(BaseModel):
     """How training ran: its engine (train/direct.py), CPU threads, optimizer steps and seconds."""
 
@@ -159,6 +173,7 @@ class TrainingInfo(BaseModel):
     why_not_stacked: str | None = None  # a --seeds/--folds member trained alone: why
     steps: int | None = None  # once complete
     seconds: float | None = None  # the epochs' time: training, validation and checkpoints
+    distributed: DistributedInfo | None = None  # trained by a torchrun group
 
 
 class ExportInfo(BaseModel):
@@ -425,6 +440,18 @@ def validated(model: type[ModelT], path: Path, hint: str | None = None) -> Model
         message = f"{first['msg'].lower()}" + (f" at {where}" if where else "")
         problem = f"not a valid {path.name}: {message}"
         raise RunDirError(Problem(problem, file=str(path), hint=hint or _FORMAT_HINT)) from None
+
+
+def launched_by(folder: Path, launch: str) -> Path | None:
+    """The newest run under `folder` (runs/<name>) that a torchrun launch began: what a group
+    restarted by --max-restarts carries on."""
+    found = []
+    for info_path in sorted(folder.glob(f"*/{RUN_INFO}")) if folder.is_dir() else []:
+        with contextlib.suppress(RunDirError):
+            training = validated(RunInfo, info_path).training
+            if training and training.distributed and training.distributed.launch == launch:
+                found.append(info_path.parent)
+    return found[-1] if found else None
 
 
 def weights_limit() -> int:

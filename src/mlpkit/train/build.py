@@ -17,6 +17,7 @@ from mlpkit.config.schema import Config
 from mlpkit.data.preprocessing import Preprocessor
 from mlpkit.errors import ConfigError, EnvironmentFault, Problem
 from mlpkit.train import budget, direct, eager, threads
+from mlpkit.train.distributed import Group, ReducedAutogradStep
 from mlpkit.train.loop import EarlyStopping
 from mlpkit.train.model import Ensemble, InputSpec, build_model, member_seed
 from mlpkit.train.prepare import Prepared
@@ -169,22 +170,29 @@ def choose_engine(
     return Engine("autograd", count, why_not)
 
 
-def make_step(trainer: Trainer) -> tuple[Step, Trainer]:
-    """The step the trainer's engine runs, and the trainer as it will train.
+def make_step(trainer: Trainer, group: Group | None = None) -> tuple[Step, Trainer]:
+    """The step the trainer's engine runs, and the trainer as it will train; under torchrun
+    (`group`), the step sums each batch's gradients over the group's processes.
 
     Call it after any checkpoint's optimizer state is loaded: the direct step works on that
     state in place. A checkpoint of an older mlpkit may restore a non-fused optimizer, which
     the direct step does not cover: then the trainer returned trains through autograd and
     says why.
     """
-    autograd = AutogradStep(trainer.model, trainer.loss_fn, trainer.optimizer)
+    model, loss_fn, optimizer = trainer.model, trainer.loss_fn, trainer.optimizer
+
+    def autograd() -> Step:  # made only when needed: DDP's constructor is a collective
+        if group is None:
+            return AutogradStep(model, loss_fn, optimizer)
+        return ReducedAutogradStep(model, loss_fn, optimizer, group)
+
     if trainer.engine.name != "direct":
-        return autograd, trainer
+        return autograd(), trainer
     try:
-        step = direct.DirectStep(trainer.model, trainer.loss_fn, trainer.optimizer)
+        step = direct.DirectStep(model, loss_fn, optimizer, group)
     except direct.Unsupported as why:
         engine = Engine("autograd", trainer.engine.threads, str(why))
-        return autograd, replace(trainer, engine=engine)
+        return autograd(), replace(trainer, engine=engine)
     return step, trainer
 
 

@@ -36,6 +36,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from mlpkit.train.distributed import Bucket, Group
+
 aten = torch.ops.aten
 Tensor = torch.Tensor
 
@@ -248,9 +250,17 @@ class DirectStep:
         Unsupported: the model, loss or optimizer is not covered; train with autograd.
     """
 
-    def __init__(self, model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer):
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        over: Group | None = None,
+    ):
         self.columns, pairs = _layers(model)
         group, params = _optimizer_group(optimizer, set(model.parameters()))
+        # under torchrun: the gradients summed over the group's processes (distributed.py)
+        self.bucket = None if over is None else Bucket(over, params)
         device = params[0].device
         scalars = _Scalars(device)
         self.loss = _loss(loss_fn, scalars)
@@ -297,6 +307,25 @@ class DirectStep:
             return self._step(x, y)
 
     def _step(self, x: Tensor, y: Tensor) -> Tensor:
+        bucket = self.bucket
+        if bucket is None:
+            loss, grads = self._gradients(x, y)
+        else:  # the global batch's mean loss and gradients, from every process's share
+            rows = x.shape[0]
+            own = self._gradients(x, y) if rows else None  # no rows: this rank adds zeros
+            grads = bucket.reduce(own, rows)
+            loss = bucket.loss.clone()  # the buffer is the next step's
+        # As in the autograd path, the loss and the gradients decide: found_inf goes up (and
+        # stays up) if one is NaN or infinite (multiplying by one changes no bit), and the
+        # fused kernel then skips the update.
+        checked = [loss, *grads]
+        torch._amp_foreach_non_finite_check_and_unscale_(checked, self.found_inf, self.one)
+        self.update(grads)
+        self.skips.add_(self.found_inf)
+        return loss
+
+    def _gradients(self, x: Tensor, y: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """The batch's mean loss, and its gradient for every parameter (in slot order)."""
         if self.columns is not None:
             x = x.index_select(1, self.columns)
         kept = []  # (input, pre-activation, activation) of each layer
@@ -325,14 +354,7 @@ class DirectStep:
                     grad = torch.mm(weight_t, grad.t()).t()
                 else:
                     grad = torch.mm(grad, weight)
-        # As in the autograd path, the loss and the gradients decide: found_inf goes up (and
-        # stays up) if one is NaN or infinite (multiplying by one changes no bit), and the
-        # fused kernel then skips the update.
-        checked = [loss, *grads]
-        torch._amp_foreach_non_finite_check_and_unscale_(checked, self.found_inf, self.one)
-        self.update(grads)
-        self.skips.add_(self.found_inf)
-        return loss
+        return loss, grads
 
     def diverged(self) -> bool:
         """Whether some step's loss or gradient was not finite (one host sync)."""

@@ -16,9 +16,9 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import islice
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import torch
 from torch import nn
@@ -27,6 +27,9 @@ from mlpkit.errors import DivergedError, Problem
 from mlpkit.train.budget import EVAL_BATCH  # rows per forward pass when predicting
 from mlpkit.train.model import non_finite
 from mlpkit.train.steps import AutogradStep, NonFiniteLoss, Step
+
+if TYPE_CHECKING:
+    from mlpkit.train.distributed import Group
 
 
 @dataclass(frozen=True)
@@ -142,8 +145,15 @@ def fit(
     position: Position | None = None,
     step: Step | None = None,
     schedule: EpochSchedule | None = None,
+    shard: Group | None = None,
 ) -> Position:
     """Train up to `epochs` (from `position` if given) and return where training ended.
+
+    Under torchrun (`shard`, distributed.py) this process trains on its share of each global
+    batch of batch_size x world rows (in-memory rows: every rank draws the same order and takes
+    its slice of it; a stream gives each rank its own), the step sums the gradients over the
+    group, and every rank keeps the same Position: the global batches' losses and rows, rank
+    0's validation figures, and a stop when any rank was asked to. `val` is rank 0's alone.
 
     `train` is in-memory rows (each epoch one pass in a seeded random order) or a stream.
     With early stopping that restores the best, the model ends with the best epoch's weights.
@@ -155,6 +165,9 @@ def fit(
         StopRequested: hooks.stop_requested said so; hooks.save has saved the position.
     """
     hooks = hooks or Hooks()
+    if shard is not None:  # stop when any rank was asked to, all after the same step
+        shard.asked = hooks.stop_requested or (lambda: False)
+        hooks = replace(hooks, stop_requested=lambda: shard.stopping)
     step = step or AutogradStep(model, loss_fn, optimizer)
     position = position or Position()
     generator = torch.Generator().manual_seed(seed)
@@ -168,11 +181,11 @@ def fit(
         if isinstance(train, BatchStream):
             batches = train.epoch_batches(position.epoch)
         else:
-            batches = _slices(model, train, batch_size, shuffle, generator)
+            batches = _slices(model, train, batch_size, shuffle, generator, shard)
         remaining = islice(batches, position.batches_done, None)
         model.train()
         try:
-            _train_epoch(step, remaining, position, hooks)
+            _train_epoch(step, remaining, position, hooks, shard)
         except NonFiniteLoss as bad:  # seen at its own step: the batch after those done
             what = what_diverged(bad.value, bad.gradients)
             raise diverged(what, position.epoch, position.batches_done + 1) from None
@@ -182,6 +195,8 @@ def fit(
         record: EpochRecord = {"epoch": position.epoch, "train_loss": position.epoch_loss()}
         if val is not None:
             record |= evaluate(model, loss_fn, val, score, prefix="val_")
+        if shard is not None:
+            record = shard.shared(record)
         check_epoch(record, position.epoch, model, optimizer)
         record["lr"] = float(optimizer.param_groups[0]["lr"])  # the rate of the whole epoch
         record["seconds"] = time.perf_counter() - started
@@ -226,9 +241,15 @@ def end_epoch(
 
 
 def _slices(
-    model: nn.Module, data: Tensors, batch_size: int, shuffle: bool, generator: torch.Generator
+    model: nn.Module,
+    data: Tensors,
+    batch_size: int,
+    shuffle: bool,
+    generator: torch.Generator,
+    shard: Group | None = None,
 ) -> Iterator[Batch]:
-    """One epoch of batches: the rows gathered once in a random order, then sliced (views)."""
+    """One epoch of batches: the rows gathered once in a random order, then sliced (views).
+    A rank of a group takes its share of each global batch: the same order on every rank."""
     n_rows = data.x.shape[0]
     if shuffle:
         order = torch.randperm(n_rows, generator=generator).to(data.x.device)
@@ -237,8 +258,17 @@ def _slices(
         x, y = data.x, data.y
     # Batch norm cannot take batch statistics of a single row: skip a last batch of one row
     # (with shuffling, a different row each epoch).
-    if _model_has_batch_norm(model) and n_rows % batch_size == 1:
+    whole = batch_size if shard is None else batch_size * shard.world
+    if _model_has_batch_norm(model) and n_rows % whole == 1:
         n_rows -= 1
+    if shard is not None:  # the rank's rows of each global batch (none, in a short last one)
+        for start in range(0, n_rows, whole):
+            end = min(start + whole, n_rows)
+            share = min(start + shard.rank * batch_size, end)
+            yield Batch(
+                x[share : min(share + batch_size, end)], y[share : min(share + batch_size, end)]
+            )
+        return
     # split: every batch's view in one call, cheaper than slicing each (matters at batch 1)
     views = zip(
         torch.split(x[:n_rows], batch_size), torch.split(y[:n_rows], batch_size), strict=True
@@ -251,13 +281,15 @@ def _train_epoch(
     batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
     position: Position,
     hooks: Hooks,
+    shard: Group | None = None,
 ) -> None:
-    """One optimizer step per batch, each loss kept (on the device) in `position`."""
+    """One optimizer step per batch, each loss kept (on the device) in `position` with its
+    rows (a group's: the global batch's, which its step summed)."""
     every = hooks.save_every_steps
     for xb, yb in batches:
         loss = step(xb, yb)
         position.losses.append(loss.detach())
-        position.sizes.append(xb.shape[0])
+        position.sizes.append(xb.shape[0] if shard is None else shard.rows)
         position.batches_done += 1
         position.steps += 1
         stop = _asked_to_stop(hooks)  # read once: a signal between two reads would skip the save

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     import torch
 
     from mlpkit.data.filestream import FileScan
+    from mlpkit.train.distributed import Group
     from mlpkit.train.loop import BatchStream, Tensors
 
 
@@ -336,27 +337,48 @@ def _refuse_rows_over_memory(loaded: LoadedConfig, rows: int, columns: int) -> N
         raise ConfigError(loaded.problem(("data", "eval_rows"), problem, hint))
 
 
-def training_stream(prepared: Prepared, device: torch.device, first_epoch: int = 1) -> BatchStream:
+def training_stream(
+    prepared: Prepared, device: torch.device, first_epoch: int = 1, group: Group | None = None
+) -> BatchStream:
     """Training batches from the synthetic source or the streamed file, preprocessed on the
     fly; each epoch's batches depend on the seed and the epoch only, so a resumed run can begin
-    at `first_epoch`."""
+    at `first_epoch`. Under torchrun (`group`) each rank reads its own blocks of the file, or
+    draws its own stream, in batches of its share.
+
+    Raises:
+        ConfigError: a streamed file of fewer blocks than the group has processes.
+    """
     import torch
 
     from mlpkit.data import filestream, synthetic
+    from mlpkit.train.distributed import process_batch
     from mlpkit.train.loop import BatchStream
 
     cfg = prepared.config
+    rank, world = (0, 1) if group is None else (group.rank, group.world)
+    batch_size = process_batch(prepared.loaded, world)
     if prepared.scan is not None:
+        if len(prepared.scan.blocks) < world:
+            raise ConfigError(
+                prepared.loaded.problem(
+                    ("data", "chunk_rows"),
+                    f"makes {len(prepared.scan.blocks)} blocks of the file, fewer than the "
+                    f"{world} processes, which read a block each at least",
+                    "lower data.chunk_rows, or train on fewer processes",
+                )
+            )
         dataset = filestream.TrainingBlocks(
             prepared.scan,
             prepared.preprocessor,
             prepared.task.targets,
             cfg.data.split,
             cfg.seed,
-            cfg.training.batch_size,
+            batch_size,
             cfg.training.shuffle,
             skip_single_row=_config_has_batch_norm(cfg),
             epoch=first_epoch - 1,  # the dataset counts the epochs it has begun
+            rank=rank,
+            world=world,
         )
         return BatchStream(filestream.epoch_batches(dataset, cfg.data.workers, device))
     source = cfg.data.source
@@ -373,8 +395,8 @@ def training_stream(prepared: Prepared, device: torch.device, first_epoch: int =
     encoded = None if labels is None else prepared.task.targets(np.asarray(labels))
 
     def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        seed = synthetic.epoch_seed(cfg.seed, epoch)
-        for x, y in islice(synthetic.batches(source, cfg.training.batch_size, seed), steps):
+        seed = synthetic.epoch_seed(cfg.seed, epoch, rank)
+        for x, y in islice(synthetic.batches(source, batch_size, seed), steps):
             xb = (x.index_select(1, positions) - mean) / std  # [batch, inputs]
             yb = prepared.task.targets(y.numpy()) if encoded is None else encoded[y]
             yield xb.to(device), yb.to(device)
