@@ -144,7 +144,7 @@ def test_overrides_are_validated_like_the_file(project: Project) -> None:
     assert loaded.config.training.epochs == 7
     assert loaded.config.training.optimizer.lr == pytest.approx(1e-4)
     assert errors_of(project.config, "training.epoch=7") == [
-        "Error: --set: training.epoch: unknown key; did you mean 'epochs'? expected one of: batch_size, checkpoint_every_steps, class_weights, device, early_stopping, engine, epochs, iterations_per_epoch, loss, metrics, optimizer, scheduler, shuffle, threads, threshold, top_k"
+        "Error: --set: training.epoch: unknown key; did you mean 'epochs'? expected one of: batch_scope, batch_size, checkpoint_every_steps, class_weights, device, early_stopping, engine, epochs, iterations_per_epoch, loss, metrics, optimizer, scheduler, shuffle, threads, threshold, top_k"
     ]
     assert errors_of(project.config, "training.epochs") == [
         "Error: --set: 'training.epochs' is not key=value; e.g. --set training.epochs=5"

@@ -432,7 +432,11 @@ def test_a_restored_optimizer_the_direct_step_refuses_trains_through_autograd(
     cli: Cli, project: Project, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def refuse(
-        self: DirectStep, model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer
+        self: DirectStep,
+        model: nn.Module,
+        loss_fn: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        over: object = None,
     ) -> None:
         raise Unsupported("Adam without fused=True")
 

@@ -9,7 +9,7 @@ its share of every step through loop.fit; its stop signals and checkpoint bounda
 same as rank 0's, so a stop or a divergence ends every rank after the same step.
 
 The collectives, in the order every rank makes them: the plan; every rank's data sha256
-(`same_data`); DistributedDataParallel's broadcast of the weights (autograd engine only); one
+(`check_data`); DistributedDataParallel's broadcast of the weights (autograd engine only); one
 all-reduce each step and a broadcast of rank 0's record each epoch (loop.py); the rows each
 rank trained, gathered when training ends (`rows_trained`).
 """
@@ -31,7 +31,7 @@ from mlpkit.train import interrupts, threads
 from mlpkit.train.build import build_trainer, make_step
 from mlpkit.train.distributed import Group, process_batch
 from mlpkit.train.loop import BatchStream, Hooks, StopRequested, Tensors, fit
-from mlpkit.train.prepare import Prepared, prepare, training_stream
+from mlpkit.train.prepare import Prepared, prepare, refuse_fewer_blocks, training_stream
 
 
 @dataclass(frozen=True)
@@ -72,13 +72,15 @@ def leading(group: Group | None) -> Iterator[None]:
         raise
 
 
-def same_data(group: Group, prepared: Prepared) -> None:
+def check_data(group: Group, prepared: Prepared) -> None:
     """Every rank read the same data file (each reads its own copy: on other machines, the
-    same path must hold the same bytes).
+    same path must hold the same bytes), and a streamed file has a block for each.
 
     Raises:
         DataError: a rank's file differs from rank 0's.
+        ConfigError: a streamed file of fewer blocks than processes.
     """
+    refuse_fewer_blocks(prepared, group.world)  # before any run exists
     digests = group.gather(prepared.table.sha256)
     differing = [rank for rank, digest in enumerate(digests) if digest != digests[0]]
     if differing:
@@ -127,7 +129,7 @@ def follow(group: Group, device_name: str | None) -> None:
     cfg = loaded.config
     device = group.device(resolve_device(loaded, device_name))
     prepared = prepare(loaded)
-    same_data(group, prepared)
+    check_data(group, prepared)
     trainer = build_trainer(prepared, device)
     if checkpoint is not None:
         checkpoints.load_into(checkpoint, trainer.model, trainer.optimizer, trainer.schedule)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import sys
 
 
 def launch(argv: list[str], processes: int, max_restarts: int = 0) -> int:
@@ -42,7 +44,12 @@ def launch(argv: list[str], processes: int, max_restarts: int = 0) -> int:
     try:
         elastic_launch(config=config, entrypoint=command)(*command_args)
     except ChildFailedError as failed:
-        _, failure = failed.get_first_failure()
+        for rank, failure in sorted(failed.failures.items()):
+            if failure.exitcode < 0:  # a rank's own line never came: say how it ended
+                name = signal.Signals(-failure.exitcode).name
+                sys.stderr.write(f"Error: rank {rank} (pid {failure.pid}) was killed by {name}\n")
+        # rank 0's code where it failed (it said what happened to the run), else the first's
+        _, failure = min(failed.failures.items())
         code = failure.exitcode
         return code if code > 0 else 128 - code  # killed by signal N: 128 + N, as a shell says
     except SignalException as stopped:

@@ -152,6 +152,8 @@ def join(timeout: float = DEFAULT_TIMEOUT) -> Group:
         EnvironmentFault: the environment is incomplete, or the rendezvous failed.
     """
     import torch.distributed as dist
+    from torch.distributed.distributed_c10d import PrefixStore
+    from torch.distributed.rendezvous import rendezvous
 
     try:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -167,8 +169,13 @@ def join(timeout: float = DEFAULT_TIMEOUT) -> Group:
         ) from None
     cuda = torch.cuda.is_available() and dist.is_nccl_available()
     backend = "cpu:gloo,cuda:nccl" if cuda else "gloo"
+    wait = timedelta(seconds=timeout)
     try:
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout))
+        store, rank, world = next(rendezvous("env://", timeout=wait))
+        # torchrun keeps one store across --max-restarts: without a prefix of its own, a
+        # restarted rank could read an address the group before it left there
+        store = PrefixStore(f"mlpkit/attempt-{restarts}", store)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=wait)
     except (RuntimeError, ValueError) as exc:
         raise EnvironmentFault(
             Problem(

@@ -358,15 +358,7 @@ def training_stream(
     rank, world = (0, 1) if group is None else (group.rank, group.world)
     batch_size = process_batch(prepared.loaded, world)
     if prepared.scan is not None:
-        if len(prepared.scan.blocks) < world:
-            raise ConfigError(
-                prepared.loaded.problem(
-                    ("data", "chunk_rows"),
-                    f"makes {len(prepared.scan.blocks)} blocks of the file, fewer than the "
-                    f"{world} processes, which read a block each at least",
-                    "lower data.chunk_rows, or train on fewer processes",
-                )
-            )
+        refuse_fewer_blocks(prepared, world)
         dataset = filestream.TrainingBlocks(
             prepared.scan,
             prepared.preprocessor,
@@ -402,6 +394,23 @@ def training_stream(
             yield xb.to(device), yb.to(device)
 
     return BatchStream(batches)
+
+
+def refuse_fewer_blocks(prepared: Prepared, processes: int) -> None:
+    """A streamed file's blocks are shared out whole: every process needs one at least.
+
+    Raises:
+        ConfigError: the file has fewer blocks than processes.
+    """
+    if prepared.scan is not None and len(prepared.scan.blocks) < processes:
+        raise ConfigError(
+            prepared.loaded.problem(
+                ("data", "chunk_rows"),
+                f"makes {len(prepared.scan.blocks)} blocks of the file, fewer than the "
+                f"{processes} processes, which read a block each at least",
+                "lower data.chunk_rows, or train on fewer processes",
+            )
+        )
 
 
 def _config_has_batch_norm(config: Config) -> bool:
