@@ -169,6 +169,8 @@ def join(timeout: float = DEFAULT_TIMEOUT) -> Group:
         ) from None
     cuda = torch.cuda.is_available() and dist.is_nccl_available()
     backend = "cpu:gloo,cuda:nccl" if cuda else "gloo"
+    if cuda:  # before any collective: NCCL's object broadcasts go through the current device
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
     wait = timedelta(seconds=timeout)
     try:
         store, rank, world = next(rendezvous("env://", timeout=wait))
