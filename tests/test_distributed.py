@@ -151,10 +151,13 @@ def test_nproc_with_a_global_batch_matches_one_process_on_both_engines(
 ) -> None:
     """`train --nproc 2` with batch_scope: global splits batch_size between the processes, so
     the same config trains the same weights on one process or two; autograd's path
-    (DistributedDataParallel) as well as the direct engine's bucket. The first line says the
-    effective batch."""
+    (DistributedDataParallel) as well as the direct engine's bucket, early stopping on rank
+    0's validation included. The first line says the effective batch."""
+    project.edit_config("epochs: 3", "epochs: 12")
+    stopping = "training.early_stopping={monitor: val_loss, patience: 1, min_delta: 1.0}"
     for engine in ("direct", "autograd"):
         settings = ["--set", "training.batch_scope=global", "--set", f"training.engine={engine}"]
+        settings += ["--set", stopping]
         two = project.root / f"two-{engine}"
         done = run([*MLPKIT, "train", project.config, "--runs-dir", two, "--nproc", 2, *settings])
         assert done.returncode == 0, done.stderr
@@ -163,6 +166,11 @@ def test_nproc_with_a_global_batch_matches_one_process_on_both_engines(
         one = project.train(cli, *settings, runs=project.root / f"one-{engine}")
         assert largest_difference(only_run(two), one) < 1e-6
         assert info(only_run(two))["training"]["engine"] == engine  # type: ignore[index]
+        stopped = json.loads((only_run(two) / runs.METRICS).read_text())["early_stopping"]
+        assert stopped["stopped_epoch"] is not None  # it stopped early, as one process does:
+        assert stopped == json.loads((one / runs.METRICS).read_text())["early_stopping"] | {
+            "best_value": pytest.approx(stopped["best_value"], rel=1e-6)
+        }
 
 
 def test_a_streamed_file_gives_each_rank_its_own_blocks(project: Project, cli: Cli) -> None:
@@ -193,7 +201,15 @@ def test_two_launchers_with_nnodes_2_train_one_run(project: Project, cli: Cli) -
     """Two torchrun launchers, a node each, meet at a c10d rendezvous on loopback: one run
     directory, trained as two processes on one machine train it."""
     endpoint = f"127.0.0.1:{free_port()}"
-    node: list[object] = [*TORCHRUN, "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d"]
+    node: list[object] = [
+        *TORCHRUN,
+        "--nnodes",
+        "2",
+        "--nproc-per-node",
+        "1",
+        "--rdzv-backend",
+        "c10d",
+    ]
     node += ["--rdzv-endpoint", endpoint, "--rdzv-id", "two-nodes", "-m", "mlpkit", "train"]
     node += [project.config, "--runs-dir", project.root / "nodes", "-q"]
     launchers = [start(node), start(node)]

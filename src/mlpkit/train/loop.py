@@ -261,6 +261,8 @@ def _slices(
     whole = batch_size if shard is None else batch_size * shard.world
     if _model_has_batch_norm(model) and n_rows % whole == 1:
         n_rows -= 1
+    if _model_has_batch_norm(model) and shard is not None:
+        n_rows -= n_rows % whole  # a short last global batch could leave a rank one row
     if shard is not None:  # the rank's rows of each global batch (none, in a short last one)
         for start in range(0, n_rows, whole):
             end = min(start + whole, n_rows)
