@@ -321,3 +321,17 @@ def test_nccl_one_process_per_gpu_trains_what_one_process_trains(
     assert info(spread)["training"]["distributed"]["backend"] == "nccl"  # type: ignore[index]
     one = project.train(cli, "--device", "cuda", runs=project.root / "one")
     assert largest_difference(spread, one) < 1e-5
+
+
+def test_under_torchrun_sweeps_and_a_second_launch_are_refused(
+    project: Project, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a process torchrun started (its environment names a rank), `sweep` and `train
+    --nproc` say why not in one line, before joining any group."""
+    for name, value in (("RANK", "0"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "127.0.0.1")):
+        monkeypatch.setenv(name, value)
+    swept = cli("sweep", project.config, "--runs-dir", project.runs)
+    assert swept.code == 2 and swept.err.startswith("Error: sweep: runs its trials as runs")
+    twice = cli("train", project.config, "--runs-dir", project.runs, "--nproc", "2")
+    assert twice.code == 2 and twice.err.startswith("Error: --nproc: under torchrun already")
+    assert not project.runs.exists()

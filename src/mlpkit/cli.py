@@ -553,6 +553,9 @@ def sweep_command(
     config paths mapped to {log_uniform: [a, b]}, {uniform: [a, b]}, {int: [a, b], log: true}
     or {choice: [...]}. Ctrl-C stops at the next step; --resume SWEEP carries on.
     """
+    if launched():
+        hint = "run it without torchrun; --workers N runs trials in parallel"
+        raise MlpkitError(Problem("runs its trials as runs of their own", where="sweep", hint=hint))
     from mlpkit.flows import sweep as sweeping
 
     if join is not None:

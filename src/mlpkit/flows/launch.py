@@ -45,7 +45,9 @@ def launch(argv: list[str], processes: int, max_restarts: int = 0) -> int:
         elastic_launch(config=config, entrypoint=command)(*command_args)
     except ChildFailedError as failed:
         for rank, failure in sorted(failed.failures.items()):
-            if failure.exitcode < 0:  # a rank's own line never came: say how it ended
+            # a rank's own line never came: say how it ended (SIGTERM and SIGINT are the
+            # launcher's own, stopping the ranks left after a failure)
+            if failure.exitcode < 0 and -failure.exitcode not in (signal.SIGTERM, signal.SIGINT):
                 name = signal.Signals(-failure.exitcode).name
                 sys.stderr.write(f"Error: rank {rank} (pid {failure.pid}) was killed by {name}\n")
         # rank 0's code where it failed (it said what happened to the run), else the first's
