@@ -180,6 +180,8 @@ def reduce_worker(rank: int, port: int, iterations: int, repeats: int, out: str)
             found[name].setdefault("bucket", []).append(
                 timed(lambda b=bucket, g=grads, loss=loss: b.reduce((loss, g), 512))
             )
+    one = torch.zeros(1)  # the floor: a collective's latency with next to no bytes
+    found["1 float"] = {"all_reduce": [timed(lambda: dist.all_reduce(one)) for _ in range(repeats)]}
     dist.barrier()
     if rank == 0:
         Path(out).write_text(json.dumps(found))
@@ -287,6 +289,7 @@ def main() -> None:
             f"| {name} | {count:,} | {count + 3:,} | {4 * (count + 3):,} | "
             f"{cost['all_reduce']:,.0f} | {cost['bucket']:,.0f} |"
         )
+    print(f"| 1 float (latency) | | 1 | 4 | {costs['1 float']['all_reduce']:,.0f} | |")
 
     w3_bytes = 4 * (SIZES["W3"] + 3)
     compute = per_step[1] / 1e6  # (a): a 1024-row step, no collective

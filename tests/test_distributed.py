@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import Cli, Project, tiny_csv
+from conftest import TINY_CONFIG, Cli, Project, tiny_csv
 from safetensors.torch import load_file
 
 from mlpkit.data import filestream
@@ -109,12 +109,35 @@ def wait_for_checkpoint(runs_dir: Path, timeout: float = 60) -> Path:
     raise AssertionError("no checkpoint was written")
 
 
-@pytest.fixture
-def longer(project: Project) -> Project:
+def lengthen(project: Project) -> Project:
     """The tiny project with more rows and epochs: long enough to be stopped midway."""
     project.data.write_text(tiny_csv(rows=400))
     project.edit_config("epochs: 3", "epochs: 60\n  checkpoint_every_steps: 10")
     return project
+
+
+def kill_rank_1_after_a_checkpoint(launcher: subprocess.Popen[str], runs_dir: Path) -> Path:
+    """SIGKILL to rank 1 of `launcher` once the run has a checkpoint; the run directory."""
+    run_dir = wait_for_checkpoint(runs_dir)
+    os.kill(rank_pid(launcher.pid, 1), signal.SIGKILL)
+    return run_dir
+
+
+@pytest.fixture
+def longer(project: Project) -> Project:
+    return lengthen(project)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The longer project trained on two processes from start to end: what a stopped and
+    resumed run must end as."""
+    project = Project(tmp_path_factory.mktemp("uninterrupted"))
+    project.write_config(TINY_CONFIG)
+    lengthen(project)
+    done = run(on_two(project.config, project.runs))
+    assert done.returncode == 0, done.stderr
+    return only_run(project.runs)
 
 
 def test_torchrun_two_processes_train_what_one_process_trains_on_the_global_batch(
@@ -222,14 +245,13 @@ def test_two_launchers_with_nnodes_2_train_one_run(project: Project, cli: Cli) -
 
 
 def test_a_killed_rank_ends_the_group_and_the_run_resumes_to_the_same_weights(
-    longer: Project, cli: Cli
+    longer: Project, cli: Cli, uninterrupted: Path
 ) -> None:
     """SIGKILL of rank 1 mid-run: rank 0's next all-reduce fails at once, the launcher exits
     well within 60 s and the run is marked interrupted; `train --resume RUN --nproc 2` then
     ends with the weights of an uninterrupted two-process run."""
     launcher = start(on_two(longer.config, longer.runs))
-    run_dir = wait_for_checkpoint(longer.runs)
-    os.kill(rank_pid(launcher.pid, 1), signal.SIGKILL)
+    run_dir = kill_rank_1_after_a_checkpoint(launcher, longer.runs)
     killed = time.monotonic()
     _, err = launcher.communicate(timeout=60)
     assert time.monotonic() - killed < 60
@@ -245,9 +267,7 @@ def test_a_killed_rank_ends_the_group_and_the_run_resumes_to_the_same_weights(
     resumed = run([*MLPKIT, "train", "--resume", run_dir, "--nproc", "2", "-q"])
     assert resumed.returncode == 0, resumed.stderr
     assert info(run_dir)["status"] == "complete" and info(run_dir)["resumed"]
-    whole = run(on_two(longer.config, longer.root / "whole"))
-    assert whole.returncode == 0, whole.stderr
-    assert largest_difference(run_dir, only_run(longer.root / "whole")) < 1e-6
+    assert largest_difference(run_dir, uninterrupted) < 1e-6
 
 
 def test_sigterm_to_the_launcher_stops_every_rank_at_one_step_with_a_checkpoint(
@@ -267,20 +287,19 @@ def test_sigterm_to_the_launcher_stops_every_rank_at_one_step_with_a_checkpoint(
     assert resumed.returncode == 0, resumed.stderr
 
 
-def test_max_restarts_resumes_the_run_from_its_last_checkpoint(longer: Project) -> None:
+def test_max_restarts_resumes_the_run_from_its_last_checkpoint(
+    longer: Project, uninterrupted: Path
+) -> None:
     """With --max-restarts 1, a killed rank makes torchrun restart both; rank 0 finds the run
     its launch began and carries it on: one run directory, complete, resumed once, with the
     weights of a run never stopped."""
     launcher = start(on_two(longer.config, longer.runs, "--max-restarts", 1))
-    run_dir = wait_for_checkpoint(longer.runs)
-    os.kill(rank_pid(launcher.pid, 1), signal.SIGKILL)
+    run_dir = kill_rank_1_after_a_checkpoint(launcher, longer.runs)
     out, err = launcher.communicate(timeout=120)
     assert launcher.returncode == 0, err
     assert only_run(longer.runs) == run_dir and out.strip().splitlines()[-1] == str(run_dir)
     assert info(run_dir)["status"] == "complete" and len(info(run_dir)["resumed"]) == 1  # type: ignore[arg-type]
-    whole = run(on_two(longer.config, longer.root / "whole"))
-    assert whole.returncode == 0, whole.stderr
-    assert largest_difference(run_dir, only_run(longer.root / "whole")) < 1e-6
+    assert largest_difference(run_dir, uninterrupted) < 1e-6
 
 
 def test_refusals_under_torchrun_are_one_line_from_rank_0_and_leave_nothing(
