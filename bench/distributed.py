@@ -14,14 +14,16 @@
    each, torch.multiprocessing spawn) time `dist.all_reduce` of a float32 buffer of P + 3
    numbers (the gradients, loss, rows and stop flag of train/distributed.py's Bucket) for W3's
    P = 70,401 and mpg's P = 529, and the whole `Bucket.reduce` (pack, scale, all-reduce,
-   the host read of rows and stop, divide), in microseconds a step.
+   the host read of rows and stop, divide), in microseconds a step; and a one-float
+   all-reduce, the floor that is latency alone.
 3. The numbers derived from them: bytes a step (4 x (P + 3)), what a ring all-reduce sends a
    process (2 (N - 1) / N of that), and the bandwidth that keeps it within a tenth of W3's
    measured compute time a step.
 
 On a 2-core machine (a) and (b) share the same 2 cores: the ratio measures what data
-parallelism costs (the collective, a second process), not a speed-up. W3's data is generated
-once into bench/.cache/ by bench/trial.py's make_w3.
+parallelism costs (the collective, a second process), not a speed-up. Before each trial the
+bench waits up to --wait seconds (default 120) for the cores to be idle, and prints how busy
+they were. W3's data is generated once into bench/.cache/ by bench/trial.py's make_w3.
 """
 
 from __future__ import annotations
