@@ -282,6 +282,7 @@ def test_sigterm_to_the_launcher_stops_every_rank_at_one_step_with_a_checkpoint(
     assert launcher.returncode == 143, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "stopped by SIGTERM, a checkpoint was saved" in lines[0]
+    assert lines[0].endswith(f"resume with: mlpkit train --resume {run_dir} --nproc 2")
     assert info(run_dir)["status"] == "interrupted"
     resumed = run([*MLPKIT, "train", "--resume", run_dir, "--nproc", "2", "-q"])
     assert resumed.returncode == 0, resumed.stderr

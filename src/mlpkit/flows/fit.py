@@ -133,7 +133,9 @@ def fit_run(job: Job, listener: Listener | None) -> TrainResult:
             raise
         resumable = job.prepared.config.model.ensemble == 1  # ensembles keep no checkpoints yet
         saved = isinstance(exc, StopRequested) and resumable
-        stopped = interrupted(job.run_dir, stop.received or signal.SIGINT, saved, resumable)
+        processes = job.group.world if job.group is not None else 1
+        number = stop.received or signal.SIGINT
+        stopped = interrupted(job.run_dir, number, saved, resumable, processes)
         mark(job, "interrupted", stopped)
         raise stopped from None
     update = {"status": "complete", "finished": runs.now(), "training": result.training}
@@ -378,7 +380,10 @@ def _truth(prepared: Prepared, test: Tensors) -> np.ndarray:
     return prepared.task.truth(test.y)
 
 
-def interrupted(run_dir: Path, number: int, saved: bool, resumable: bool = True) -> Interrupted:
+def interrupted(
+    run_dir: Path, number: int, saved: bool, resumable: bool = True, processes: int = 1
+) -> Interrupted:
+    """How a stopped run says so; a run of a torchrun group resumes under as many processes."""
     if not resumable:
         return Interrupted(
             Problem(
@@ -390,12 +395,13 @@ def interrupted(run_dir: Path, number: int, saved: bool, resumable: bool = True)
             signal_number=number,
         )
     how = "a checkpoint was saved" if saved else "at once; the last checkpoint was kept"
+    spread = f" --nproc {processes}" if processes > 1 else ""
     return Interrupted(
         Problem(
             f"training stopped by {signal.Signals(number).name}, {how}, "
             "and the run marked interrupted",
             file=str(run_dir),
-            hint=f"resume with: mlpkit train --resume {run_dir}",
+            hint=f"resume with: mlpkit train --resume {run_dir}{spread}",
         ),
         signal_number=number,
     )
