@@ -152,7 +152,7 @@ def reduce_worker(rank: int, port: int, iterations: int, repeats: int, out: str)
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    group = Group(rank, 2, rank, "bench", 0, 60.0)
+    group = Group(rank, 2, rank, 2, "bench", 0, 60.0)
     found: dict[str, dict[str, list[float]]] = {}
     warmup = max(20, iterations // 10)
 

@@ -9,6 +9,7 @@ restart end.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -25,6 +26,7 @@ from safetensors.torch import load_file
 
 from mlpkit.data import filestream
 from mlpkit.flows.evaluate import evaluate_run
+from mlpkit.reading import available_memory
 from mlpkit.rundir import runs
 from mlpkit.train.prepare import prepare
 
@@ -343,11 +345,30 @@ def test_nccl_one_process_per_gpu_trains_what_one_process_trains(
     assert largest_difference(spread, one) < 1e-5
 
 
-def test_under_torchrun_sweeps_and_a_second_launch_are_refused(
+def test_processes_that_would_not_fit_in_memory_together_are_refused_before_allocating(
+    project: Project,
+) -> None:
+    """A network one process could train (its weights, gradients and Adam's two moments about
+    0.7 of the memory available) on two processes of this machine would need 1.4 of it:
+    refused by every rank together, one line from rank 0, before either builds the network."""
+    units = int(math.sqrt(0.7 * available_memory() / (4 * 4)))
+    wide = f"    - {{type: dense, units: {units}, activation: relu}}"
+    project.edit_config("    - {type: dense, units: 8, activation: relu}", f"{wide}\n{wide}")
+    done = run(on_two(project.config, project.runs))
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert "torchrun: the 2 processes on rank 0's machine need about" in lines[0]
+    assert not list(project.runs.glob("*/*"))
+
+
+def test_too_many_processes_and_under_torchrun_sweeps_and_a_second_launch_are_refused(
     project: Project, cli: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """In a process torchrun started (its environment names a rank), `sweep` and `train
-    --nproc` say why not in one line, before joining any group."""
+    """More processes than cores are refused; and in a process torchrun started (its
+    environment names a rank), `sweep` and `train --nproc` say why not in one line, before
+    joining any group."""
+    many = cli("train", project.config, "--runs-dir", project.runs, "--nproc", "100000")
+    assert many.code == 2 and many.err.startswith("Error: --nproc: is 100,000, and this machine")
     for name, value in (("RANK", "0"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "127.0.0.1")):
         monkeypatch.setenv(name, value)
     swept = cli("sweep", project.config, "--runs-dir", project.runs)

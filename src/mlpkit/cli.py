@@ -278,6 +278,15 @@ def _refuse_with_torchrun(
     if nproc is not None and launched():
         hint = "give the processes to torchrun, or run mlpkit train --nproc N alone"
         raise MlpkitError(Problem("under torchrun already", where="--nproc", hint=hint))
+    cores = os.cpu_count() or 1
+    if nproc is not None and nproc > cores:
+        raise MlpkitError(
+            Problem(
+                f"is {nproc:,}, and this machine has {cores} CPU cores: each process needs one",
+                where="--nproc",
+                hint=f"use at most {cores}; more machines join with torchrun --nnodes",
+            )
+        )
     if restarts and nproc is None:
         hint = "under torchrun, give torchrun --max-restarts"
         raise MlpkitError(Problem("needs --nproc", where="--max-restarts", hint=hint))

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 import torch
 
 from mlpkit.config.load import LoadedConfig
-from mlpkit.errors import DataError, Interrupted, MlpkitError, Problem
+from mlpkit.errors import ConfigError, DataError, Interrupted, MlpkitError, Problem
 from mlpkit.flows.common import resolve_device
 from mlpkit.rundir import checkpoints, runs
-from mlpkit.train import interrupts, threads
+from mlpkit.train import budget, interrupts, threads
 from mlpkit.train.build import build_trainer, make_step
 from mlpkit.train.distributed import Group, process_batch
 from mlpkit.train.loop import BatchStream, Hooks, StopRequested, Tensors, fit
@@ -72,26 +72,53 @@ def leading(group: Group | None) -> Iterator[None]:
         raise
 
 
-def check_data(group: Group, prepared: Prepared) -> None:
+def check_data(group: Group, prepared: Prepared, device: torch.device) -> None:
     """Every rank read the same data file (each reads its own copy: on other machines, the
-    same path must hold the same bytes), and a streamed file has a block for each.
+    same path must hold the same bytes), a streamed file has a block for each, and each
+    machine has the memory for its processes (each holds the table and the network). Every
+    rank decides on what all of them found, so they refuse together, with rank 0's line.
 
     Raises:
         DataError: a rank's file differs from rank 0's.
-        ConfigError: a streamed file of fewer blocks than processes.
+        ConfigError: a streamed file of fewer blocks than processes, or a machine without
+            the memory for its processes.
     """
     refuse_fewer_blocks(prepared, group.world)  # before any run exists
-    digests = group.gather(prepared.table.sha256)
-    differing = [rank for rank, digest in enumerate(digests) if digest != digests[0]]
+    needed = budget.training_estimate(prepared).total * group.local_world
+    found = Found(prepared.table.sha256, needed, budget.available_bytes(device))
+    everyone: list[Found] = group.gather(found)
+    first = everyone[0].sha256
+    differing = [rank for rank, seen in enumerate(everyone) if seen.sha256 != first]
     if differing:
         raise DataError(
             Problem(
                 f"rank {differing[0]} read a different file than rank 0 (sha256 "
-                f"{digests[differing[0]][:12]}... against {digests[0][:12]}...)",
+                f"{everyone[differing[0]].sha256[:12]}... against {first[:12]}...)",
                 file=str(prepared.table.path),
                 hint="every machine needs the same data file at the same path",
             )
         )
+    short = [(rank, seen) for rank, seen in enumerate(everyone) if 0 < seen.available < seen.needed]
+    if short:
+        rank, seen = short[0]
+        raise ConfigError(
+            Problem(
+                f"the {group.local_world} processes on rank {rank}'s machine need about "
+                f"{seen.needed / budget.GB:,.1f} GB of memory together (each holds the table "
+                f"and the network) and {seen.available / budget.GB:,.1f} GB is available",
+                where="torchrun",
+                hint="train on fewer processes a machine, or stream the file (data.stream: true)",
+            )
+        )
+
+
+@dataclass(frozen=True)
+class Found:
+    """What one rank found before training, told to every rank."""
+
+    sha256: str
+    needed: int  # bytes its machine's processes need together
+    available: int  # bytes its machine has available (0: unknown)
 
 
 def distributed_info(
@@ -129,7 +156,7 @@ def follow(group: Group, device_name: str | None) -> None:
     cfg = loaded.config
     device = group.device(resolve_device(loaded, device_name))
     prepared = prepare(loaded)
-    check_data(group, prepared)
+    check_data(group, prepared, device)
     trainer = build_trainer(prepared, device)
     if checkpoint is not None:
         checkpoints.load_into(checkpoint, trainer.model, trainer.optimizer, trainer.schedule)

@@ -67,7 +67,7 @@ def resume(
             distributed.announce(group, distributed.Plan(loaded, checkpoint))
         prepared = prepare(loaded)
         if group is not None:
-            distributed.check_data(group, prepared)
+            distributed.check_data(group, prepared, device)
         _same_data(run, prepared)
         trainer = build_trainer(prepared, device)
         checkpoints.load_into(checkpoint, trainer.model, trainer.optimizer, trainer.schedule)

@@ -67,7 +67,7 @@ def train(
     config = resolved_config(loaded)
     prepared = prepare(loaded)
     if group is not None:
-        distributed.check_data(group, prepared)
+        distributed.check_data(group, prepared, device)
     built = build_trainer(prepared, device)
     # before make_step, which gives the optimizer state (the stacked engine starts without)
     together = prepared.config.model.ensemble > 1 and ensemble.stacks(prepared, built)

@@ -68,6 +68,7 @@ class Group:
     rank: int
     world: int
     local_rank: int
+    local_world: int  # the processes of the group on this machine
     launch: str  # torchrun's run id: the same for every rank, and across --max-restarts
     restarts: int  # how many times torchrun has restarted the group (TORCHELASTIC_RESTART_COUNT)
     timeout: float
@@ -158,6 +159,7 @@ def join(timeout: float = DEFAULT_TIMEOUT) -> Group:
     try:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     except (KeyError, ValueError) as exc:
         raise EnvironmentFault(
@@ -187,7 +189,7 @@ def join(timeout: float = DEFAULT_TIMEOUT) -> Group:
             )
         ) from None
     launch = os.environ.get("TORCHELASTIC_RUN_ID", "")
-    return Group(rank, world, local_rank, launch, restarts, timeout)
+    return Group(rank, world, local_rank, local_world, launch, restarts, timeout)
 
 
 def process_batch(loaded: LoadedConfig, world: int) -> int:
