@@ -22,6 +22,13 @@ import typer
 from typer._click import exceptions as click_exceptions  # typer's vendored click
 
 from mlpkit.errors import ConfigError, EnvironmentFault, MlpkitError, Problem
+from mlpkit.flows.launch import (
+    launch,
+    launched,
+    rank,
+    refuse_with_torchrun,
+    train_argv,
+)
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -33,7 +40,6 @@ if TYPE_CHECKING:
     from mlpkit.report.crossval import FoldsPrinter
     from mlpkit.report.display import EpochPrinter, SeedsPrinter
     from mlpkit.report.summary import Summary
-    from mlpkit.train.distributed import Group
     from mlpkit.train.loop import EpochRecord
 
 # Heavy modules (torch, pandas, sklearn, rich's renderers, the flows) are imported inside
@@ -217,11 +223,9 @@ def train(
     Example: mlpkit train configs/mpg.yaml --set training.epochs=5
     """
     if nproc is not None or launched():
-        _refuse_with_torchrun(seeds, folds, ensemble, nproc, max_restarts)
+        refuse_with_torchrun(seeds, folds, ensemble, nproc, max_restarts)
     if nproc is not None:
-        argv = _train_argv(config, set_, runs_dir, device, quiet, resume, plots)
-        from mlpkit.flows.launch import launch
-
+        argv = train_argv(config, set_, runs_dir, device, quiet, resume, plots.value)
         raise typer.Exit(launch(argv, nproc, max_restarts))
     if config is None and resume is None:
         raise MlpkitError(
@@ -247,69 +251,6 @@ def train(
             _train_run(config, resume, overrides, set_ or [], Path(runs_dir), device, quiet, done)
 
 
-def launched() -> bool:
-    """Whether torchrun started this process (its environment names a rank): read here
-    without importing torch, as train/distributed.py's `launched` does."""
-    return "TORCHELASTIC_RUN_ID" in os.environ or (
-        "RANK" in os.environ and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
-    )
-
-
-def _rank() -> int:
-    """This process's rank under torchrun; 0 for a process of its own."""
-    with contextlib.suppress(ValueError):
-        return int(os.environ.get("RANK", "0")) if launched() else 0
-    return 0
-
-
-def _refuse_with_torchrun(
-    seeds: int | None, folds: int | None, ensemble: int | None, nproc: int | None, restarts: int
-) -> None:
-    """torchrun trains one run over its processes: not several, and not launched twice."""
-    for flag, given in (("--seeds", seeds), ("--folds", folds), ("--ensemble", ensemble)):
-        if given is not None and (given > 1 or flag != "--ensemble"):
-            raise MlpkitError(
-                Problem(
-                    "trains several networks on one process (stacked), not under torchrun",
-                    where=flag,
-                    hint="train them without --nproc and torchrun",
-                )
-            )
-    if nproc is not None and launched():
-        hint = "give the processes to torchrun, or run mlpkit train --nproc N alone"
-        raise MlpkitError(Problem("under torchrun already", where="--nproc", hint=hint))
-    cores = os.cpu_count() or 1
-    if nproc is not None and nproc > cores:
-        raise MlpkitError(
-            Problem(
-                f"is {nproc:,}, and this machine has {cores} CPU cores: each process needs one",
-                where="--nproc",
-                hint=f"use at most {cores}; more machines join with torchrun --nnodes",
-            )
-        )
-    if restarts and nproc is None:
-        hint = "under torchrun, give torchrun --max-restarts"
-        raise MlpkitError(Problem("needs --nproc", where="--max-restarts", hint=hint))
-
-
-def _train_argv(
-    config: Path | None,
-    set_: list[str] | None,
-    runs_dir: str,
-    device: str | None,
-    quiet: bool,
-    resume: Path | None,
-    plots: PlotsMode,
-) -> list[str]:
-    """The `mlpkit train` command each process of --nproc runs: this one, less --nproc."""
-    argv = ["train", *([str(config)] if config is not None else [])]
-    argv += [arg for value in set_ or [] for arg in ("--set", value)]
-    argv += ["--runs-dir", runs_dir, "--plots", plots.value]
-    argv += ["--device", device] if device is not None else []
-    argv += ["--resume", str(resume)] if resume is not None else []
-    return argv + (["--quiet"] if quiet else [])
-
-
 def _train_run(
     config: Path | None,
     resume: Path | None,
@@ -329,7 +270,7 @@ def _train_run(
         if split.folds is not None and split.fold is None:
             _train_folds(config, overrides, runs_dir, device, quiet, done)
             return
-    if quiet or _rank() != 0:  # the run directory alone: no rich renderers to import
+    if quiet or rank() != 0:  # the run directory alone: no rich renderers to import
         result = _fit_one(loaded, resume, config, set_, runs_dir, device, None)
         if result is None:  # a rank other than 0 of a torchrun group: rank 0 prints
             return
@@ -359,46 +300,18 @@ def _fit_one(
 ) -> TrainResult | None:
     """The loaded config trained into a new run, or the --resume run carried on. Under
     torchrun: rank 0 does that over the group; any other rank follows it and returns None."""
-    if not launched():
-        return _lead(loaded, resume, config, set_, runs_dir, device, listener, None)
-    from mlpkit.flows import distributed as flow
-    from mlpkit.train import distributed
+    if launched():
+        from mlpkit.flows.torchrun import train_in_group
 
-    group = distributed.join()
-    try:
-        if not group.writes:
-            flow.follow(group, device)
-            return None
-        with flow.leading(group):
-            if resume is None and group.restarts and loaded is not None:
-                # torchrun restarted the group (--max-restarts): carry on the run it began
-                from mlpkit.rundir import runs
-
-                resume = runs.launched_by(runs_dir / loaded.config.name, group.launch)
-                loaded = None if resume is not None else loaded
-            return _lead(loaded, resume, config, set_, runs_dir, device, listener, group)
-    finally:
-        group.leave()
-
-
-def _lead(
-    loaded: LoadedConfig | None,
-    resume: Path | None,
-    config: Path | None,
-    set_: list[str],
-    runs_dir: Path,
-    device: str | None,
-    listener: Listener | None,
-    group: Group | None,
-) -> TrainResult:
+        return train_in_group(loaded, resume, config, set_, runs_dir, device, listener)
     if loaded is None:
         assert resume is not None
         from mlpkit.flows.resume import resume as resume_run
 
-        return resume_run(resume, config, set_, device, listener, group)
+        return resume_run(resume, config, set_, device, listener)
     from mlpkit.flows.train import train as train_run
 
-    return train_run(loaded, runs_dir, device, listener, group=group)
+    return train_run(loaded, runs_dir, device, listener)
 
 
 @contextlib.contextmanager
@@ -1058,11 +971,11 @@ def run_cli(argv: list[str]) -> int:
         code = command.main(args=argv, prog_name="mlpkit", standalone_mode=False)
         return code if isinstance(code, int) else 0
     except MlpkitError as exc:
-        rank = _rank()
-        if rank == 0:
+        this_rank = rank()
+        if this_rank == 0:
             sys.stderr.write(exc.render() + "\n")
         elif isinstance(exc, EnvironmentFault):  # its own: a lost peer, a full disk
-            sys.stderr.write(f"rank {rank}: {exc.render()}\n")
+            sys.stderr.write(f"rank {this_rank}: {exc.render()}\n")
         # else what rank 0 meets too (the same config and data, one stop), and says
         return exc.exit_code
     except click_exceptions.UsageError as exc:

@@ -1,4 +1,5 @@
-"""`mlpkit train CONFIG --nproc N`: torchrun's own elastic launcher, started on this machine.
+"""`mlpkit train CONFIG --nproc N`: torchrun's own elastic launcher, started on this machine;
+and what the command line asks of torchrun's environment (no torch imported for it).
 
 The same launcher `torchrun --standalone --nproc-per-node N -m mlpkit train CONFIG` runs
 (torch.distributed.run: a c10d rendezvous on a free loopback port, --max-restarts), in this
@@ -10,10 +11,14 @@ ends it with 130 or 143 once the ranks have stopped at the same step and rank 0 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import sys
+from pathlib import Path
+
+from mlpkit.errors import MlpkitError, Problem
 
 
 def launch(argv: list[str], processes: int, max_restarts: int = 0) -> int:
@@ -57,3 +62,65 @@ def launch(argv: list[str], processes: int, max_restarts: int = 0) -> int:
     except SignalException as stopped:
         return 128 + int(stopped.sigval)
     return 0
+
+
+def launched() -> bool:
+    """Whether torchrun started this process (its environment names a rank); no torch."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or (
+        "RANK" in os.environ and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
+    )
+
+
+def rank() -> int:
+    """This process's rank under torchrun; 0 for a process of its own."""
+    with contextlib.suppress(ValueError):
+        return int(os.environ.get("RANK", "0")) if launched() else 0
+    return 0
+
+
+def refuse_with_torchrun(
+    seeds: int | None, folds: int | None, ensemble: int | None, nproc: int | None, restarts: int
+) -> None:
+    """torchrun trains one run over its processes: not several, and not launched twice."""
+    for flag, given in (("--seeds", seeds), ("--folds", folds), ("--ensemble", ensemble)):
+        if given is not None and (given > 1 or flag != "--ensemble"):
+            raise MlpkitError(
+                Problem(
+                    "trains several networks on one process (stacked), not under torchrun",
+                    where=flag,
+                    hint="train them without --nproc and torchrun",
+                )
+            )
+    if nproc is not None and launched():
+        hint = "give the processes to torchrun, or run mlpkit train --nproc N alone"
+        raise MlpkitError(Problem("under torchrun already", where="--nproc", hint=hint))
+    cores = os.cpu_count() or 1
+    if nproc is not None and nproc > cores:
+        raise MlpkitError(
+            Problem(
+                f"is {nproc:,}, and this machine has {cores} CPU cores: each process needs one",
+                where="--nproc",
+                hint=f"use at most {cores}; more machines join with torchrun --nnodes",
+            )
+        )
+    if restarts and nproc is None:
+        hint = "under torchrun, give torchrun --max-restarts"
+        raise MlpkitError(Problem("needs --nproc", where="--max-restarts", hint=hint))
+
+
+def train_argv(
+    config: Path | None,
+    set_: list[str] | None,
+    runs_dir: str,
+    device: str | None,
+    quiet: bool,
+    resume: Path | None,
+    plots: str,
+) -> list[str]:
+    """The `mlpkit train` command each process of --nproc runs: this one, less --nproc."""
+    argv = ["train", *([str(config)] if config is not None else [])]
+    argv += [arg for value in set_ or [] for arg in ("--set", value)]
+    argv += ["--runs-dir", runs_dir, "--plots", plots]
+    argv += ["--device", device] if device is not None else []
+    argv += ["--resume", str(resume)] if resume is not None else []
+    return argv + (["--quiet"] if quiet else [])
