@@ -45,22 +45,6 @@ Tensor = torch.Tensor
 DEFAULT_TIMEOUT = 300.0  # seconds a collective waits for a rank that neither answers nor dies
 
 
-def launched() -> bool:
-    """Whether torchrun started this process (its environment names a rank and world)."""
-    return "TORCHELASTIC_RUN_ID" in os.environ or (
-        "RANK" in os.environ and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
-    )
-
-
-def environment_rank() -> int:
-    """This process's rank as torchrun set it (0 outside torchrun): read before joining, to
-    know whether this process prints."""
-    try:
-        return int(os.environ.get("RANK", "0"))
-    except ValueError:
-        return 0
-
-
 @dataclass
 class Group:
     """This process's place in a torchrun group, and what the last step agreed on."""
@@ -86,11 +70,10 @@ class Group:
         return self.rank == 0
 
     def device(self, wanted: torch.device) -> torch.device:
-        """One device per process: CUDA's is the one numbered by the local rank."""
+        """One device per process: CUDA's is the one `join` chose by the local rank."""
         if wanted.type != "cuda":
             return wanted
-        torch.cuda.set_device(self.local_rank)
-        return torch.device("cuda", self.local_rank)
+        return torch.device("cuda", torch.cuda.current_device())
 
     def all_reduce(self, tensor: Tensor) -> None:
         """Sum `tensor` over the group, in place."""
