@@ -122,6 +122,9 @@ def fit_run(job: Job, listener: Listener | None) -> TrainResult:
             result = _fit_and_write(job, listener, stop)
     except BaseException as exc:
         if isinstance(exc, GroupLost):  # a peer died: stopped, as by a signal, to resume
+            # torchrun's agent sends the ranks left SIGTERM once it sees one die: hold it
+            # off while the run is marked and the line printed (this process ends next)
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
             lost = group_lost(job, exc)
             mark(job, "interrupted", lost)
             raise lost from None
