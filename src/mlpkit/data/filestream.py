@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -206,6 +206,7 @@ class TrainingBlocks(IterableDataset[Batch]):
     # world-th block of the epoch's order (its DataLoader workers share those).
     rank: int = 0
     world: int = 1
+    _no_rows: Batch | None = field(default=None, init=False, repr=False)
 
     def __iter__(self) -> Iterator[Batch]:
         self.epoch += 1
@@ -245,9 +246,11 @@ class TrainingBlocks(IterableDataset[Batch]):
 
     def no_rows(self) -> Batch:
         """A batch of no rows, as this file's batches are shaped: a rank's step when its
-        blocks have run out before the others'."""
-        x, y = self._training_rows(self.scan.reader.read(self.scan.blocks[0]))
-        return x[:0], y[:0]
+        blocks have run out before the others'. Its shape is read from the first block once."""
+        if self._no_rows is None:
+            x, y = self._training_rows(self.scan.reader.read(self.scan.blocks[0]))
+            self._no_rows = x[:0], y[:0]
+        return self._no_rows
 
     def _training_rows(self, block: Block) -> Batch:
         part, _ = assign_parts(block.frame, self.split, self.seed)

@@ -22,7 +22,7 @@ autograd.
 `unsupported` says whether a model, loss and optimizer are covered; anything else (dropout,
 batch norm, other activations, losses or optimizers) trains through autograd.
 
-At ~430 lines this is over the package's usual size on purpose: the tables of derivative
+At ~470 lines this is over the package's usual size on purpose: the tables of derivative
 kernels, the loss gradients and the fused updates are one mechanism, checked bit for bit
 against autograd as one (tests/test_direct.py); split, each part would make sense only
 beside the others.

@@ -5,8 +5,9 @@ against the config, splits the rows (stratified by class for classification), fi
 preprocessing on the training rows and makes the task. Nothing here writes anything: a problem
 found here leaves runs/ untouched. torch is imported only where tensors are made (and for a
 synthetic source or a streamed file): `mlpkit check` prepares a table without it. (A little
-past ~400 lines: the synthetic source's and the streamed file's preparation sit beside the
-table's, as the three ways to one Prepared.)
+past ~500 lines: the synthetic source's and the streamed file's preparation sit beside the
+table's, as the three ways to one Prepared, and their streams beside them, each rank of a
+torchrun group's own.)
 """
 
 from __future__ import annotations
